@@ -1,0 +1,40 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both create or refresh .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test test-store lint format bench clean venv
+
+venv: $(STAMP)
+
+# Re-install whenever pyproject.toml changes; editable, so code edits need no reinstall.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python experiments/demo.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+# The store-backed tests alone; CI runs them again against stock Redis with P2E_TEST_REDIS_URL set.
+test-store: $(STAMP)
+	$(BIN)/python -m pytest -m store
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP)
+	$(BIN)/python bench/store_bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,175 @@
+"""`make demo`: a scripted conversation through the interaction-stack machine, on the store.
+
+A planner delegates to a researcher (who calls two tools in one reply), then to a writer, and
+answers the user. The demo prints the history, the stack in the middle of the delegation, then
+rewinds to before the writer was asked and takes another path on a new branch, and shows the
+branch tree and a diff of the two final answers. Nothing here calls a model: each agent's replies
+are scripted, and the loop below is the interpreter that performs the machine's commands.
+
+Run it with `make demo`, then explore with `p2e conversation show demo`, `p2e conversation
+branches demo`, `p2e artifact list demo`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from rich.console import Console
+from rich.rule import Rule
+
+from p2e import artifacts
+from p2e.cli.render import branch_tree, events_table, stack_table, state_line
+from p2e.conversation import Conversation, rebuild
+from p2e.errors import P2EError
+from p2e.events import AgentReply, Event, Failed, ToolCall, ToolResult, UserMessage
+from p2e.machine import CallAgent, Command, Fail, RejectCalls, Reply, RunTools, pending
+from p2e.store import EventLog, connect
+
+console = Console(highlight=False)
+
+TEAM = {"planner": ["researcher", "writer"], "researcher": [], "writer": []}
+
+
+def delegate(call_id: str, agent: str, task: str) -> ToolCall:
+    return ToolCall(id=call_id, name="delegate", arguments={"agent": agent, "task": task})
+
+
+def first_path() -> dict[str, Iterator[AgentReply]]:
+    return {
+        "planner": iter(
+            [
+                AgentReply(
+                    agent="planner", tool_calls=(delegate("p1", "researcher", "Weather in Paris tomorrow?"),)
+                ),
+                AgentReply(
+                    agent="planner",
+                    text="Sunny: a picnic works.",
+                    tool_calls=(delegate("p2", "writer", "Invite friends to a picnic; 24C and sunny."),),
+                ),
+                AgentReply(
+                    agent="planner", text="Done: tomorrow is sunny (24C) and the invitation is ready."
+                ),
+            ]
+        ),
+        "researcher": iter(
+            [
+                AgentReply(
+                    agent="researcher",
+                    tool_calls=(
+                        ToolCall(id="r1", name="weather", arguments={"city": "Paris"}),
+                        ToolCall(id="r2", name="clock", arguments={}),
+                    ),
+                ),
+                AgentReply(agent="researcher", text="Tomorrow in Paris: sunny, 24C."),
+            ]
+        ),
+        "writer": iter(
+            [AgentReply(agent="writer", text="Join us for a sunny picnic by the Seine tomorrow at noon!")]
+        ),
+    }
+
+
+def second_path() -> dict[str, Iterator[AgentReply]]:
+    """After the rewind the planner asks the writer for a haiku instead."""
+    return {
+        "planner": iter(
+            [
+                AgentReply(
+                    agent="planner",
+                    tool_calls=(delegate("p3", "writer", "A haiku inviting friends to a sunny picnic."),),
+                ),
+                AgentReply(agent="planner", text="Done: sunny tomorrow, and the invitation is a haiku."),
+            ]
+        ),
+        "writer": iter(
+            [AgentReply(agent="writer", text="Warm sun on the Seine\nbread, cheese, friends\ncome at noon")]
+        ),
+    }
+
+
+TOOLS = {
+    "weather": lambda args: f"{args.get('city', '?')}: sunny, 24C, light wind",
+    "clock": lambda args: "2026-11-25 12:00 UTC",
+}
+
+
+def interpret(conv: Conversation, commands: list[Command], script: dict[str, Iterator[AgentReply]]) -> None:
+    """Perform the machine's commands until it waits for the user again."""
+    while commands:
+        cmd, commands = commands[0], commands[1:]
+        new: list[Command] = []
+        if isinstance(cmd, CallAgent):
+            new = conv.submit(next(script[cmd.frame.agent]))
+        elif isinstance(cmd, RunTools):
+            results: list[Event] = [
+                ToolResult(agent=cmd.agent, call_id=c.id, name=c.name, output=TOOLS[c.name](c.arguments))
+                for c in cmd.calls
+            ]
+            new = conv.submit(*results)
+        elif isinstance(cmd, RejectCalls):
+            errors: list[Event] = [
+                ToolResult(
+                    agent=cmd.agent, call_id=r.call.id, name=r.call.name, output=r.reason, is_error=True
+                )
+                for r in cmd.rejections
+            ]
+            new = conv.submit(*errors)
+        elif isinstance(cmd, Reply):
+            console.print(f"[bold green]{cmd.agent}[/] answers: {cmd.text}")
+        elif isinstance(cmd, Fail):
+            new = conv.submit(Failed(code=cmd.code, message=cmd.message))
+        commands = new + commands
+
+
+def free_name(log: EventLog, base: str) -> str:
+    taken = {c.name for c in log.conversations()}
+    n = 1
+    name = base
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+def main() -> None:
+    log = connect()
+    console.print(Rule("p2e demo: a scripted delegation conversation"))
+    console.print(f"store: {log.url} (namespace {log.keys.ns})")
+    name = free_name(log, "demo")
+    conv = Conversation.create(log, "planner", TEAM, name=name)
+    question = "Plan a picnic in Paris tomorrow: check the weather and write an invitation."
+    console.print(f"[bold cyan]user[/]: {question}")
+    interpret(conv, conv.submit(UserMessage(text=question)), first_path())
+
+    history = conv.history()
+    console.print(events_table(history, f"{name} / main"))
+    mid = next(e.seq for e in history if isinstance(e, AgentReply) and e.agent == "researcher")
+    assert mid is not None
+    console.print(stack_table(rebuild(log, conv.branch, mid + 1), f"the stack just after seq {mid}"))
+
+    # Rewind to just after the researcher's answer popped back to the planner, and go another way.
+    popped = next(e.seq for e in history if isinstance(e, AgentReply) and e.text.startswith("Tomorrow"))
+    assert popped is not None
+    console.print(Rule(f"rewind to seq {popped} and take another path"))
+    fork = conv.rewind(popped)
+    console.print(f"new branch [bold]{fork.branch.name}[/]: {state_line(fork.state)}")
+    interpret(fork, pending(fork.state), second_path())  # what is outstanding after the rewind
+    console.print(events_table(fork.history(), f"{name} / {fork.branch.name}", start=popped + 1))
+
+    console.print(branch_tree(log.conversation(conv.id), log.branches(conv.id)))
+    a = artifacts.get(log, f"{name}/main/{conv.length - 1}")
+    b = artifacts.get(log, f"{name}/{fork.branch.name}/{fork.length - 1}")
+    console.print(f"diff of the two final answers ({a.ref} vs {b.ref}):")
+    console.print(artifacts.diff(a, b))
+    console.print(Rule())
+    console.print(
+        f"explore: p2e conversation show {name} | p2e conversation branches {name} | "
+        f"p2e conversation stack {name} --at {mid} | p2e artifact list {name}"
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except P2EError as e:
+        raise SystemExit(f"error: {e}") from e

@@ -1,0 +1,50 @@
+"""The `p2e` command: thin Typer commands that call the core and render with Rich.
+
+Errors from p2e print as one line on stderr and exit non-zero; no tracebacks for user mistakes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from p2e.cli import artifact, conversation, store
+from p2e.errors import P2EError
+
+app = typer.Typer(
+    name="p2e",
+    help="Build, run and inspect multi-agent conversations: branching event logs and interaction stacks.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(conversation.app, name="conversation")
+app.add_typer(artifact.app, name="artifact")
+app.add_typer(store.app, name="store")
+
+err = Console(stderr=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except P2EError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as e:  # click's usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            err.print("aborted")
+            sys.exit(1)
+        raise

@@ -1,0 +1,104 @@
+"""`p2e conversation ...`: list, show, stack, branches, rewind, checkout."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from p2e.cli._common import console, open_log
+from p2e.cli.render import branch_tree, events_table, stack_table, state_line, when
+from p2e.conversation import Conversation, rebuild
+from p2e.errors import SequenceOutOfRange
+
+app = typer.Typer(
+    help="Inspect and steer conversations: history, interaction stack, branches.", no_args_is_help=True
+)
+
+CONV = typer.Argument(..., help="conversation name or id (see `p2e conversation list`)")
+BRANCH = typer.Option(None, "--branch", "-b", help="branch name; default: the checked-out branch")
+
+
+@app.command("list")
+def list_() -> None:
+    """List conversations with their root agent, branches and event counts."""
+    convs = open_log().conversations()
+    if not convs:
+        console.print("no conversations yet; `make demo` records one")
+        return
+    table = Table()
+    for col in ("name", "id", "root agent", "branches", "events", "checked out", "created"):
+        table.add_column(col)
+    for c in convs:
+        table.add_row(c.name, c.id, c.root, str(c.branches), str(c.events), c.active, when(c.created))
+    console.print(table)
+
+
+@app.command()
+def show(
+    conv: str = CONV,
+    branch: str | None = BRANCH,
+    start: int = typer.Option(0, "--from", help="first seq to show"),
+    end: int | None = typer.Option(None, "--to", help="last seq to show (inclusive)"),
+) -> None:
+    """Show a branch's events; a delegate's events are indented under its caller.
+
+    Example: p2e conversation show demo --from 2 --to 8
+    """
+    log = open_log()
+    b = log.branch(conv, branch)
+    for seq in (start, end):
+        if seq is not None and not 0 <= seq < max(b.length, 1):
+            raise SequenceOutOfRange(seq, b.length)
+    events = log.read(b, 0, None if end is None else end + 1)
+    console.print(events_table(events, f"{conv} / {b.name}", start=start))
+    console.print(state_line(rebuild(log, b)))
+
+
+@app.command()
+def stack(
+    conv: str = CONV,
+    branch: str | None = BRANCH,
+    at: int | None = typer.Option(None, "--at", help="show the stack just after event SEQ"),
+) -> None:
+    """Show the interaction stack: the root at the bottom, each delegate above its caller."""
+    log = open_log()
+    b = log.branch(conv, branch)
+    if at is not None and not 0 <= at < b.length:
+        raise SequenceOutOfRange(at, b.length)
+    state = rebuild(log, b, None if at is None else at + 1)
+    where = f"after seq {at}" if at is not None else "at its head"
+    console.print(stack_table(state, f"{conv} / {b.name} {where}"))
+    console.print(state_line(state))
+
+
+@app.command()
+def branches(conv: str = CONV) -> None:
+    """Show the branches as a tree of forks, with the checked-out one marked."""
+    log = open_log()
+    console.print(branch_tree(log.conversation(conv), log.branches(conv)))
+
+
+@app.command()
+def rewind(
+    conv: str = CONV,
+    seq: int = typer.Argument(..., help="the last event to keep"),
+    branch: str | None = BRANCH,
+    name: str | None = typer.Option(None, "--name", "-n", help="name of the new branch (default b<N>)"),
+) -> None:
+    """Go back to just after event SEQ: fork a new branch there and check it out.
+
+    Nothing is deleted: the old branch keeps its events, and `checkout` returns to it.
+    Example: p2e conversation rewind demo 4
+    """
+    c = Conversation.open(open_log(), conv, branch).rewind(seq, name)
+    console.print(
+        f"checked out new branch [bold]{c.branch.name}[/] of {conv}: events 0..{seq} of "
+        f"{c.branch.parent}; {state_line(c.state)}"
+    )
+
+
+@app.command()
+def checkout(conv: str = CONV, branch: str = typer.Argument(..., help="branch to check out")) -> None:
+    """Make BRANCH the conversation's checked-out branch."""
+    b = open_log().checkout(conv, branch)
+    console.print(f"checked out [bold]{b.name}[/] of {conv} ({b.length} events)")

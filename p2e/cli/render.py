@@ -1,0 +1,129 @@
+"""Rich views shared by the CLI commands and the demo: events, stacks, branch trees."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from p2e.events import AgentReply, Event, Failed, Finished, Started, ToolResult, UserMessage
+from p2e.machine import State, trace
+from p2e.store import BranchInfo, ConversationInfo
+
+KIND_STYLE = {
+    "started": "dim",
+    "user_message": "bold cyan",
+    "agent_reply": "green",
+    "tool_result": "yellow",
+    "failed": "bold red",
+    "finished": "bold blue",
+}
+
+
+def when(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def clip(text: str, width: int = 80) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def summary(event: Event) -> str:
+    """One line saying what an event is."""
+    if isinstance(event, Started):
+        team = ", ".join(f"{a}->{'|'.join(t)}" if t else a for a, t in event.team.items())
+        return f"root {event.root}; team {team}"
+    if isinstance(event, UserMessage):
+        return clip(event.text)
+    if isinstance(event, AgentReply):
+        calls = []
+        for c in event.tool_calls:
+            if c.is_delegation:
+                calls.append(
+                    f"delegate -> {c.arguments.get('agent')}: {clip(str(c.arguments.get('task')), 40)}"
+                )
+            else:
+                args = ", ".join(f"{k}={v!r}" for k, v in c.arguments.items())
+                calls.append(f"{c.name}({clip(args, 40)})")
+        parts = [clip(event.text)] if event.text else []
+        return " ; ".join(parts + calls) or "(empty reply)"
+    if isinstance(event, ToolResult):
+        mark = "error " if event.is_error else ""
+        return f"{event.name} {mark}-> {clip(event.output, 60)}"
+    if isinstance(event, Failed):
+        return f"{event.code}: {event.message}"
+    if isinstance(event, Finished):
+        return event.reason
+    return ""  # pragma: no cover
+
+
+def events_table(events: list[Event], title: str = "", start: int = 0) -> Table:
+    """Events from seq `start` on, with the depth of the frame each belongs to, so delegations
+    read as indentation (`events` must begin at seq 0 for the depths to be right)."""
+    table = Table(title=title or None, show_lines=False, expand=False)
+    table.add_column("seq", justify="right")
+    table.add_column("kind")
+    table.add_column("agent")
+    table.add_column("what", overflow="fold")
+    for event, before in trace(events):
+        if (event.seq or 0) < start:
+            continue
+        depth = max(before.depth, 1)
+        agent = getattr(event, "agent", "") or ""
+        table.add_row(
+            str(event.seq),
+            Text(event.kind, style=KIND_STYLE.get(event.kind, "")),
+            ("  " * (depth - 1)) + agent,
+            summary(event),
+        )
+    return table
+
+
+def stack_table(state: State, title: str = "") -> Table:
+    table = Table(title=title or None)
+    table.add_column("depth", justify="right")
+    table.add_column("agent")
+    table.add_column("waits for")
+    table.add_column("task / pending", overflow="fold")
+    for i, frame in reversed(list(enumerate(state.stack, 1))):
+        detail = clip(frame.task, 60) if frame.task else ""
+        if frame.waiting:
+            detail += f" [calls {', '.join(frame.waiting)}]"
+        if frame.queue:
+            detail += f" [then delegate to {', '.join(str(c.arguments.get('agent')) for c in frame.queue)}]"
+        table.add_row(str(i), frame.agent, frame.phase, detail.strip())
+    return table
+
+
+def state_line(state: State) -> str:
+    line = f"status {state.status}, {state.length} events, {state.steps} steps, depth {state.depth}"
+    if state.violation:
+        line += f", must fail: {state.violation.message}"
+    if state.error:
+        line += f", failed: {state.error.code}: {state.error.message}"
+    return line
+
+
+def branch_tree(conv: ConversationInfo, branches: list[BranchInfo]) -> Tree:
+    """Branches as a tree of forks: each child shows where it left its parent."""
+    tree = Tree(f"[bold]{conv.name}[/] ({conv.id}) root agent {conv.root}")
+    nodes: dict[str, Tree] = {}
+    children: dict[str | None, list[BranchInfo]] = {}
+    for b in branches:
+        children.setdefault(b.parent, []).append(b)
+
+    def label(b: BranchInfo) -> str:
+        star = " [bold magenta]*checked out[/]" if b.name == conv.active else ""
+        fork = f", forked at {b.fork_at}" if b.parent else ""
+        return f"[bold]{b.name}[/] {b.length} events ({b.length - b.fork_at} own{fork}){star}"
+
+    def add(parent_node: Tree, parent: str | None) -> None:
+        for b in children.get(parent, []):
+            nodes[b.name] = parent_node.add(label(b))
+            add(nodes[b.name], b.name)
+
+    add(tree, None)
+    return tree

@@ -1,0 +1,109 @@
+"""A conversation's checked-out branch and its machine state, kept in step with the store.
+
+`submit` is the write-ahead rule in one place: an event is first applied to the machine (a bad
+event is rejected and nothing is stored), then appended with the expected length (so a second
+writer cannot interleave), and only then does the caller act on the returned commands.
+"""
+
+from __future__ import annotations
+
+import os
+
+from p2e.errors import CorruptData, EventRejected, InvalidArgument, SequenceOutOfRange
+from p2e.events import Event, Limits, Started
+from p2e.machine import INITIAL, Command, State, fold, handle
+from p2e.store import BranchInfo, ConversationInfo, EventLog
+
+SNAPSHOT_EVERY = int(os.environ.get("P2E_SNAPSHOT_EVERY", "256"))
+
+
+class Conversation:
+    def __init__(self, log: EventLog, info: ConversationInfo, branch: BranchInfo, state: State):
+        self.log, self.info, self.branch, self.state = log, info, branch, state
+
+    @property
+    def id(self) -> str:
+        return self.info.id
+
+    @property
+    def length(self) -> int:
+        return self.state.length
+
+    @classmethod
+    def create(
+        cls,
+        log: EventLog,
+        root: str,
+        team: dict[str, tuple[str, ...] | list[str]],
+        limits: Limits | None = None,
+        name: str | None = None,
+    ) -> Conversation:
+        """Create a conversation and record its `started` event (validated before anything is stored)."""
+        start = Started(root=root, team={a: tuple(t) for a, t in team.items()}, limits=limits or Limits())
+        handle(INITIAL, start)  # reject a bad team before creating anything
+        info = log.create_conversation(root, name)
+        conv = cls(log, info, log.branch(info.id, info.active), INITIAL)
+        conv.submit(start)
+        return conv
+
+    @classmethod
+    def open(cls, log: EventLog, conv: str, branch: str | None = None) -> Conversation:
+        """Rebuild a branch's state from its newest snapshot plus the events after it."""
+        info = log.conversation(conv)
+        b = log.branch(info.id, branch)
+        return cls(log, info, b, rebuild(log, b))
+
+    def submit(self, *events: Event) -> list[Command]:
+        """Validate, store, then return the commands due after the last event."""
+        state, commands = self.state, []
+        for e in events:
+            state, commands = handle(state, e)
+        self.log.append_to(self.id, self.branch.name, events, expected=self.state.length)
+        before = self.state.length
+        self.state = state
+        self.branch = self.branch.model_copy(update={"length": state.length})
+        if before // SNAPSHOT_EVERY != state.length // SNAPSHOT_EVERY:
+            self.log.save_snapshot(self.id, self.branch.name, state.length, state.model_dump_json().encode())
+        return commands
+
+    def history(self, start: int = 0, end: int | None = None) -> list[Event]:
+        return self.log.read(self.branch, start, end)
+
+    def fork(self, at: int, name: str | None = None, checkout: bool = True) -> Conversation:
+        """A new branch with the first `at` events of this one; checked out by default."""
+        b = self.log.fork(self.id, self.branch.name, at, name or self.free_branch_name(), checkout)
+        info = self.log.conversation(self.id)
+        return Conversation(self.log, info, b, rebuild(self.log, b))
+
+    def rewind(self, seq: int, name: str | None = None) -> Conversation:
+        """Go back to just after event `seq`: a new branch ending with that event, checked out."""
+        if not 0 <= seq < self.length:
+            raise SequenceOutOfRange(seq, self.length)
+        return self.fork(seq + 1, name)
+
+    def free_branch_name(self) -> str:
+        taken = {b.name for b in self.log.branches(self.id)}
+        n = len(taken)
+        while f"b{n}" in taken:
+            n += 1
+        return f"b{n}"
+
+
+def rebuild(log: EventLog, branch: BranchInfo, upto: int | None = None) -> State:
+    """The machine state after the first `upto` events of a branch (all of them by default)."""
+    upto = branch.length if upto is None else upto
+    if not 0 <= upto <= branch.length:
+        raise InvalidArgument(f"cannot rebuild at {upto}: the branch holds {branch.length} events")
+    state, start = INITIAL, 0
+    snap = log.load_snapshot(branch, upto)
+    if snap is not None:
+        try:
+            state, start = State.model_validate_json(snap[1]), snap[0]
+        except ValueError:
+            state, start = INITIAL, 0  # a bad snapshot only costs a longer replay
+    try:
+        return fold(log.read(branch, start, upto), state)
+    except EventRejected as e:
+        raise CorruptData(
+            log.keys.events(branch.conversation, branch.name), f"stored history does not replay: {e}"
+        ) from e

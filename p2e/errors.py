@@ -1,0 +1,90 @@
+"""One exception hierarchy. Every message says what went wrong and what to do about it.
+
+The CLI prints `str(error)` on one line and exits non-zero, so messages are written for users,
+not for stack traces.
+"""
+
+from __future__ import annotations
+
+
+class P2EError(Exception):
+    """Base of every error p2e raises on purpose."""
+
+    exit_code = 1
+
+
+class NotFound(P2EError):
+    """A conversation, branch or artifact that the store does not hold."""
+
+    exit_code = 2
+
+
+class UnknownConversation(NotFound):
+    def __init__(self, conversation: str):
+        super().__init__(
+            f"unknown conversation {conversation!r}; `p2e conversation list` shows the ones in the store"
+        )
+        self.conversation = conversation
+
+
+class UnknownBranch(NotFound):
+    def __init__(self, conversation: str, branch: str, known: list[str] | None = None):
+        hint = f" (its branches: {', '.join(known)})" if known else ""
+        super().__init__(f"conversation {conversation!r} has no branch {branch!r}{hint}")
+        self.conversation, self.branch = conversation, branch
+
+
+class UnknownArtifact(NotFound):
+    def __init__(self, ref: str, why: str = ""):
+        super().__init__(f"unknown artifact {ref!r}{': ' + why if why else ''}")
+        self.ref = ref
+
+
+class InvalidArgument(P2EError):
+    """A value given by the user (CLI argument, API argument) that cannot be used."""
+
+    exit_code = 2
+
+
+class SequenceOutOfRange(InvalidArgument):
+    def __init__(self, seq: int, length: int, what: str = "branch"):
+        last = f"0..{length - 1}" if length else "none: it is empty"
+        super().__init__(f"sequence number {seq} is out of range; this {what} holds events {last}")
+        self.seq, self.length = seq, length
+
+
+class EventRejected(P2EError):
+    """An event that does not fit the machine's state. It is never stored."""
+
+    def __init__(self, reason: str, seq: int | None = None):
+        where = f" at seq {seq}" if seq is not None else ""
+        super().__init__(f"event rejected{where}: {reason}")
+        self.reason = reason
+
+
+class Conflict(P2EError):
+    """Someone else appended to the branch first (optimistic concurrency); reload and retry."""
+
+
+class StoreError(P2EError):
+    """The store could not be used."""
+
+
+class StoreUnavailable(StoreError):
+    def __init__(self, url: str, cause: object = ""):
+        super().__init__(
+            f"cannot reach the store at {url} ({cause}); check that the server runs, "
+            "or unset P2E_REDIS_URL to use the embedded store (`p2e store start`)"
+        )
+        self.url = url
+
+
+class CorruptData(StoreError):
+    """Data under the p2e prefix that p2e did not write, or that no longer parses."""
+
+    def __init__(self, key: str, why: str):
+        super().__init__(
+            f"corrupt or foreign data at {key}: {why}; it was not written by this version of p2e "
+            "(remove the key, or use another P2E_NAMESPACE)"
+        )
+        self.key = key

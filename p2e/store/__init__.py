@@ -1,0 +1,31 @@
+"""The store: a branching event log on Redis or an embedded Valkey. See `keys.py` for the layout."""
+
+from __future__ import annotations
+
+import os
+
+from p2e.store.keys import Keys
+from p2e.store.log import BranchInfo, ConversationInfo, EventLog, Segment
+from p2e.store.server import ServerInfo, embedded_status, ensure_embedded, stop_embedded, store_url
+
+
+def connect(url: str | None = None, namespace: str | None = None) -> EventLog:
+    """Open the store: `url`, else P2E_REDIS_URL, else the embedded Valkey (started if needed)."""
+    log = EventLog(url or store_url(), namespace or os.environ.get("P2E_NAMESPACE", "p2e"))
+    log.ping()
+    return log
+
+
+__all__ = [
+    "BranchInfo",
+    "ConversationInfo",
+    "EventLog",
+    "Keys",
+    "Segment",
+    "ServerInfo",
+    "connect",
+    "embedded_status",
+    "ensure_embedded",
+    "stop_embedded",
+    "store_url",
+]

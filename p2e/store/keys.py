@@ -1,0 +1,78 @@
+"""The key layout: every key p2e writes, in one place.
+
+All keys live under one namespace (`p2e` by default; `P2E_NAMESPACE` changes it, so several
+projects or test runs can share a server). With `ns` the namespace, `cid` a conversation id and
+`b` a branch name:
+
+| key | type | holds |
+| --- | --- | --- |
+| `ns:convs` | zset | conversation ids, scored by creation time |
+| `ns:names` | hash | conversation name -> id |
+| `ns:conv:cid` | hash | id, name, root, created, active (checked-out branch), events (stored) |
+| `ns:conv:cid:branches` | zset | branch names, scored by creation time |
+| `ns:conv:cid:br:b` | hash | name, parent, fork_at, length, created, lineage (JSON) |
+| `ns:conv:cid:br:b:ev` | list | the branch's *own* events (JSON); index i is seq fork_at + i |
+| `ns:conv:cid:br:b:snap` | hash | length -> machine state (JSON) after that many events |
+| `ns:conv:cid:ix:kind:K` | list | refs `b:seq` of the conversation's events of kind K |
+| `ns:conv:cid:ix:agent:A` | list | refs `b:seq` of the events of agent A |
+| `ns:embedded` | string | marker set by the embedded server manager (its data dir) |
+
+A branch stores only its own events. `lineage` lists the segments of history it inherits,
+oldest first, as `[branch, lo, hi, offset]`: seqs lo..hi-1 live in that branch's list at index
+seq - offset. So forking copies no event (O(1) in history length), and reading any history is one
+pipelined round trip however deep the fork line is.
+"""
+
+from __future__ import annotations
+
+import re
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+"""Conversation and branch names: safe in keys, refs (`conv/branch/seq`) and shells."""
+
+
+class Keys:
+    def __init__(self, namespace: str = "p2e"):
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", namespace):
+            raise ValueError(f"namespace {namespace!r} must be letters, digits, '_', '.', '-'")
+        self.ns = namespace
+
+    @property
+    def convs(self) -> str:
+        return f"{self.ns}:convs"
+
+    @property
+    def names(self) -> str:
+        return f"{self.ns}:names"
+
+    @property
+    def embedded(self) -> str:
+        return f"{self.ns}:embedded"
+
+    def conv(self, cid: str) -> str:
+        return f"{self.ns}:conv:{cid}"
+
+    def branches(self, cid: str) -> str:
+        return f"{self.ns}:conv:{cid}:branches"
+
+    def branch(self, cid: str, b: str) -> str:
+        return f"{self.ns}:conv:{cid}:br:{b}"
+
+    def events(self, cid: str, b: str) -> str:
+        return f"{self.ns}:conv:{cid}:br:{b}:ev"
+
+    def snapshots(self, cid: str, b: str) -> str:
+        return f"{self.ns}:conv:{cid}:br:{b}:snap"
+
+    def index_prefix(self, cid: str) -> str:
+        return f"{self.ns}:conv:{cid}:ix:"
+
+    def by_kind(self, cid: str, kind: str) -> str:
+        return f"{self.index_prefix(cid)}kind:{kind}"
+
+    def by_agent(self, cid: str, agent: str) -> str:
+        return f"{self.index_prefix(cid)}agent:{agent}"
+
+    def all_of(self, cid: str) -> str:
+        """Pattern matching every key of one conversation (for SCAN)."""
+        return f"{self.ns}:conv:{cid}:*"

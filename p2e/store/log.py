@@ -1,0 +1,431 @@
+"""The branching event log on a Redis-protocol server.
+
+Every multi-key write is one Lua script (create, append, fork), so a command that dies halfway
+leaves nothing half-written. Reads of a history are one pipelined round trip whatever the depth
+of the fork line. See `keys.py` for the layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from importlib.resources import files
+
+import redis
+from pydantic import BaseModel, ValidationError
+
+from p2e.errors import (
+    Conflict,
+    CorruptData,
+    InvalidArgument,
+    SequenceOutOfRange,
+    StoreUnavailable,
+    UnknownBranch,
+    UnknownConversation,
+)
+from p2e.events import Event, encode, event_adapter, event_agent, events_adapter
+from p2e.store.keys import NAME_RE, Keys
+
+MAX_BATCH = 1000
+"""Events per append script call (Lua's argument stack is bounded)."""
+
+
+class Segment(BaseModel):
+    """Seqs lo..hi-1 of a history, stored in `branch`'s list at index seq - offset."""
+
+    branch: str
+    lo: int
+    hi: int
+    offset: int
+
+    def clip(self, start: int, end: int) -> Segment | None:
+        lo, hi = max(self.lo, start), min(self.hi, end)
+        return Segment(branch=self.branch, lo=lo, hi=hi, offset=self.offset) if lo < hi else None
+
+
+class BranchInfo(BaseModel):
+    conversation: str
+    name: str
+    parent: str | None
+    fork_at: int
+    length: int
+    created: float
+    lineage: list[Segment]
+
+    @property
+    def own(self) -> Segment:
+        return Segment(branch=self.name, lo=self.fork_at, hi=self.length, offset=self.fork_at)
+
+    @property
+    def segments(self) -> list[Segment]:
+        return [*self.lineage, self.own]
+
+
+class ConversationInfo(BaseModel):
+    id: str
+    name: str
+    root: str
+    created: float
+    active: str
+    events: int
+    branches: int = 0
+
+
+def _script(name: str) -> str:
+    return files("p2e.store").joinpath("lua", f"{name}.lua").read_text()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+def check_name(name: str, what: str) -> str:
+    if not NAME_RE.match(name):
+        raise InvalidArgument(
+            f"{what} name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
+class EventLog:
+    """Conversations, branches and their events in one Redis/Valkey database."""
+
+    def __init__(self, url: str, namespace: str = "p2e", client: redis.Redis | None = None):
+        self.url = url
+        self.keys = Keys(namespace)
+        self.r = client or redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+        self._append = self.r.register_script(_script("append"))
+        self._fork = self.r.register_script(_script("fork"))
+        self._create = self.r.register_script(_script("create"))
+
+    def close(self) -> None:
+        self.r.close()
+
+    @contextlib.contextmanager
+    def guard(self) -> Iterator[None]:
+        """Turn redis errors into p2e errors that name the URL or key involved."""
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as e:
+            raise StoreUnavailable(self.url, e) from e
+        except redis.ResponseError as e:
+            if "WRONGTYPE" in str(e):
+                raise CorruptData(f"a key under {self.keys.ns}:", str(e)) from e
+            raise
+
+    def ping(self) -> None:
+        with self.guard():
+            self.r.ping()
+
+    # --- conversations -------------------------------------------------------------------------
+
+    def create_conversation(
+        self, root: str, name: str | None = None, branch: str = "main"
+    ) -> ConversationInfo:
+        cid = new_id()
+        name = check_name(name, "conversation") if name else cid
+        check_name(branch, "branch")
+        k = self.keys
+        created = time.time()
+        with self.guard():
+            try:
+                self._create(
+                    keys=[k.convs, k.names, k.conv(cid), k.branches(cid), k.branch(cid, branch)],
+                    args=[cid, name, root, repr(created), branch],
+                )
+            except redis.ResponseError as e:
+                if "P2E_NAME_TAKEN" in str(e):
+                    raise InvalidArgument(
+                        f"a conversation named {name!r} exists already; pick another name"
+                    ) from e
+                raise
+        return ConversationInfo(
+            id=cid, name=name, root=root, created=created, active=branch, events=0, branches=1
+        )
+
+    def resolve(self, conv: str) -> str:
+        """A conversation id from an id or a name."""
+        with self.guard():
+            if self.r.exists(self.keys.conv(conv)):
+                return conv
+            cid = self.r.hget(self.keys.names, conv)
+        if cid is None:
+            raise UnknownConversation(conv)
+        return cid.decode()
+
+    def conversation(self, conv: str) -> ConversationInfo:
+        cid = self.resolve(conv)
+        with self.guard():
+            p = self.r.pipeline(transaction=False)
+            p.hgetall(self.keys.conv(cid))
+            p.zcard(self.keys.branches(cid))
+            raw, n = p.execute()
+        return self._conv_info(cid, raw, n)
+
+    def conversations(self) -> list[ConversationInfo]:
+        """Every conversation, oldest first. Entries that do not parse raise `CorruptData`."""
+        with self.guard():
+            ids = [i.decode() for i in self.r.zrange(self.keys.convs, 0, -1)]
+            p = self.r.pipeline(transaction=False)
+            for cid in ids:
+                p.hgetall(self.keys.conv(cid))
+                p.zcard(self.keys.branches(cid))
+            raw = p.execute()
+        return [self._conv_info(cid, raw[2 * i], raw[2 * i + 1]) for i, cid in enumerate(ids)]
+
+    def _conv_info(self, cid: str, raw: dict[bytes, bytes], branches: int) -> ConversationInfo:
+        key = self.keys.conv(cid)
+        if not raw:
+            raise CorruptData(key, "listed in the conversation index but has no record")
+        try:
+            fields = {k.decode(): v.decode() for k, v in raw.items()}
+            return ConversationInfo(branches=branches, **fields)
+        except (ValidationError, UnicodeDecodeError, TypeError) as e:
+            raise CorruptData(key, f"not a conversation record ({e.__class__.__name__})") from e
+
+    # --- branches ------------------------------------------------------------------------------
+
+    def branch(self, conv: str, name: str | None = None) -> BranchInfo:
+        """A branch of a conversation; the checked-out one when `name` is None."""
+        cid = self.resolve(conv)
+        with self.guard():
+            if name is None:
+                active = self.r.hget(self.keys.conv(cid), "active")
+                if active is None:
+                    raise CorruptData(self.keys.conv(cid), "no checked-out branch")
+                name = active.decode()
+            raw = self.r.hgetall(self.keys.branch(cid, name))
+        if not raw:
+            raise UnknownBranch(conv, name, [b.name for b in self.branches(conv)])
+        return self._branch_info(cid, name, raw)
+
+    def branches(self, conv: str) -> list[BranchInfo]:
+        cid = self.resolve(conv)
+        with self.guard():
+            names = [n.decode() for n in self.r.zrange(self.keys.branches(cid), 0, -1)]
+            p = self.r.pipeline(transaction=False)
+            for n in names:
+                p.hgetall(self.keys.branch(cid, n))
+            raws = p.execute()
+        return [self._branch_info(cid, n, raw) for n, raw in zip(names, raws, strict=True)]
+
+    def _branch_info(self, cid: str, name: str, raw: dict[bytes, bytes]) -> BranchInfo:
+        key = self.keys.branch(cid, name)
+        try:
+            f = {k.decode(): v.decode() for k, v in raw.items()}
+            return BranchInfo(
+                conversation=cid,
+                name=name,
+                parent=f["parent"] or None,
+                fork_at=int(f["fork_at"]),
+                length=int(f["length"]),
+                created=float(f["created"]),
+                lineage=[
+                    Segment(branch=s[0], lo=s[1], hi=s[2], offset=s[3]) for s in json.loads(f["lineage"])
+                ],
+            )
+        except (KeyError, ValueError, IndexError, TypeError, ValidationError, UnicodeDecodeError) as e:
+            raise CorruptData(key, f"not a branch record ({e.__class__.__name__}: {e})") from e
+
+    def fork(self, conv: str, parent: str, at: int, name: str, checkout: bool = False) -> BranchInfo:
+        """A new branch holding the parent's first `at` events. O(1): no event is copied."""
+        check_name(name, "branch")
+        p = self.branch(conv, parent)
+        if not 0 <= at <= p.length:
+            raise SequenceOutOfRange(at, p.length + 1, "fork point; it")
+        lineage = [c for s in p.segments if (c := s.clip(0, at))]
+        created = time.time()
+        cid, k = p.conversation, self.keys
+        with self.guard():
+            try:
+                self._fork(
+                    keys=[k.branch(cid, parent), k.branch(cid, name), k.branches(cid), k.conv(cid)],
+                    args=[
+                        at,
+                        name,
+                        parent,
+                        repr(created),
+                        json.dumps([[s.branch, s.lo, s.hi, s.offset] for s in lineage]),
+                        "1" if checkout else "0",
+                    ],
+                )
+            except redis.ResponseError as e:
+                if "P2E_EXISTS" in str(e):
+                    raise InvalidArgument(f"conversation {conv!r} already has a branch {name!r}") from e
+                if "P2E_RANGE" in str(e):  # the parent shrank? impossible; but be exact
+                    raise SequenceOutOfRange(at, int(str(e).split()[-1]) + 1, "fork point; it") from e
+                raise
+        return BranchInfo(
+            conversation=cid,
+            name=name,
+            parent=parent,
+            fork_at=at,
+            length=at,
+            created=created,
+            lineage=lineage,
+        )
+
+    def checkout(self, conv: str, name: str) -> BranchInfo:
+        info = self.branch(conv, name)
+        with self.guard():
+            self.r.hset(self.keys.conv(info.conversation), "active", name)
+        return info
+
+    # --- events --------------------------------------------------------------------------------
+
+    def append(self, conv: str, branch: str, events: Sequence[Event], expected: int | None = None) -> int:
+        """Append events atomically; return the seq of the first. `expected` is the length the
+        branch must have (optimistic concurrency): a mismatch raises `Conflict`, writes nothing."""
+        return self.append_to(self.resolve(conv), branch, events, expected)
+
+    def append_to(self, cid: str, branch: str, events: Sequence[Event], expected: int | None = None) -> int:
+        """`append` for a known conversation id (the hot path: one round trip per batch)."""
+        if not events:
+            raise InvalidArgument("nothing to append")
+        k = self.keys
+        first = None
+        for i in range(0, len(events), MAX_BATCH):
+            chunk = events[i : i + MAX_BATCH]
+            args: list[object] = ["" if expected is None else expected, k.index_prefix(cid), branch]
+            for e in chunk:
+                args += [encode(e), e.kind, event_agent(e) or ""]
+            with self.guard():
+                try:
+                    start, end = self._append(
+                        keys=[k.branch(cid, branch), k.events(cid, branch), k.conv(cid)], args=args
+                    )
+                except redis.ResponseError as e:
+                    if "P2E_NO_BRANCH" in str(e):
+                        raise UnknownBranch(cid, branch) from e
+                    raise
+            if start == -1:
+                raise Conflict(
+                    f"branch {branch!r} of {cid} is at {end} events, not the expected {expected}: "
+                    "another writer appended first; reload the conversation and retry"
+                )
+            first = start if first is None else first
+            if expected is not None:
+                expected = end
+        assert first is not None
+        return first
+
+    def history(
+        self, conv: str, branch: str | None = None, start: int = 0, end: int | None = None
+    ) -> list[Event]:
+        """Events start..end-1 of a branch, inherited ones included."""
+        return self.read(self.branch(conv, branch), start, end)
+
+    def read(self, info: BranchInfo, start: int = 0, end: int | None = None) -> list[Event]:
+        end = info.length if end is None else min(end, info.length)
+        if start < 0:
+            raise SequenceOutOfRange(start, info.length)
+        segs = [c for s in info.segments if (c := s.clip(start, end))]
+        if not segs:
+            return []
+        with self.guard():
+            p = self.r.pipeline(transaction=False)
+            for s in segs:
+                p.lrange(self.keys.events(info.conversation, s.branch), s.lo - s.offset, s.hi - s.offset - 1)
+            parts = p.execute()
+        raws = [raw for part in parts for raw in part]
+        expected_n = sum(s.hi - s.lo for s in segs)
+        if len(raws) != expected_n:
+            raise CorruptData(
+                self.keys.events(info.conversation, info.name),
+                f"expected {expected_n} events in seqs {start}..{end - 1}, found {len(raws)}",
+            )
+        return self._decode(info, raws, start)
+
+    def _decode(self, info: BranchInfo, raws: list[bytes], start: int) -> list[Event]:
+        try:
+            events = events_adapter.validate_json(b"[" + b",".join(raws) + b"]")
+        except ValidationError:
+            for i, raw in enumerate(raws):  # find the first bad one, to name it
+                try:
+                    event_adapter.validate_json(raw)
+                except ValidationError as e:
+                    raise CorruptData(
+                        f"{self.keys.events(info.conversation, info.name)} (seq {start + i})",
+                        f"not a p2e event: {e.errors()[0]['msg']}",
+                    ) from e
+            raise
+        for i, e in enumerate(events):
+            if e.seq != start + i:
+                raise CorruptData(
+                    self.keys.events(info.conversation, info.name),
+                    f"event at position {start + i} carries seq {e.seq}",
+                )
+        return events
+
+    def event(self, conv: str, branch: str | None, seq: int) -> Event:
+        info = self.branch(conv, branch)
+        if not 0 <= seq < info.length:
+            raise SequenceOutOfRange(seq, info.length)
+        return self.read(info, seq, seq + 1)[0]
+
+    def owner(self, info: BranchInfo, seq: int) -> str:
+        """The branch that stores event `seq` of `info`'s history (its canonical home)."""
+        for s in info.segments:
+            if s.lo <= seq < s.hi:
+                return s.branch
+        raise SequenceOutOfRange(seq, info.length)
+
+    # --- snapshots -----------------------------------------------------------------------------
+
+    def save_snapshot(self, cid: str, branch: str, length: int, state_json: bytes) -> None:
+        with self.guard():
+            self.r.hset(self.keys.snapshots(cid, branch), str(length), state_json)
+
+    def load_snapshot(self, info: BranchInfo, upto: int | None = None) -> tuple[int, bytes] | None:
+        """The newest snapshot valid for `info`'s history up to `upto` events: (length, state)."""
+        upto = info.length if upto is None else upto
+        segs = [c for s in info.segments if (c := s.clip(0, upto))]
+        with self.guard():
+            p = self.r.pipeline(transaction=False)
+            for s in segs:
+                p.hkeys(self.keys.snapshots(info.conversation, s.branch))
+            found = p.execute()
+            best: tuple[int, str] | None = None
+            for s, keys in zip(segs, found, strict=True):
+                for raw in keys:
+                    n = int(raw)
+                    if s.lo < n <= s.hi and (best is None or n > best[0]):
+                        best = (n, s.branch)
+            if best is None:
+                return None
+            data = self.r.hget(self.keys.snapshots(info.conversation, best[1]), str(best[0]))
+        return (best[0], data) if data is not None else None
+
+    # --- artifact index ------------------------------------------------------------------------
+
+    def indexed(self, conv: str, kind: str | None = None, agent: str | None = None) -> list[tuple[str, int]]:
+        """Refs (branch, seq) of a conversation's events of one kind and/or agent, in append order."""
+        cid = self.resolve(conv)
+        with self.guard():
+            p = self.r.pipeline(transaction=False)
+            if kind:
+                p.lrange(self.keys.by_kind(cid, kind), 0, -1)
+            if agent:
+                p.lrange(self.keys.by_agent(cid, agent), 0, -1)
+            lists = p.execute()
+        sets = [[_ref(x) for x in lst] for lst in lists]
+        if len(sets) == 2:
+            keep = set(sets[1])
+            return [r for r in sets[0] if r in keep]
+        return sets[0] if sets else []
+
+    def index_keys(self, conv: str) -> list[str]:
+        """The kinds and agents a conversation's index knows (`kind:K`, `agent:A`)."""
+        cid = self.resolve(conv)
+        prefix = self.keys.index_prefix(cid)
+        with self.guard():
+            return sorted(k.decode()[len(prefix) :] for k in self.r.scan_iter(match=prefix + "*", count=1000))
+
+
+def _ref(raw: bytes) -> tuple[str, int]:
+    b, _, seq = raw.decode().rpartition(":")
+    return b, int(seq)

