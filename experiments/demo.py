@@ -12,8 +12,6 @@ branches demo`, `p2e artifact list demo`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from rich.console import Console
 from rich.rule import Rule
 
@@ -21,71 +19,14 @@ from p2e import artifacts
 from p2e.cli.render import branch_tree, events_table, stack_table, state_line
 from p2e.conversation import Conversation, rebuild
 from p2e.errors import P2EError
-from p2e.events import AgentReply, Event, Failed, ToolCall, ToolResult, UserMessage
-from p2e.machine import CallAgent, Command, Fail, RejectCalls, Reply, RunTools, pending
+from p2e.events import AgentReply, ToolCall, UserMessage
+from p2e.machine import pending
+from p2e.scripted import ScriptedTeam
 from p2e.store import EventLog, connect
 
 console = Console(highlight=False)
 
 TEAM = {"planner": ["researcher", "writer"], "researcher": [], "writer": []}
-
-
-def delegate(call_id: str, agent: str, task: str) -> ToolCall:
-    return ToolCall(id=call_id, name="delegate", arguments={"agent": agent, "task": task})
-
-
-def first_path() -> dict[str, Iterator[AgentReply]]:
-    return {
-        "planner": iter(
-            [
-                AgentReply(
-                    agent="planner", tool_calls=(delegate("p1", "researcher", "Weather in Paris tomorrow?"),)
-                ),
-                AgentReply(
-                    agent="planner",
-                    text="Sunny: a picnic works.",
-                    tool_calls=(delegate("p2", "writer", "Invite friends to a picnic; 24C and sunny."),),
-                ),
-                AgentReply(
-                    agent="planner", text="Done: tomorrow is sunny (24C) and the invitation is ready."
-                ),
-            ]
-        ),
-        "researcher": iter(
-            [
-                AgentReply(
-                    agent="researcher",
-                    tool_calls=(
-                        ToolCall(id="r1", name="weather", arguments={"city": "Paris"}),
-                        ToolCall(id="r2", name="clock", arguments={}),
-                    ),
-                ),
-                AgentReply(agent="researcher", text="Tomorrow in Paris: sunny, 24C."),
-            ]
-        ),
-        "writer": iter(
-            [AgentReply(agent="writer", text="Join us for a sunny picnic by the Seine tomorrow at noon!")]
-        ),
-    }
-
-
-def second_path() -> dict[str, Iterator[AgentReply]]:
-    """After the rewind the planner asks the writer for a haiku instead."""
-    return {
-        "planner": iter(
-            [
-                AgentReply(
-                    agent="planner",
-                    tool_calls=(delegate("p3", "writer", "A haiku inviting friends to a sunny picnic."),),
-                ),
-                AgentReply(agent="planner", text="Done: sunny tomorrow, and the invitation is a haiku."),
-            ]
-        ),
-        "writer": iter(
-            [AgentReply(agent="writer", text="Warm sun on the Seine\nbread, cheese, friends\ncome at noon")]
-        ),
-    }
-
 
 TOOLS = {
     "weather": lambda args: f"{args.get('city', '?')}: sunny, 24C, light wind",
@@ -93,32 +34,44 @@ TOOLS = {
 }
 
 
-def interpret(conv: Conversation, commands: list[Command], script: dict[str, Iterator[AgentReply]]) -> None:
-    """Perform the machine's commands until it waits for the user again."""
-    while commands:
-        cmd, commands = commands[0], commands[1:]
-        new: list[Command] = []
-        if isinstance(cmd, CallAgent):
-            new = conv.submit(next(script[cmd.frame.agent]))
-        elif isinstance(cmd, RunTools):
-            results: list[Event] = [
-                ToolResult(agent=cmd.agent, call_id=c.id, name=c.name, output=TOOLS[c.name](c.arguments))
-                for c in cmd.calls
-            ]
-            new = conv.submit(*results)
-        elif isinstance(cmd, RejectCalls):
-            errors: list[Event] = [
-                ToolResult(
-                    agent=cmd.agent, call_id=r.call.id, name=r.call.name, output=r.reason, is_error=True
-                )
-                for r in cmd.rejections
-            ]
-            new = conv.submit(*errors)
-        elif isinstance(cmd, Reply):
-            console.print(f"[bold green]{cmd.agent}[/] answers: {cmd.text}")
-        elif isinstance(cmd, Fail):
-            new = conv.submit(Failed(code=cmd.code, message=cmd.message))
-        commands = new + commands
+def delegate(call_id: str, agent: str, task: str) -> ToolCall:
+    return ToolCall(id=call_id, name="delegate", arguments={"agent": agent, "task": task})
+
+
+def first_path() -> ScriptedTeam:
+    planner = [
+        AgentReply(agent="planner", tool_calls=(delegate("p1", "researcher", "Weather in Paris tomorrow?"),)),
+        AgentReply(
+            agent="planner",
+            text="Sunny: a picnic works.",
+            tool_calls=(delegate("p2", "writer", "Invite friends to a picnic; 24C and sunny."),),
+        ),
+        AgentReply(agent="planner", text="Done: tomorrow is sunny (24C) and the invitation is ready."),
+    ]
+    researcher = [
+        AgentReply(
+            agent="researcher",
+            tool_calls=(
+                ToolCall(id="r1", name="weather", arguments={"city": "Paris"}),
+                ToolCall(id="r2", name="clock", arguments={}),
+            ),
+        ),
+        AgentReply(agent="researcher", text="Tomorrow in Paris: sunny, 24C."),
+    ]
+    writer = [AgentReply(agent="writer", text="Join us for a sunny picnic by the Seine tomorrow at noon!")]
+    return ScriptedTeam({"planner": planner, "researcher": researcher, "writer": writer}, TOOLS)
+
+
+def second_path() -> ScriptedTeam:
+    """After the rewind the planner asks the writer for a haiku instead."""
+    planner = [
+        AgentReply(
+            agent="planner", tool_calls=(delegate("p3", "writer", "A haiku inviting friends to a picnic."),)
+        ),
+        AgentReply(agent="planner", text="Done: sunny tomorrow, and the invitation is a haiku."),
+    ]
+    writer = [AgentReply(agent="writer", text="Warm sun on the Seine\nbread, cheese, friends\ncome at noon")]
+    return ScriptedTeam({"planner": planner, "writer": writer}, TOOLS)
 
 
 def free_name(log: EventLog, base: str) -> str:
@@ -139,7 +92,8 @@ def main() -> None:
     conv = Conversation.create(log, "planner", TEAM, name=name)
     question = "Plan a picnic in Paris tomorrow: check the weather and write an invitation."
     console.print(f"[bold cyan]user[/]: {question}")
-    interpret(conv, conv.submit(UserMessage(text=question)), first_path())
+    for answer in first_path().run(conv, conv.submit(UserMessage(text=question))):
+        console.print(f"[bold green]planner[/] answers: {answer}")
 
     history = conv.history()
     console.print(events_table(history, f"{name} / main"))
@@ -153,7 +107,8 @@ def main() -> None:
     console.print(Rule(f"rewind to seq {popped} and take another path"))
     fork = conv.rewind(popped)
     console.print(f"new branch [bold]{fork.branch.name}[/]: {state_line(fork.state)}")
-    interpret(fork, pending(fork.state), second_path())  # what is outstanding after the rewind
+    for answer in second_path().run(fork, pending(fork.state)):  # pending: what the rewind left to do
+        console.print(f"[bold green]planner[/] answers: {answer}")
     console.print(events_table(fork.history(), f"{name} / {fork.branch.name}", start=popped + 1))
 
     console.print(branch_tree(log.conversation(conv.id), log.branches(conv.id)))

@@ -63,7 +63,9 @@ def log(store_url: str, namespace: str) -> Iterator[EventLog]:
 
 
 @pytest.fixture
-def store_env(store_url: str, namespace: str, store_home: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def store_env(
+    store_url: str, namespace: str, store_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, str]:
     """Environment that points the CLI (in-process or a subprocess) at the test store."""
     env = {"P2E_REDIS_URL": store_url, "P2E_NAMESPACE": namespace, "P2E_HOME": str(store_home)}
     for k, v in env.items():

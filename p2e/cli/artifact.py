@@ -18,7 +18,7 @@ app = typer.Typer(help="Artifacts: events addressed as CONVERSATION/BRANCH/SEQ."
 
 @app.command("list")
 def list_(
-    conv: str = typer.Argument(..., help="conversation name or id"),
+    conv: str = typer.Argument(..., metavar="CONV", help="conversation name or id"),
     branch: str | None = typer.Option(None, "--branch", "-b", help="only this branch's history"),
     kind: str | None = typer.Option(None, "--kind", "-k", help=f"one of: {', '.join(EVENT_KINDS)}"),
     agent: str | None = typer.Option(None, "--agent", "-a", help="only this agent's events"),
@@ -43,7 +43,7 @@ def list_(
 
 @app.command()
 def show(
-    ref: str = typer.Argument(..., help="CONVERSATION/BRANCH/SEQ, e.g. demo/main/4"),
+    ref: str = typer.Argument(..., metavar="REF", help="CONVERSATION/BRANCH/SEQ, e.g. demo/main/4"),
     raw: bool = typer.Option(False, "--json", help="print the artifact as JSON"),
 ) -> None:
     """Show one artifact: its event, where it is stored, and what it answers."""
@@ -60,8 +60,8 @@ def show(
 
 @app.command()
 def diff(
-    a: str = typer.Argument(..., help="first artifact ref"),
-    b: str = typer.Argument(..., help="second artifact ref"),
+    a: str = typer.Argument(..., metavar="REF_A", help="first artifact ref"),
+    b: str = typer.Argument(..., metavar="REF_B", help="second artifact ref"),
 ) -> None:
     """Show a unified diff of two artifacts' content.
 

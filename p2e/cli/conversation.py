@@ -14,7 +14,7 @@ app = typer.Typer(
     help="Inspect and steer conversations: history, interaction stack, branches.", no_args_is_help=True
 )
 
-CONV = typer.Argument(..., help="conversation name or id (see `p2e conversation list`)")
+CONV = typer.Argument(..., metavar="CONV", help="conversation name or id (see `p2e conversation list`)")
 BRANCH = typer.Option(None, "--branch", "-b", help="branch name; default: the checked-out branch")
 
 
@@ -81,7 +81,7 @@ def branches(conv: str = CONV) -> None:
 @app.command()
 def rewind(
     conv: str = CONV,
-    seq: int = typer.Argument(..., help="the last event to keep"),
+    seq: int = typer.Argument(..., metavar="SEQ", help="the last event to keep"),
     branch: str | None = BRANCH,
     name: str | None = typer.Option(None, "--name", "-n", help="name of the new branch (default b<N>)"),
 ) -> None:
@@ -98,7 +98,9 @@ def rewind(
 
 
 @app.command()
-def checkout(conv: str = CONV, branch: str = typer.Argument(..., help="branch to check out")) -> None:
+def checkout(
+    conv: str = CONV, branch: str = typer.Argument(..., metavar="BRANCH", help="branch to check out")
+) -> None:
     """Make BRANCH the conversation's checked-out branch."""
     b = open_log().checkout(conv, branch)
     console.print(f"checked out [bold]{b.name}[/] of {conv} ({b.length} events)")
