@@ -11,7 +11,7 @@ import os
 
 from p2e.errors import CorruptData, EventRejected, InvalidArgument, SequenceOutOfRange
 from p2e.events import Event, Limits, Started
-from p2e.machine import INITIAL, Command, State, fold, handle
+from p2e.machine import INITIAL, Command, State, fold, handle, handle_all
 from p2e.store import BranchInfo, ConversationInfo, EventLog
 
 SNAPSHOT_EVERY = int(os.environ.get("P2E_SNAPSHOT_EVERY", "256"))
@@ -37,11 +37,12 @@ class Conversation:
         team: dict[str, tuple[str, ...] | list[str]],
         limits: Limits | None = None,
         name: str | None = None,
+        cid: str | None = None,
     ) -> Conversation:
         """Create a conversation and record its `started` event (validated before anything is stored)."""
         start = Started(root=root, team={a: tuple(t) for a, t in team.items()}, limits=limits or Limits())
         handle(INITIAL, start)  # reject a bad team before creating anything
-        info = log.create_conversation(root, name)
+        info = log.create_conversation(root, name, cid=cid)
         conv = cls(log, info, log.branch(info.id, info.active), INITIAL)
         conv.submit(start)
         return conv
@@ -55,16 +56,25 @@ class Conversation:
 
     def submit(self, *events: Event) -> list[Command]:
         """Validate, store, then return the commands due after the last event."""
-        state, commands = self.state, []
-        for e in events:
-            state, commands = handle(state, e)
+        state, commands = self.prepare(*events)
         self.log.append_to(self.id, self.branch.name, events, expected=self.state.length)
-        before = self.state.length
-        self.state = state
+        snapshot = self.commit(state)
+        if snapshot is not None:
+            self.log.save_snapshot(self.id, self.branch.name, state.length, snapshot)
+        return commands
+
+    def prepare(self, *events: Event) -> tuple[State, list[Command]]:
+        """Apply events to a copy of the state: raises `EventRejected`, changes nothing."""
+        states, commands = handle_all(self.state, events)
+        return states[-1], commands
+
+    def commit(self, state: State) -> bytes | None:
+        """Adopt a prepared state once its events are stored; returns a snapshot when one is due."""
+        before, self.state = self.state.length, state
         self.branch = self.branch.model_copy(update={"length": state.length})
         if before // SNAPSHOT_EVERY != state.length // SNAPSHOT_EVERY:
-            self.log.save_snapshot(self.id, self.branch.name, state.length, state.model_dump_json().encode())
-        return commands
+            return state.model_dump_json().encode()
+        return None
 
     def history(self, start: int = 0, end: int | None = None) -> list[Event]:
         return self.log.read(self.branch, start, end)

@@ -64,6 +64,9 @@ class ToolCall(BaseModel):
     id: str
     name: str
     arguments: dict[str, Any] = Field(default_factory=dict)
+    invalid_arguments: str | None = None
+    """The model's raw argument text when it was not a JSON object (then `arguments` is empty);
+    kept so the tool error the model sees can quote it."""
 
     @property
     def is_delegation(self) -> bool:

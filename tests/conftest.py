@@ -71,3 +71,39 @@ def store_env(
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env
+
+
+from openai_server import OpenAIServer  # noqa: E402  (cheap: it imports aiohttp only when started)
+
+
+@pytest.fixture(scope="session")
+def _openai_server_session() -> Iterator[OpenAIServer]:
+    """One OpenAI-compatible test server for the session; each test gets it reset."""
+    with OpenAIServer() as server:
+        yield server
+
+
+@pytest.fixture
+def openai_server(_openai_server_session: OpenAIServer) -> Iterator[OpenAIServer]:
+    """The test server (tests/openai_server.py), empty: no scripted replies, requests or responder."""
+    server = _openai_server_session
+    server.reset()
+    yield server
+    server.reset()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One local Ray instance for the whole test session; test-only tool modules importable."""
+    import ray
+
+    tests_dir = str(Path(__file__).parent)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        namespace="p2e",
+        log_to_driver=False,
+        runtime_env={"env_vars": {"PYTHONPATH": tests_dir + os.pathsep + os.environ.get("PYTHONPATH", "")}},
+    )
+    yield
+    ray.shutdown()

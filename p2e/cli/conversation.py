@@ -5,7 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from p2e.cli._common import console, open_log
+from p2e.agents import load_team
+from p2e.cli._common import AGENTS, console, open_log
 from p2e.cli.render import branch_tree, events_table, stack_table, state_line, when
 from p2e.conversation import Conversation, rebuild
 from p2e.errors import SequenceOutOfRange
@@ -104,3 +105,26 @@ def checkout(
     """Make BRANCH the conversation's checked-out branch."""
     b = open_log().checkout(conv, branch)
     console.print(f"checked out [bold]{b.name}[/] of {conv} ({b.length} events)")
+
+
+@app.command()
+def replay(conv: str = CONV, branch: str | None = BRANCH, agents: str = AGENTS) -> None:
+    """Re-run a branch with every model call answered from its recording, and say whether the
+    new run matched it event by event (tools run again, so a clock may differ).
+
+    Exits 0 when it matched, 1 when it did not. Example: p2e conversation replay demo
+    """
+    import asyncio
+
+    from p2e.runtime.replay import replay_branch
+
+    report = asyncio.run(replay_branch(open_log(), load_team(agents), conv, branch))
+    if report.matched:
+        console.print(
+            f"[bold green]matched[/]: {report.source} re-ran as {report.replay}, {report.events} events"
+        )
+        return
+    console.print(f"[bold red]differs[/]: {report.source} re-ran as {report.replay}")
+    for d in report.differences[:20]:
+        console.print(f"  seq {d.seq}:\n    recorded {d.recorded}\n    replayed {d.replayed}")
+    raise typer.Exit(1)

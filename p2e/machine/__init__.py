@@ -1,7 +1,7 @@
 """The interaction-stack machine: pure, no I/O. See `machine.py` for the rules."""
 
 from p2e.machine.commands import CallAgent, Command, Fail, RejectCalls, Reply, RunTools
-from p2e.machine.machine import INITIAL, apply, fold, handle, pending, trace
+from p2e.machine.machine import INITIAL, apply, fold, handle, handle_all, pending, trace
 from p2e.machine.state import Frame, Rejection, State, Violation
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "apply",
     "fold",
     "handle",
+    "handle_all",
     "pending",
     "trace",
 ]

@@ -15,7 +15,7 @@ Ordinary tool calls of one reply run together first; delegations then run one af
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from p2e.errors import EventRejected
 from p2e.events import (
@@ -118,6 +118,21 @@ def handle(state: State, event: Event) -> tuple[State, list[Command]]:
     if isinstance(event, AgentReply) and new.status == "idle":
         commands.insert(0, Reply(agent=event.agent, text=event.text))
     return new, commands
+
+
+def handle_all(state: State, events: Sequence[Event]) -> tuple[list[State], list[Command]]:
+    """Apply a batch (a reply with the results of the tools it called, say): the states after
+    each event (`states[0]` is the input) and the commands outstanding after the batch. A batch
+    must carry every result it answers: what it leaves out is asked for again."""
+    states = [state]
+    commands: list[Command] = []
+    for e in events:
+        state, commands = handle(state, e)
+        states.append(state)
+    if len(events) > 1:
+        replies = [c for c in commands if isinstance(c, Reply)]
+        commands = replies + pending(state)
+    return states, commands
 
 
 def fold(events: Iterable[Event], state: State = INITIAL) -> State:

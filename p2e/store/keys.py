@@ -15,6 +15,7 @@ projects or test runs can share a server). With `ns` the namespace, `cid` a conv
 | `ns:conv:cid:br:b:snap` | hash | length -> machine state (JSON) after that many events |
 | `ns:conv:cid:ix:kind:K` | list | refs `b:seq` of the conversation's events of kind K |
 | `ns:conv:cid:ix:agent:A` | list | refs `b:seq` of the events of agent A |
+| `ns:conv:cid:notes` | list | the `notes` tool's notes (per conversation, not per branch) |
 | `ns:embedded` | string | marker set by the embedded server manager (its data dir) |
 
 A branch stores only its own events. `lineage` lists the segments of history it inherits,

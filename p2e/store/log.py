@@ -124,9 +124,11 @@ class EventLog:
     # --- conversations -------------------------------------------------------------------------
 
     def create_conversation(
-        self, root: str, name: str | None = None, branch: str = "main"
+        self, root: str, name: str | None = None, branch: str = "main", cid: str | None = None
     ) -> ConversationInfo:
-        cid = new_id()
+        """A new conversation with one empty branch. `cid` lets a caller choose the id up front
+        (to route the conversation to a host by id); it must be unused."""
+        cid = check_name(cid, "conversation id") if cid else new_id()
         name = check_name(name, "conversation") if name else cid
         check_name(branch, "branch")
         k = self.keys
@@ -283,30 +285,19 @@ class EventLog:
         return self.append_to(self.resolve(conv), branch, events, expected)
 
     def append_to(self, cid: str, branch: str, events: Sequence[Event], expected: int | None = None) -> int:
-        """`append` for a known conversation id (the hot path: one round trip per batch)."""
+        """`append` for a known conversation id (the hot path: one round trip per batch of up to
+        MAX_BATCH events; a longer list is written in several atomic batches)."""
         if not events:
             raise InvalidArgument("nothing to append")
-        k = self.keys
         first = None
         for i in range(0, len(events), MAX_BATCH):
-            chunk = events[i : i + MAX_BATCH]
-            args: list[object] = ["" if expected is None else expected, k.index_prefix(cid), branch]
-            for e in chunk:
-                args += [encode(e), e.kind, event_agent(e) or ""]
+            keys, args = append_call(self.keys, cid, branch, events[i : i + MAX_BATCH], expected)
             with self.guard():
                 try:
-                    start, end = self._append(
-                        keys=[k.branch(cid, branch), k.events(cid, branch), k.conv(cid)], args=args
-                    )
+                    result = self._append(keys=keys, args=args)
                 except redis.ResponseError as e:
-                    if "P2E_NO_BRANCH" in str(e):
-                        raise UnknownBranch(cid, branch) from e
-                    raise
-            if start == -1:
-                raise Conflict(
-                    f"branch {branch!r} of {cid} is at {end} events, not the expected {expected}: "
-                    "another writer appended first; reload the conversation and retry"
-                )
+                    raise append_error(e, cid, branch) from e
+            start, end = append_outcome(result, cid, branch, expected)
             first = start if first is None else first
             if expected is not None:
                 expected = end
@@ -424,6 +415,31 @@ class EventLog:
         prefix = self.keys.index_prefix(cid)
         with self.guard():
             return sorted(k.decode()[len(prefix) :] for k in self.r.scan_iter(match=prefix + "*", count=1000))
+
+
+def append_call(
+    keys: Keys, cid: str, branch: str, events: Sequence[Event], expected: int | None
+) -> tuple[list[str], list[object]]:
+    """KEYS and ARGV of the append script (shared by the sync log and the async group commit)."""
+    args: list[object] = ["" if expected is None else expected, keys.index_prefix(cid), branch]
+    for e in events:
+        args += [encode(e), e.kind, event_agent(e) or ""]
+    return [keys.branch(cid, branch), keys.events(cid, branch), keys.conv(cid)], args
+
+
+def append_outcome(result: list[int], cid: str, branch: str, expected: int | None) -> tuple[int, int]:
+    """(first seq, new length) from the script's answer; `Conflict` if the branch had moved on."""
+    start, end = int(result[0]), int(result[1])
+    if start == -1:
+        raise Conflict(
+            f"branch {branch!r} of {cid} is at {end} events, not the expected {expected}: "
+            "another writer appended first; reload the conversation and retry"
+        )
+    return start, end
+
+
+def append_error(e: redis.ResponseError, cid: str, branch: str) -> Exception:
+    return UnknownBranch(cid, branch) if "P2E_NO_BRANCH" in str(e) else e
 
 
 def _ref(raw: bytes) -> tuple[str, int]:

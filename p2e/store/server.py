@@ -23,6 +23,8 @@ from pathlib import Path
 
 import redis
 from pydantic import BaseModel
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from p2e.errors import StoreError, StoreUnavailable
 
@@ -73,9 +75,20 @@ def _read_info(d: Path) -> ServerInfo | None:
         return None  # missing or garbled: treated as no server
 
 
+def _probe(port: int, timeout: float = 2.0) -> redis.Redis:
+    """A client that fails at once: probes must not sit in redis-py's retry backoff."""
+    return redis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=timeout,
+        socket_connect_timeout=1,
+        retry=Retry(NoBackoff(), 0),
+    )
+
+
 def _run_id(port: int) -> str | None:
     try:
-        r = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2, socket_connect_timeout=1)
+        r = _probe(port)
         with contextlib.closing(r):
             return str(r.info("server")["run_id"])
     except (redis.RedisError, OSError, KeyError):
@@ -130,8 +143,7 @@ def stop_embedded(home: Path | None = None, timeout: float = 10.0) -> ServerInfo
         if info is None:
             return None
         with contextlib.suppress(redis.RedisError, OSError):
-            r = redis.Redis(host="127.0.0.1", port=info.port, socket_timeout=5)
-            r.shutdown(nosave=False)
+            _probe(info.port, timeout=10).shutdown(nosave=False)
         deadline = time.monotonic() + timeout
         while _pid_alive(info.pid) and time.monotonic() < deadline:
             time.sleep(0.05)

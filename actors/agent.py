@@ -1,0 +1,33 @@
+"""The Agent actor: one per agent id (times `replicas`), hosting an `AgentRunner`.
+
+It keeps no conversation state, so Ray may restart it at any time (`max_restarts=-1`) and retry
+the step that was running (`max_task_retries`): a step is only a model call and its tools, and
+nothing of it counts until the supervisor has stored the reply.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from p2e.agents import TeamConfig
+from p2e.events import ToolResult
+from p2e.runtime.agent import AgentRunner
+from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
+from p2e.store import EventLog
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, concurrency_groups={"control": 1})
+class AgentActor:
+    def __init__(self, agent_id: str, team: TeamConfig, store_url: str, namespace: str):
+        self.agent_id = agent_id
+        self.runner = AgentRunner(agent_id, team, store=EventLog(store_url, namespace))
+
+    async def step(self, req: StepRequest) -> StepResult:
+        return await self.runner.step(req)
+
+    async def run_tools(self, req: ToolsRequest) -> list[ToolResult]:
+        return await self.runner.run_tools(req)
+
+    @ray.method(concurrency_group="control")
+    async def health(self) -> str:
+        return self.agent_id

@@ -1,0 +1,90 @@
+"""The Supervisor actor: hosts many conversations' machines and drives them (see `Driver`).
+
+Every event is stored before it is acted on, so when this actor dies Ray restarts it empty and
+the next call for a conversation rebuilds it from the store and continues (`resume`). Calls are
+not retried by Ray: a retried `send` could post the user's message twice; the API resumes
+instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import ray
+
+from p2e.agents import TeamConfig
+from p2e.events import Limits, ToolResult
+from p2e.runtime.driver import Driver, TurnResult
+from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
+from p2e.store import EventLog
+from p2e.store.aio import GroupCommit
+
+RAY_NAMESPACE = "p2e"
+
+
+def agent_actor_name(namespace: str, agent_id: str, replica: int) -> str:
+    """`p2e:agent:writer:0` for the default store namespace: the name the Ray dashboard shows."""
+    return f"{namespace}:agent:{agent_id}:{replica}"
+
+
+def supervisor_actor_name(namespace: str, index: int) -> str:
+    return f"{namespace}:supervisor:{index}"
+
+
+class RayAgent:
+    """An agent's replicas as one `AgentHandle`: calls go round-robin over the replicas."""
+
+    def __init__(self, handles: list[Any]):
+        self._cycle = itertools.cycle(handles)
+
+    async def step(self, req: StepRequest) -> StepResult:
+        return await next(self._cycle).step.remote(req)
+
+    async def run_tools(self, req: ToolsRequest) -> list[ToolResult]:
+        return await next(self._cycle).run_tools.remote(req)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups={"control": 1})
+class SupervisorActor:
+    def __init__(self, index: int, team: TeamConfig, store_url: str, namespace: str):
+        self.index = index
+        self.team = team
+        self.namespace = namespace
+        self.driver = Driver(EventLog(store_url, namespace), GroupCommit(store_url, namespace), self._agent)
+        self._agents: dict[str, RayAgent] = {}
+
+    def _agent(self, agent_id: str) -> RayAgent:
+        if agent_id not in self._agents:
+            spec = self.team.agent(agent_id)
+            handles = [
+                ray.get_actor(agent_actor_name(self.namespace, agent_id, i), namespace=RAY_NAMESPACE)
+                for i in range(spec.replicas)
+            ]
+            self._agents[agent_id] = RayAgent(handles)
+        return self._agents[agent_id]
+
+    async def create(
+        self,
+        root: str,
+        limits: Limits | None = None,
+        name: str | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        cid: str | None = None,
+    ) -> str:
+        return await self.driver.create(
+            root, self.team.team_of(root), limits or self.team.limits, name, overrides, cid
+        )
+
+    async def send(self, conv: str, text: str, branch: str | None = None) -> TurnResult:
+        return await self.driver.send(conv, text, branch)
+
+    async def resume(self, conv: str, branch: str | None = None) -> TurnResult:
+        return await self.driver.resume(conv, branch)
+
+    async def release(self, conv: str) -> None:
+        self.driver.release(conv)
+
+    @ray.method(concurrency_group="control")
+    async def health(self) -> dict[str, int]:
+        return {"index": self.index, "hosted": len(self.driver.hosted)}

@@ -1,0 +1,154 @@
+"""Agent declarations: what `experiments/agents.yaml` holds, validated with errors a user can fix.
+
+An agent is data: model, sampling settings, persona, tools, who it may delegate to. A variant is
+a set of overrides of those fields, applied per request, so the same Agent actor serves every
+variant of a sweep.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from p2e.errors import InvalidArgument
+from p2e.events import Limits
+from p2e.store.keys import NAME_RE
+
+
+class AgentSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    description: str = ""
+    model: str = "mock/default"
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1)
+    persona: str = "default"
+    """A template name in the personas directory (`<name>.j2`), or inline Jinja text."""
+    tools: tuple[str, ...] = ()
+    can_delegate_to: tuple[str, ...] = ()
+    replicas: int = Field(1, ge=1, le=64)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not NAME_RE.match(v):
+            raise ValueError("use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        provider, sep, name = v.partition("/")
+        if not sep or not provider or not name:
+            raise ValueError("must be provider/model, e.g. openai/gpt-4o-mini or mock/default")
+        return v
+
+    def with_overrides(self, overrides: dict[str, Any]) -> AgentSpec:
+        """This agent under a variant's overrides (validated like the file itself)."""
+        if not overrides:
+            return self
+        return AgentSpec.model_validate({**self.model_dump(), **overrides})
+
+
+class TeamConfig(BaseModel):
+    """The whole agents file: agents, provider settings, default limits."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agents: dict[str, AgentSpec]
+    providers: dict[str, dict[str, Any]] = {}
+    limits: Limits = Limits()
+    personas_dir: str = "personas"
+    """Relative to the agents file."""
+    tool_modules: tuple[str, ...] = ()
+    """Python modules imported before the agents start, so their `@tool` functions register."""
+    base_dir: str = "."
+
+    def agent(self, agent_id: str) -> AgentSpec:
+        try:
+            return self.agents[agent_id]
+        except KeyError:
+            raise InvalidArgument(
+                f"unknown agent {agent_id!r}; the agents are: {', '.join(sorted(self.agents))}"
+            ) from None
+
+    def team_of(self, root: str) -> dict[str, tuple[str, ...]]:
+        """The agents reachable from `root` by delegation, with their delegation edges."""
+        self.agent(root)
+        team: dict[str, tuple[str, ...]] = {}
+        todo = [root]
+        while todo:
+            a = todo.pop()
+            if a in team:
+                continue
+            team[a] = self.agents[a].can_delegate_to
+            todo += list(team[a])
+        return team
+
+    @property
+    def personas_path(self) -> Path:
+        return Path(self.base_dir) / self.personas_dir
+
+
+def load_team(path: str | Path) -> TeamConfig:
+    """Read and validate an agents file; every error names the file, the agent and the field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InvalidArgument(f"{path}: no such agents file") from None
+    except yaml.YAMLError as e:
+        raise InvalidArgument(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("agents"), dict):
+        raise InvalidArgument(f"{path}: expected a mapping with an `agents:` section of agent id -> settings")
+    agents = {}
+    for agent_id, body in raw["agents"].items():
+        if not isinstance(body, dict):
+            raise InvalidArgument(f"{path}: agent {agent_id!r}: expected a mapping of settings, got {body!r}")
+        try:
+            agents[agent_id] = AgentSpec.model_validate({**body, "id": agent_id})
+        except ValidationError as e:
+            raise InvalidArgument(f"{path}: agent {agent_id!r}: {_problems(e)}") from None
+    providers = _resolve_paths(raw.get("providers") or {}, path.parent.resolve())
+    try:
+        team = TeamConfig.model_validate(
+            {**raw, "agents": agents, "providers": providers, "base_dir": str(path.parent.resolve())}
+        )
+    except ValidationError as e:
+        raise InvalidArgument(f"{path}: {_problems(e)}") from None
+    for a in agents.values():
+        unknown = [t for t in a.can_delegate_to if t not in agents]
+        if unknown:
+            raise InvalidArgument(
+                f"{path}: agent {a.id!r}: field 'can_delegate_to': unknown agents {unknown}; "
+                f"the agents are: {', '.join(sorted(agents))}"
+            )
+    return team
+
+
+def _resolve_paths(providers: Any, base: Path) -> Any:
+    """Make the mock provider's `rules_dirs` absolute (relative to the agents file), so every
+    process (Ray workers run elsewhere) finds the same rules."""
+    if not isinstance(providers, dict) or not isinstance(providers.get("mock"), dict):
+        return providers
+    mock = dict(providers["mock"])
+    dirs = mock.get("rules_dirs")
+    if isinstance(dirs, str):
+        dirs = [dirs]
+    if isinstance(dirs, list):
+        mock["rules_dirs"] = [str(base / d) if isinstance(d, str) else d for d in dirs]
+    return {**providers, "mock": mock}
+
+
+def _problems(e: ValidationError) -> str:
+    problems = []
+    for err in e.errors():
+        field = ".".join(str(p) for p in err["loc"])
+        msg = "unknown field (check its spelling)" if err["type"] == "extra_forbidden" else err["msg"]
+        problems.append(f"field {field!r}: {msg}")
+    return "; ".join(problems)

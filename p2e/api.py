@@ -1,0 +1,287 @@
+"""The driver-side facade: `p2e.init()` starts or joins Ray and the store; `chat()` talks.
+
+```python
+import p2e
+
+rt = p2e.init()                         # local Ray, embedded store, experiments/agents.yaml
+chat = rt.chat("planner")               # a new conversation rooted at `planner`
+print(chat.send("Weather in Paris?").answer)
+chat.rewind(1)                          # back to just after the first user message (a new branch)
+print(chat.send("And in Oslo?").answer)
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+from actors.agent import AgentActor
+from actors.supervisor import RAY_NAMESPACE, SupervisorActor, agent_actor_name, supervisor_actor_name
+from p2e.agents import TeamConfig, load_team
+from p2e.conversation import Conversation
+from p2e.errors import NotFound, P2EError
+from p2e.events import Event, Limits
+from p2e.runtime.driver import Driver, TurnResult
+from p2e.runtime.local import local_driver
+from p2e.store import BranchInfo, EventLog, connect
+from p2e.store.log import new_id
+from p2e.store.server import configured_url
+
+DEFAULT_AGENTS = "experiments/agents.yaml"
+_DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+class ClusterStoreRequired(P2EError):
+    pass
+
+
+def _get(ref: Any, timeout: float | None = None) -> Any:
+    """`ray.get`, with p2e errors raised by an actor re-raised as themselves (one clear line
+    for the user, not a remote traceback)."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except RayTaskError as e:
+        if isinstance(e.cause, P2EError):
+            raise e.cause from None
+        raise
+
+
+class Runtime:
+    """Ray, the store and the actor set for one team of agents."""
+
+    def __init__(
+        self,
+        team: TeamConfig,
+        log: EventLog,
+        supervisors: list[Any],
+        agents: dict[str, list[Any]],
+        started_ray: bool,
+    ):
+        self.team = team
+        self.log = log
+        self.supervisors = supervisors
+        self.agents = agents
+        self.started_ray = started_ray
+
+    def supervisor_for(self, cid: str) -> Any:
+        """Conversations are spread over supervisors by id, so each has exactly one host."""
+        return self.supervisors[zlib.crc32(cid.encode()) % len(self.supervisors)]
+
+    def chat(
+        self,
+        agent: str | None = None,
+        conversation: str | None = None,
+        limits: Limits | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+    ) -> Chat:
+        """Open `conversation` if it exists, else start it (named so) with root `agent`."""
+        if conversation is not None:
+            try:
+                info = self.log.conversation(conversation)
+                return Chat(self, info.id, info.name)
+            except NotFound:
+                if agent is None:
+                    raise
+        if agent is None:
+            raise P2EError("say which agent to talk to (or name an existing conversation)")
+        self.team.agent(agent)
+        cid = new_id()
+        _get(self.supervisor_for(cid).create.remote(agent, limits, conversation, overrides, cid))
+        return Chat(self, cid, conversation or cid)
+
+    def shutdown(self) -> None:
+        """Stop this runtime's actors; stop Ray too if `init` started it."""
+        for handle in [*self.supervisors, *(h for hs in self.agents.values() for h in hs)]:
+            ray.kill(handle)
+        self.log.close()
+        if self.started_ray:
+            ray.shutdown()
+
+
+class ChatBase:
+    """What every chat can do through the store alone: history, branches, rewind, checkout."""
+
+    def __init__(self, log: EventLog, cid: str, name: str):
+        self.log, self.id, self.name = log, cid, name
+
+    def send(self, text: str, timeout: float | None = None) -> TurnResult:
+        raise NotImplementedError
+
+    def resume(self, timeout: float | None = None) -> TurnResult:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Tell the host to drop its copy: the store changed under it (rewind, checkout)."""
+
+    def close(self) -> None:
+        """Release what this chat holds in this process (the conversation stays in the store)."""
+
+    def history(self, branch: str | None = None) -> list[Event]:
+        return self.log.history(self.id, branch)
+
+    def branches(self) -> list[BranchInfo]:
+        return self.log.branches(self.id)
+
+    def branch(self) -> BranchInfo:
+        return self.log.branch(self.id)
+
+    def rewind(self, seq: int, name: str | None = None) -> str:
+        """A new branch ending with event `seq`, checked out; the next `send` continues there."""
+        fork = Conversation.open(self.log, self.id).rewind(seq, name)
+        self._release()
+        return fork.branch.name
+
+    def checkout(self, branch: str) -> None:
+        self.log.checkout(self.id, branch)
+        self._release()
+
+
+class Chat(ChatBase):
+    """A conversation hosted by a supervisor actor."""
+
+    def __init__(self, runtime: Runtime, cid: str, name: str):
+        super().__init__(runtime.log, cid, name)
+        self.rt = runtime
+
+    @property
+    def _sup(self) -> Any:
+        return self.rt.supervisor_for(self.id)
+
+    def send(self, text: str, timeout: float | None = None) -> TurnResult:
+        """Post a user message on the checked-out branch and wait for the root's answer."""
+        before = self.rt.log.branch(self.id).length
+        try:
+            return _get(self._sup.send.remote(self.id, text), timeout)
+        except _DEAD:
+            return self._recover(before, text, timeout)
+
+    def resume(self, timeout: float | None = None) -> TurnResult:
+        """Finish what is outstanding (after a crash, or after a rewind into the middle of a turn)."""
+        for attempt in range(30):
+            try:
+                return _get(self._sup.resume.remote(self.id), timeout)
+            except _DEAD:
+                time.sleep(min(0.1 * 2**attempt, 2.0))  # Ray restarts the supervisor
+        raise P2EError(f"the supervisor of conversation {self.name!r} did not come back; try again later")
+
+    def _recover(self, before: int, text: str, timeout: float | None) -> TurnResult:
+        """The supervisor died mid-turn. Its restarted self rebuilds the conversation from the
+        store: if our message was stored, finish the turn; if not, send it (once)."""
+        if self.rt.log.branch(self.id).length > before:
+            return self.resume(timeout)
+        for attempt in range(30):
+            try:
+                return _get(self._sup.send.remote(self.id, text), timeout)
+            except _DEAD:
+                if self.rt.log.branch(self.id).length > before:
+                    return self.resume(timeout)
+                time.sleep(min(0.1 * 2**attempt, 2.0))
+        raise P2EError(f"the supervisor of conversation {self.name!r} did not come back; try again later")
+
+    def _release(self) -> None:
+        ray.get(self._sup.release.remote(self.id))
+
+
+class LocalChat(ChatBase):
+    """A conversation driven in this process, without Ray (`p2e chat --local`, replay, tests)."""
+
+    def __init__(self, log: EventLog, driver: Driver, loop: asyncio.AbstractEventLoop, cid: str, name: str):
+        super().__init__(log, cid, name)
+        self.driver, self.loop = driver, loop
+
+    def send(self, text: str, timeout: float | None = None) -> TurnResult:
+        return self.loop.run_until_complete(asyncio.wait_for(self.driver.send(self.id, text), timeout))
+
+    def resume(self, timeout: float | None = None) -> TurnResult:
+        return self.loop.run_until_complete(asyncio.wait_for(self.driver.resume(self.id), timeout))
+
+    def _release(self) -> None:
+        self.driver.release(self.id)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.driver.writer.close())
+        self.loop.close()
+
+
+def local_chat(
+    agent: str | None = None,
+    conversation: str | None = None,
+    agents: str | Path | TeamConfig | None = None,
+    limits: Limits | None = None,
+    store_url: str | None = None,
+    namespace: str | None = None,
+) -> LocalChat:
+    """Open or start a conversation driven in this process (no Ray)."""
+    team = _team(agents)
+    log = connect(store_url, namespace)
+    loop = asyncio.new_event_loop()
+    driver = local_driver(log, team)
+    if conversation is not None:
+        try:
+            info = log.conversation(conversation)
+            return LocalChat(log, driver, loop, info.id, info.name)
+        except NotFound:
+            if agent is None:
+                raise
+    if agent is None:
+        raise P2EError("say which agent to talk to (or name an existing conversation)")
+    create = driver.create(agent, team.team_of(agent), limits or team.limits, conversation)
+    cid = loop.run_until_complete(create)
+    return LocalChat(log, driver, loop, cid, conversation or cid)
+
+
+def _team(agents: str | Path | TeamConfig | None) -> TeamConfig:
+    if isinstance(agents, TeamConfig):
+        return agents
+    return load_team(agents or os.environ.get("P2E_AGENTS", DEFAULT_AGENTS))
+
+
+def init(
+    address: str | None = None,
+    agents: str | Path | TeamConfig | None = None,
+    supervisors: int = 1,
+    store_url: str | None = None,
+    namespace: str | None = None,
+    **ray_options: Any,
+) -> Runtime:
+    """Start (or join) Ray, ensure the store, and create the named actor set.
+
+    `address`: None starts a local Ray; "auto" or "ray://host:10001" joins a cluster, which needs
+    a store every node reaches (P2E_REDIS_URL). The store URL is handed to every actor.
+    """
+    team = _team(agents)
+    log = connect(store_url, namespace)
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=address, namespace=RAY_NAMESPACE, **ray_options)
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    if len(alive) > 1 and not (store_url or configured_url()):
+        raise ClusterStoreRequired(
+            f"this Ray cluster has {len(alive)} nodes; the embedded store is local to one machine. "
+            "Set P2E_REDIS_URL to a Redis every node reaches (cluster.yaml starts one on the head)"
+        )
+    ns = log.keys.ns
+    handles: dict[str, list[Any]] = {}
+    for spec in team.agents.values():
+        handles[spec.id] = [
+            AgentActor.options(
+                name=agent_actor_name(ns, spec.id, i), namespace=RAY_NAMESPACE, get_if_exists=True
+            ).remote(spec.id, team, log.url, ns)
+            for i in range(spec.replicas)
+        ]
+    sups = [
+        SupervisorActor.options(
+            name=supervisor_actor_name(ns, i), namespace=RAY_NAMESPACE, get_if_exists=True
+        ).remote(i, team, log.url, ns)
+        for i in range(supervisors)
+    ]
+    ray.get([h.health.remote() for hs in handles.values() for h in hs] + [s.health.remote() for s in sups])
+    return Runtime(team, log, sups, handles, started_ray)

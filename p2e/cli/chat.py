@@ -1,0 +1,129 @@
+"""`p2e chat AGENT` and `p2e chat resume NAME`: talk to an agent, see the team work inline."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import TYPE_CHECKING
+
+import typer
+from rich.panel import Panel
+
+from p2e.cli._common import AGENTS, console
+from p2e.cli.render import branch_tree, events_table, state_line
+from p2e.conversation import rebuild
+from p2e.errors import P2EError
+
+if TYPE_CHECKING:
+    from p2e.api import ChatBase
+
+HELP = (
+    "commands: /rewind SEQ (fork a new branch ending at SEQ) | /resume (let the agents finish) | "
+    "/branches | /checkout BRANCH | /history | /stack | /help | /exit"
+)
+
+
+def chat(
+    target: str = typer.Argument(..., metavar="AGENT|resume", help="the root agent, or `resume`"),
+    name: str | None = typer.Argument(None, metavar="[NAME]", help="with `resume`: the conversation"),
+    conversation: str | None = typer.Option(
+        None, "--conversation", "-c", help="name the conversation (continue it if it exists)"
+    ),
+    agents: str = AGENTS,
+    local: bool = typer.Option(False, "--local", help="run the agents in this process instead of on Ray"),
+    address: str | None = typer.Option(None, "--address", help="Ray address: 'auto' or ray://host:10001"),
+) -> None:
+    """Talk to an agent; delegations and tool calls show inline as the team works.
+
+    Examples: p2e chat planner | p2e chat planner -c trip | p2e chat resume trip
+
+    Inside the chat: /rewind SEQ, /branches, /checkout BRANCH, /history, /stack, /exit.
+    Sending to a finished branch continues it; after /rewind the next message goes to the new branch.
+    """
+    if target == "resume":
+        if not name:
+            raise typer.BadParameter("say which conversation to resume: p2e chat resume NAME")
+        agent, conversation = None, name
+    else:
+        agent = target
+    if local:
+        from p2e.api import local_chat
+
+        session = local_chat(agent, conversation, agents)
+    else:
+        from p2e.api import init
+
+        logging.getLogger("ray").setLevel(logging.ERROR)
+        with console.status("starting Ray and the agents..."):
+            rt = init(address, agents, log_to_driver=False, logging_level=logging.ERROR)
+        session = rt.chat(agent, conversation)
+    console.print(f"conversation [bold]{session.name}[/] ({session.id}); {HELP}")
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = console.input("[bold cyan]you>[/] ") if interactive else sys.stdin.readline()
+        except (EOFError, KeyboardInterrupt):
+            break
+        if not interactive and line == "":
+            break
+        line = line.strip()
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            break
+        try:
+            if line.startswith("/"):
+                _command(session, line)
+            else:
+                _send(session, line)
+        except P2EError as e:  # a bad command inside the chat must not end it
+            console.print(f"[bold red]error:[/] {e}")
+    session.close()
+    console.print(f"bye; continue with: p2e chat resume {session.name}")
+
+
+def _send(session: ChatBase, text: str, resume: bool = False) -> None:
+    before = session.branch().length
+    if not resume and rebuild(session.log, session.branch()).status == "running":
+        raise P2EError(
+            "this branch ends in the middle of a turn (the agents are not waiting for you): "
+            "/resume lets them finish it, or /rewind to a point where the root agent had answered"
+        )
+    with console.status("the agents are working..."):
+        result = session.resume() if resume else session.send(text)
+    console.print(events_table(session.history(), start=before + 1))
+    if result.answer is not None:
+        console.print(Panel(result.answer, title=f"{result.name} answers", border_style="green"))
+    if result.error:
+        console.print(f"[bold red]the conversation failed:[/] {result.error}")
+
+
+def _command(session: ChatBase, line: str) -> None:
+    cmd, _, arg = line.partition(" ")
+    arg = arg.strip()
+    if cmd == "/rewind":
+        if not arg.lstrip("-").isdigit():
+            raise P2EError("usage: /rewind SEQ (see /history for the numbers)")
+        branch = session.rewind(int(arg))
+        state = rebuild(session.log, session.branch())
+        console.print(f"now on branch [bold]{branch}[/], ending at seq {arg}: {state_line(state)}")
+        if state.status == "running":
+            console.print("the agents were mid-turn there: /resume lets them continue from that point")
+    elif cmd == "/resume":
+        _send(session, "", resume=True)
+    elif cmd == "/branches":
+        console.print(branch_tree(session.log.conversation(session.id), session.branches()))
+    elif cmd == "/checkout":
+        if not arg:
+            raise P2EError("usage: /checkout BRANCH (see /branches)")
+        session.checkout(arg)
+        console.print(f"checked out [bold]{arg}[/]")
+    elif cmd == "/history":
+        console.print(events_table(session.history()))
+    elif cmd == "/stack":
+        state = rebuild(session.log, session.branch())
+        console.print(state_line(state))
+    elif cmd == "/help":
+        console.print(HELP)
+    else:
+        raise P2EError(f"unknown command {cmd!r}; {HELP}")

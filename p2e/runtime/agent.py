@@ -1,0 +1,120 @@
+"""One agent's turn: render the frame, call the model, run the ordinary tools it asked for.
+
+This is the whole logic of the Agent actor, kept free of Ray so it can be tested directly. It
+holds no conversation state: a request carries the frame's messages and the variant overrides.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+from p2e.agents import AgentSpec, TeamConfig, render_persona
+from p2e.errors import InvalidArgument
+from p2e.events import DELEGATE, AgentReply, ToolCall, ToolResult
+from p2e.llm import Message, ModelRequest, Providers, ToolSpec
+from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
+from p2e.store import EventLog
+from p2e.tools import REGISTRY, Registry, ToolContext, run_calls
+
+
+def delegate_spec(targets: Sequence[AgentSpec]) -> ToolSpec:
+    """The `delegate` tool as this agent's model sees it: only its own delegates are offered."""
+    names = [t.id for t in targets]
+    listing = "; ".join(f"{t.id}: {t.description}" if t.description else t.id for t in targets)
+    return ToolSpec(
+        name=DELEGATE,
+        description=f"Hand a task to another agent and get its answer back. Agents: {listing}",
+        parameters={
+            "type": "object",
+            "properties": {
+                "agent": {"type": "string", "enum": names, "description": "who does the task"},
+                "task": {"type": "string", "description": "what to do, with everything the agent needs"},
+            },
+            "required": ["agent", "task"],
+        },
+    )
+
+
+class AgentRunner:
+    def __init__(
+        self,
+        agent_id: str,
+        team: TeamConfig,
+        providers: Providers | None = None,
+        registry: Registry = REGISTRY,
+        store: EventLog | None = None,
+    ):
+        self.spec = team.agent(agent_id)
+        self.team = team
+        self.providers = providers or Providers(team.providers)
+        self.registry = registry
+        self.store = store
+        import_tool_modules(team.tool_modules)
+        registry.check_allowlist(agent_id, self.spec.tools)
+
+    async def step(self, req: StepRequest) -> StepResult:
+        spec = self.spec.with_overrides(req.overrides)
+        delegates = [self.team.agent(a) for a in spec.can_delegate_to]
+        tools = list(self.registry.specs(spec.tools, agent=spec.id))
+        if delegates:
+            tools.append(delegate_spec(delegates))
+        system = render_persona(spec, delegates, tools, self.team.personas_path)
+        request = ModelRequest(
+            model=spec.model,
+            messages=(Message(role="system", content=system), *req.messages),
+            tools=tuple(tools),
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=spec.max_tokens,
+            agent=spec.id,
+            turn=req.turn,
+            conversation=req.conversation,
+            branch=req.branch,
+            seq=req.seq,
+        )
+        response = await self.providers.for_model(spec.model).complete(request)
+        reply = AgentReply(
+            agent=spec.id,
+            text=response.text,
+            tool_calls=unique_ids(response.tool_calls, req.seq),
+            model=response.model or spec.model,
+            usage=response.usage,
+        )
+        ordinary = [c for c in reply.tool_calls if not c.is_delegation]
+        if not ordinary or len(reply.tool_calls) > req.max_tool_calls:
+            return StepResult(reply=reply)  # over the limit the machine fails the turn: run nothing
+        results = await self._run(req.conversation, req.branch, ordinary, spec)
+        return StepResult(reply=reply, results=tuple(results))
+
+    async def run_tools(self, req: ToolsRequest) -> list[ToolResult]:
+        return await self._run(
+            req.conversation, req.branch, req.calls, self.spec.with_overrides(req.overrides)
+        )
+
+    async def _run(
+        self, conversation: str, branch: str, calls: Sequence[ToolCall], spec: AgentSpec
+    ) -> list[ToolResult]:
+        ctx = ToolContext(conversation=conversation, branch=branch, agent=spec.id, store=self.store)
+        return await run_calls(self.registry, calls, ctx, allowed=spec.tools)
+
+
+def import_tool_modules(modules: Sequence[str]) -> None:
+    """Import user modules whose `@tool` functions register themselves."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise InvalidArgument(f"field 'tool_modules': cannot import {name!r}: {e}") from e
+
+
+def unique_ids(calls: Sequence[ToolCall], seq: int) -> tuple[ToolCall, ...]:
+    """Models sometimes repeat or omit call ids; results must match calls one to one."""
+    seen: set[str] = set()
+    out = []
+    for i, c in enumerate(calls):
+        if not c.id or c.id in seen:
+            c = c.model_copy(update={"id": f"call_{seq}_{i}"})
+        seen.add(c.id)
+        out.append(c)
+    return tuple(out)

@@ -1,0 +1,24 @@
+"""The runtime in one process, without Ray: the same Driver, agents as plain runners.
+
+Used by `p2e conversation replay`, by `p2e chat --local`, and by tests of the driving logic.
+"""
+
+from __future__ import annotations
+
+from p2e.agents import TeamConfig
+from p2e.runtime.agent import AgentRunner
+from p2e.runtime.driver import Driver
+from p2e.store import EventLog
+from p2e.store.aio import GroupCommit
+
+
+def local_driver(log: EventLog, team: TeamConfig) -> Driver:
+    """A Driver whose agents run in this process (create it inside the event loop that uses it)."""
+    runners: dict[str, AgentRunner] = {}
+
+    def agent(agent_id: str) -> AgentRunner:
+        if agent_id not in runners:
+            runners[agent_id] = AgentRunner(agent_id, team, store=log)
+        return runners[agent_id]
+
+    return Driver(log, GroupCommit(log.url, log.keys.ns), agent)

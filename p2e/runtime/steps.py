@@ -1,0 +1,50 @@
+"""The messages between a supervisor and an agent: one request and one result per step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from p2e.events import AgentReply, ToolCall, ToolResult
+from p2e.llm.base import Message
+
+
+class StepRequest(BaseModel):
+    """Everything an agent needs for one turn; it keeps no conversation state of its own."""
+
+    model_config = ConfigDict(frozen=True)
+
+    conversation: str
+    branch: str
+    seq: int
+    """The seq its reply will be stored at."""
+    agent: str
+    turn: int
+    depth: int
+    messages: tuple[Message, ...]
+    overrides: dict[str, Any] = {}
+    """The variant's overrides of this agent's spec."""
+    max_tool_calls: int = 16
+
+
+class StepResult(BaseModel):
+    """The agent's reply and the results of the ordinary tool calls it ran itself."""
+
+    model_config = ConfigDict(frozen=True)
+
+    reply: AgentReply
+    results: tuple[ToolResult, ...] = ()
+
+
+class ToolsRequest(BaseModel):
+    """Run tool calls of a stored reply (used when recovering: the reply is in the store, its
+    results are not)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    conversation: str
+    branch: str
+    agent: str
+    calls: tuple[ToolCall, ...]
+    overrides: dict[str, Any] = {}

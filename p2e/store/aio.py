@@ -1,0 +1,116 @@
+"""Group commit for async hosts (the supervisor): many conversations, one round trip per batch.
+
+Every append is awaited (write-ahead: nothing acts on an event before it is stored), but the
+appends of all conversations hosted by one process are sent together: one writer task takes
+whatever is queued and sends it as one pipeline of append scripts. With one conversation that is
+one round trip per append; with hundreds, the cost of a round trip is shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from importlib.resources import files
+
+import redis
+import redis.asyncio as aredis
+
+from p2e.errors import StoreUnavailable
+from p2e.events import Event
+from p2e.store.keys import Keys
+from p2e.store.log import MAX_BATCH, append_call, append_error, append_outcome
+
+PIPELINE_MAX = 512
+
+
+class GroupCommit:
+    def __init__(self, url: str, namespace: str = "p2e"):
+        self.url = url
+        self.keys = Keys(namespace)
+        self.r = aredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+        self._lua = files("p2e.store").joinpath("lua", "append.lua").read_text()
+        self._sha: str | None = None
+        self._queue: list[tuple[list[str], list[object], asyncio.Future[list[int]]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.appends = 0
+
+    async def append(
+        self, cid: str, branch: str, events: Sequence[Event], expected: int | None = None
+    ) -> int:
+        """Append atomically (as `EventLog.append_to`); resolves once the server has it."""
+        if len(events) > MAX_BATCH:
+            raise ValueError(f"at most {MAX_BATCH} events per append")
+        keys, args = append_call(self.keys, cid, branch, events, expected)
+        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
+        self._queue.append((keys, args, fut))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._writer())
+        try:
+            result = await fut
+        except redis.ResponseError as e:
+            raise append_error(e, cid, branch) from e
+        return append_outcome(result, cid, branch, expected)[0]
+
+    async def hset(self, key: str, field: str, value: bytes) -> None:
+        """A plain write outside the batch (snapshots: not on every step)."""
+        try:
+            await self.r.hset(key, field, value)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise StoreUnavailable(self.url, e) from e
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.r.aclose()
+
+    async def _writer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue[:PIPELINE_MAX], self._queue[PIPELINE_MAX:]
+                try:
+                    results = await self._send(batch)
+                except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                    err = StoreUnavailable(self.url, e)
+                    for _, _, f in batch:
+                        if not f.done():
+                            f.set_exception(err)
+                    continue
+                self.batches += 1
+                self.appends += len(batch)
+                for (_, _, f), res in zip(batch, results, strict=True):
+                    if f.done():
+                        continue
+                    if isinstance(res, Exception):
+                        f.set_exception(res)
+                    else:
+                        f.set_result(res)
+
+    async def _send(
+        self, batch: list[tuple[list[str], list[object], asyncio.Future[list[int]]]]
+    ) -> list[object]:
+        if self._sha is None:
+            self._sha = await self.r.script_load(self._lua)
+        results = await self._pipeline(batch)
+        retry = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+        if retry:  # the server lost its script cache (restart, SCRIPT FLUSH): load and resend those
+            self._sha = await self.r.script_load(self._lua)
+            again = await self._pipeline([batch[i] for i in retry])
+            for i, r in zip(retry, again, strict=True):
+                results[i] = r
+        return results
+
+    async def _pipeline(
+        self, batch: list[tuple[list[str], list[object], asyncio.Future[list[int]]]]
+    ) -> list[object]:
+        pipe = self.r.pipeline(transaction=False)
+        for keys, args, _ in batch:
+            pipe.evalsha(self._sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))

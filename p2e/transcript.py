@@ -1,0 +1,70 @@
+"""What each open frame's agent has seen: a stack of message lists kept beside the machine.
+
+It is a second fold over the same events, parallel to the interaction stack: a frame's list
+starts with its task (the user's message, or the caller's `delegate` task), collects the agent's
+own replies and tool results, and receives a delegate's final answer as the result of the
+`delegate` call. When a frame pops, its list goes with it. Nothing here is stored: it is derived
+from the events, so it costs no snapshot space and can always be rebuilt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from p2e.events import AgentReply, Event, ToolResult, UserMessage
+from p2e.llm.base import Message
+from p2e.machine import INITIAL, State, apply
+
+
+class Transcript:
+    def __init__(self) -> None:
+        self.frames: list[list[Message]] = []
+
+    @classmethod
+    def rebuild(cls, events: Iterable[Event], state: State = INITIAL) -> tuple[Transcript, State]:
+        """Fold a whole history (from seq 0); return the transcript and the machine state."""
+        t = cls()
+        for e in events:
+            after = apply(state, e)
+            t.update(state, e, after)
+            state = after
+        return t, state
+
+    def messages(self) -> list[Message]:
+        """The top frame's messages: what its agent is asked to continue."""
+        return list(self.frames[-1]) if self.frames else []
+
+    def update(self, before: State, event: Event, after: State) -> None:
+        """Follow one event that moved the machine from `before` to `after`."""
+        if not before.stack:  # `started`: the root frame opens, empty until the user speaks
+            self.frames = [[] for _ in after.stack]
+            return
+        if isinstance(event, UserMessage):
+            self.frames[0].append(Message(role="user", content=event.text))
+        elif isinstance(event, AgentReply):
+            self.frames[-1].append(Message(role="assistant", content=event.text, tool_calls=event.tool_calls))
+        elif isinstance(event, ToolResult):
+            content = f"ERROR: {event.output}" if event.is_error else event.output
+            self.frames[-1].append(
+                Message(role="tool", content=content, tool_call_id=event.call_id, name=event.name)
+            )
+        keep = _common(before, after)
+        if len(before.stack) > keep:  # the top frame popped: its answer is its caller's tool result
+            popped = before.stack[-1]
+            del self.frames[keep:]
+            text = event.text if isinstance(event, AgentReply) else ""
+            self.frames[-1].append(
+                Message(role="tool", content=text, tool_call_id=popped.call_id, name="delegate")
+            )
+        for frame in after.stack[len(self.frames) :]:
+            self.frames.append([Message(role="user", content=frame.task)])
+
+
+def _common(before: State, after: State) -> int:
+    """How many frames, from the bottom, are the same activation before and after."""
+    n = 0
+    for a, b in zip(before.stack, after.stack, strict=False):
+        if (a.agent, a.start) != (b.agent, b.start):
+            break
+        n += 1
+    return n
