@@ -4,6 +4,7 @@ driving a whole planner -> researcher -> writer conversation through the machine
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import time
@@ -57,8 +58,8 @@ def frame_messages(history: list[Event], frame: Frame, depth: int) -> tuple[list
 
 def fake_tool(call: ToolCall) -> str:
     args = call.arguments
-    if call.name == "weather":
-        return f"{args['city']}: sunny, 24C"
+    if call.name == "weather":  # shaped like the built-in weather tool's output
+        return json.dumps({"city": args["city"], "condition": "sunny", "temperature_c": 24, "wind_kph": 10})
     if call.name == "calculator":
         return {"24 * 9 / 5 + 32": "75.2"}.get(args["expression"], "?")
     if call.name == "clock":
@@ -416,7 +417,7 @@ def test_default_rules_drive_a_planner_researcher_writer_conversation(log: Event
         ("started", None),
         ("user_message", None),
         ("agent_reply", "planner"),  # delegates to the researcher
-        ("agent_reply", "researcher"),  # weather + calculator
+        ("agent_reply", "researcher"),  # clock + weather
         ("tool_result", "researcher"),
         ("tool_result", "researcher"),
         ("agent_reply", "researcher"),  # findings: pop
@@ -425,12 +426,16 @@ def test_default_rules_drive_a_planner_researcher_writer_conversation(log: Event
         ("agent_reply", "planner"),  # answers the user
     ]
     replies = [e for e in history if isinstance(e, AgentReply)]
-    assert [c.name for c in replies[1].tool_calls] == ["weather", "calculator"]
-    assert replies[1].tool_calls[0].arguments == {"city": "Lisbon"}
+    assert [c.name for c in replies[1].tool_calls] == ["clock", "weather"]
+    assert replies[1].tool_calls[1].arguments == {"city": "Lisbon"}
     assert replies[0].tool_calls[0].arguments["agent"] == "researcher"
     assert replies[3].tool_calls[0].arguments["agent"] == "writer"
-    assert replies[2].text == "Findings: Lisbon: sunny, 24C; 75.2"
-    assert answers == [replies[-1].text] == ["In short: Lisbon: sunny, 24C; 75.2."]
+    assert replies[2].text == "Findings: Lisbon: sunny, 24C, wind 10 km/h (checked 2026-11-25 12:00 UTC)"
+    assert (
+        answers
+        == [replies[-1].text]
+        == ["In short: Lisbon: sunny, 24C, wind 10 km/h (checked 2026-11-25 12:00 UTC)."]
+    )
     assert all(r.model == "mock/default" and r.usage and r.usage.completion_tokens > 0 for r in replies)
     assert conv.state.status == "idle"
     assert (conv.state.pushes, conv.state.pops) == (2, 2)
@@ -438,5 +443,6 @@ def test_default_rules_drive_a_planner_researcher_writer_conversation(log: Event
     assert Conversation.open(log, "mockdemo").state == conv.state
 
     # a follow-up question runs the same way again
-    assert asyncio.run(drive(conv, provider, "And in Rome?")) == ["In short: Rome: sunny, 24C; 75.2."]
+    rome = asyncio.run(drive(conv, provider, "And in Rome?"))
+    assert rome == ["In short: Rome: sunny, 24C, wind 10 km/h (checked 2026-11-25 12:00 UTC)."]
     assert conv.state.status == "idle"

@@ -119,6 +119,11 @@ def replay(conv: str = CONV, branch: str | None = BRANCH, agents: str = AGENTS) 
     from p2e.runtime.replay import replay_branch
 
     report = asyncio.run(replay_branch(open_log(), load_team(agents), conv, branch))
+    for d in report.tool_outputs:
+        console.print(
+            f"  note: seq {d.seq}: the tool ran again and answered differently:\n    "
+            f"recorded {d.recorded}\n    replayed {d.replayed}"
+        )
     if report.matched:
         console.print(
             f"[bold green]matched[/]: {report.source} re-ran as {report.replay}, {report.events} events"

@@ -22,7 +22,8 @@ default: "Nothing scripted for {{ agent }} (turn {{ turn }})."   # or {text, too
 
 Answers are Jinja templates (text, delegate agent/task, and every string inside tool-call
 arguments) over: `last` (last message content), `agent`, `turn`, `task` (first user message of
-the frame), `role` (of the last message), `results` (contents of the trailing tool messages),
+the frame), `role` (of the last message), `results` (contents of the trailing tool messages;
+the `fromjson` filter parses one),
 `match` (the regex match: `match[0]`, `match[1]`, `match.name`; empty without `match`).
 """
 
@@ -50,6 +51,7 @@ from p2e.llm.base import Message, ModelRequest, ModelResponse, split_model
 DEFAULT_RULES_DIR = "experiments/mock"
 
 _env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_env.filters["fromjson"] = json.loads  # tool outputs are often JSON: `(results[0] | fromjson).city`
 
 
 @functools.lru_cache(maxsize=4096)

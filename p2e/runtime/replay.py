@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from p2e.agents import TeamConfig
 from p2e.errors import InvalidArgument
-from p2e.events import Event, Started, UserMessage
+from p2e.events import Event, Started, ToolResult, UserMessage
 from p2e.runtime.local import local_driver
 from p2e.store import EventLog
 
@@ -24,7 +24,11 @@ class ReplayReport(BaseModel):
     """Name of the new conversation holding the re-run."""
     events: int
     matched: bool
+    """Every step is the same: the same agents, replies and tool calls, in the same order."""
     differences: list[Difference]
+    tool_outputs: list[Difference]
+    """Tools run again during a replay; outputs that changed (a clock, say) are listed here and do
+    not by themselves make the replay a mismatch."""
 
 
 def _essence(e: Event) -> str:
@@ -59,11 +63,13 @@ async def replay_branch(
             await driver.send(cid, e.text)
     await driver.writer.close()
     again = log.history(cid)
-    diffs = [
-        Difference(seq=i, recorded=_essence(r), replayed=_essence(n))
-        for i, (r, n) in enumerate(zip(recorded[1:], again[1:], strict=False), start=1)
-        if _essence(r) != _essence(n)
-    ]
+    diffs, tools = [], []
+    for i, (r, n) in enumerate(zip(recorded[1:], again[1:], strict=False), start=1):
+        if _essence(r) == _essence(n):
+            continue
+        d = Difference(seq=i, recorded=_essence(r), replayed=_essence(n))
+        same_call = isinstance(r, ToolResult) and isinstance(n, ToolResult) and r.call_id == n.call_id
+        (tools if same_call else diffs).append(d)
     if len(again) != len(recorded):
         diffs.append(
             Difference(
@@ -78,6 +84,7 @@ async def replay_branch(
         events=len(recorded),
         matched=not diffs,
         differences=diffs,
+        tool_outputs=tools,
     )
 
 

@@ -1,0 +1,3 @@
+from p2e.cli import main
+
+main()
