@@ -59,7 +59,7 @@ class EventRejected(P2EError):
     def __init__(self, reason: str, seq: int | None = None):
         where = f" at seq {seq}" if seq is not None else ""
         super().__init__(f"event rejected{where}: {reason}")
-        self.reason = reason
+        self.reason, self.seq = reason, seq
 
 
 class Conflict(P2EError):

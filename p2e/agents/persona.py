@@ -35,7 +35,7 @@ def render_persona(
     directory = str(Path(personas_dir).resolve())
     env = _env(directory)
     try:
-        if NAME_RE.match(agent.persona):
+        if NAME_RE.fullmatch(agent.persona):
             template = env.get_template(f"{agent.persona}.j2")
         else:
             template = env.from_string(agent.persona)

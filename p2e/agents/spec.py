@@ -36,7 +36,7 @@ class AgentSpec(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not NAME_RE.match(v):
+        if not NAME_RE.fullmatch(v):
             raise ValueError("use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
         return v
 

@@ -52,24 +52,24 @@ def apply(state: State, event: Event) -> State:
         raise EventRejected(
             f"the conversation passed a limit ({state.violation.message}); only `failed` may follow", seq
         )
-    if isinstance(event, Started):
-        new = _start(state, event)
-    elif state.status == "new":
-        raise EventRejected("a conversation must start with a `started` event", seq)
-    elif isinstance(event, UserMessage):
-        new = _user_message(state, event)
-    elif isinstance(event, AgentReply):
-        new = _reply(state, event)
-    elif isinstance(event, ToolResult):
-        new = _tool_result(state, event)
-    elif isinstance(event, Finished):
-        if state.status != "idle":
-            raise EventRejected(f"only an idle conversation can finish; it is {state.status}", seq)
-        new = state.model_copy(update={"status": "finished"})
-    else:  # pragma: no cover - the Event union is closed
-        raise EventRejected(f"unknown event kind {type(event).__name__}", seq)
+    try:
+        new = _transition(state, event)
+    except EventRejected as e:
+        if e.seq is None:
+            raise EventRejected(e.reason, seq) from None
+        raise
     new = new.model_copy(update={"length": seq + 1})
     limits = new.limits
+    top = new.top
+    if (
+        new.violation is None
+        and new.status == "running"
+        and top is not None
+        and top.phase == "agent"
+        and new.steps >= limits.max_steps
+    ):  # the next step would pass the limit: fail instead of asking
+        msg = f"step limit reached: {limits.max_steps} agent replies"
+        new = new.model_copy(update={"violation": Violation(code="max_steps", message=msg)})
     if (
         limits.deadline_s is not None
         and new.violation is None
@@ -89,10 +89,6 @@ def pending(state: State) -> list[Command]:
     if state.status != "running" or top is None:
         return []
     if top.phase == "agent":
-        if state.steps >= state.limits.max_steps:
-            return [
-                Fail(code="max_steps", message=f"step limit reached: {state.limits.max_steps} agent replies")
-            ]
         return [CallAgent(frame=top, depth=state.depth)]
     if top.phase == "tools":
         waiting = set(top.waiting)
@@ -145,6 +141,24 @@ def fold(events: Iterable[Event], state: State = INITIAL) -> State:
 # --- transitions -------------------------------------------------------------------------------
 
 
+def _transition(state: State, event: Event) -> State:
+    if isinstance(event, Started):
+        return _start(state, event)
+    if state.status == "new":
+        raise EventRejected("a conversation must start with a `started` event")
+    if isinstance(event, UserMessage):
+        return _user_message(state, event)
+    if isinstance(event, AgentReply):
+        return _reply(state, event)
+    if isinstance(event, ToolResult):
+        return _tool_result(state, event)
+    if isinstance(event, Finished):
+        if state.status != "idle":
+            raise EventRejected(f"only an idle conversation can finish; it is {state.status}")
+        return state.model_copy(update={"status": "finished"})
+    raise EventRejected(f"unknown event kind {type(event).__name__}")  # pragma: no cover
+
+
 def _start(state: State, event: Started) -> State:
     if state.status != "new":
         raise EventRejected("the conversation has already started", state.length)
@@ -183,8 +197,6 @@ def _reply(state: State, event: AgentReply) -> State:
         raise EventRejected(f"no agent reply is due (the top frame of {top.agent!r} waits for {top.phase})")
     if event.agent != top.agent:
         raise EventRejected(f"a reply from {event.agent!r}, but {top.agent!r} is on top of the stack")
-    if state.steps >= state.limits.max_steps:
-        raise EventRejected(f"step limit reached: {state.limits.max_steps} agent replies")
     state = state.model_copy(update={"steps": state.steps + 1})
     calls = event.tool_calls
     ids = [c.id for c in calls]

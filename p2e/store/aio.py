@@ -19,7 +19,7 @@ import redis.asyncio as aredis
 from p2e.errors import StoreUnavailable
 from p2e.events import Event
 from p2e.store.keys import Keys
-from p2e.store.log import MAX_BATCH, append_call, append_error, append_outcome
+from p2e.store.log import append_call, append_error, append_outcome
 
 PIPELINE_MAX = 512
 
@@ -41,8 +41,6 @@ class GroupCommit:
         self, cid: str, branch: str, events: Sequence[Event], expected: int | None = None
     ) -> int:
         """Append atomically (as `EventLog.append_to`); resolves once the server has it."""
-        if len(events) > MAX_BATCH:
-            raise ValueError(f"at most {MAX_BATCH} events per append")
         keys, args = append_call(self.keys, cid, branch, events, expected)
         fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
         self._queue.append((keys, args, fut))

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import re
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-"""Conversation and branch names: safe in keys, refs (`conv/branch/seq`) and shells."""
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""Conversation and branch names: safe in keys, refs (`conv/branch/seq`) and shells. Use
+`fullmatch` (`match` with `$` would let a trailing newline through)."""
 
 
 class Keys:

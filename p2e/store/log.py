@@ -29,9 +29,6 @@ from p2e.errors import (
 from p2e.events import Event, encode, event_adapter, event_agent, events_adapter
 from p2e.store.keys import NAME_RE, Keys
 
-MAX_BATCH = 1000
-"""Events per append script call (Lua's argument stack is bounded)."""
-
 
 class Segment(BaseModel):
     """Seqs lo..hi-1 of a history, stored in `branch`'s list at index seq - offset."""
@@ -83,7 +80,7 @@ def new_id() -> str:
 
 
 def check_name(name: str, what: str) -> str:
-    if not NAME_RE.match(name):
+    if not NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"{what} name {name!r} is not allowed: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
@@ -106,15 +103,17 @@ class EventLog:
         self.r.close()
 
     @contextlib.contextmanager
-    def guard(self) -> Iterator[None]:
-        """Turn redis errors into p2e errors that name the URL or key involved."""
+    def guard(self, *keys: str) -> Iterator[None]:
+        """Turn redis errors into p2e errors that name the URL, or the key(s) involved."""
         try:
             yield
         except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as e:
             raise StoreUnavailable(self.url, e) from e
         except redis.ResponseError as e:
-            if "WRONGTYPE" in str(e):
-                raise CorruptData(f"a key under {self.keys.ns}:", str(e)) from e
+            msg = str(e)
+            if "WRONGTYPE" in msg and "P2E_WRONGTYPE" not in msg:
+                where = " or ".join(keys) if keys else f"a key under {self.keys.ns}:"
+                raise CorruptData(where, "a key of the wrong type (" + msg + ")") from e
             raise
 
     def ping(self) -> None:
@@ -136,13 +135,21 @@ class EventLog:
         with self.guard():
             try:
                 self._create(
-                    keys=[k.convs, k.names, k.conv(cid), k.branches(cid), k.branch(cid, branch)],
+                    keys=[
+                        k.convs,
+                        k.names,
+                        k.conv(cid),
+                        k.branches(cid),
+                        k.branch(cid, branch),
+                        k.conv(name),
+                    ],
                     args=[cid, name, root, repr(created), branch],
                 )
             except redis.ResponseError as e:
                 if "P2E_NAME_TAKEN" in str(e):
+                    taken = str(e).split("P2E_NAME_TAKEN ", 1)[1]
                     raise InvalidArgument(
-                        f"a conversation named {name!r} exists already; pick another name"
+                        f"a conversation named (or with the id) {taken!r} exists already; pick another name"
                     ) from e
                 raise
         return ConversationInfo(
@@ -151,17 +158,20 @@ class EventLog:
 
     def resolve(self, conv: str) -> str:
         """A conversation id from an id or a name."""
-        with self.guard():
+        with self.guard(self.keys.conv(conv), self.keys.names):
             if self.r.exists(self.keys.conv(conv)):
                 return conv
             cid = self.r.hget(self.keys.names, conv)
         if cid is None:
             raise UnknownConversation(conv)
-        return cid.decode()
+        try:
+            return cid.decode()
+        except UnicodeDecodeError as e:
+            raise CorruptData(self.keys.names, f"the entry for {conv!r} is not text") from e
 
     def conversation(self, conv: str) -> ConversationInfo:
         cid = self.resolve(conv)
-        with self.guard():
+        with self.guard(self.keys.conv(cid), self.keys.branches(cid)):
             p = self.r.pipeline(transaction=False)
             p.hgetall(self.keys.conv(cid))
             p.zcard(self.keys.branches(cid))
@@ -170,8 +180,8 @@ class EventLog:
 
     def conversations(self) -> list[ConversationInfo]:
         """Every conversation, oldest first. Entries that do not parse raise `CorruptData`."""
-        with self.guard():
-            ids = [i.decode() for i in self.r.zrange(self.keys.convs, 0, -1)]
+        with self.guard(self.keys.convs, f"{self.keys.ns}:conv:*"):
+            ids = [i.decode(errors="replace") for i in self.r.zrange(self.keys.convs, 0, -1)]
             p = self.r.pipeline(transaction=False)
             for cid in ids:
                 p.hgetall(self.keys.conv(cid))
@@ -194,12 +204,13 @@ class EventLog:
     def branch(self, conv: str, name: str | None = None) -> BranchInfo:
         """A branch of a conversation; the checked-out one when `name` is None."""
         cid = self.resolve(conv)
-        with self.guard():
-            if name is None:
+        if name is None:
+            with self.guard(self.keys.conv(cid)):
                 active = self.r.hget(self.keys.conv(cid), "active")
-                if active is None:
-                    raise CorruptData(self.keys.conv(cid), "no checked-out branch")
-                name = active.decode()
+            if active is None:
+                raise CorruptData(self.keys.conv(cid), "no checked-out branch")
+            name = active.decode(errors="replace")
+        with self.guard(self.keys.branch(cid, name)):
             raw = self.r.hgetall(self.keys.branch(cid, name))
         if not raw:
             raise UnknownBranch(conv, name, [b.name for b in self.branches(conv)])
@@ -207,8 +218,8 @@ class EventLog:
 
     def branches(self, conv: str) -> list[BranchInfo]:
         cid = self.resolve(conv)
-        with self.guard():
-            names = [n.decode() for n in self.r.zrange(self.keys.branches(cid), 0, -1)]
+        with self.guard(self.keys.branches(cid), self.keys.branch(cid, "*")):
+            names = [n.decode(errors="replace") for n in self.r.zrange(self.keys.branches(cid), 0, -1)]
             p = self.r.pipeline(transaction=False)
             for n in names:
                 p.hgetall(self.keys.branch(cid, n))
@@ -280,29 +291,32 @@ class EventLog:
     # --- events --------------------------------------------------------------------------------
 
     def append(self, conv: str, branch: str, events: Sequence[Event], expected: int | None = None) -> int:
-        """Append events atomically; return the seq of the first. `expected` is the length the
-        branch must have (optimistic concurrency): a mismatch raises `Conflict`, writes nothing."""
-        return self.append_to(self.resolve(conv), branch, events, expected)
+        """Append events atomically (all or nothing, in one script); return the seq of the first.
+        `expected` is the length the branch must have (optimistic concurrency): a mismatch raises
+        `Conflict` and writes nothing."""
+        return self.append_to(self.resolve(conv), branch, events, expected, shown_as=conv)
 
-    def append_to(self, cid: str, branch: str, events: Sequence[Event], expected: int | None = None) -> int:
-        """`append` for a known conversation id (the hot path: one round trip per batch of up to
-        MAX_BATCH events; a longer list is written in several atomic batches)."""
+    def append_to(
+        self,
+        cid: str,
+        branch: str,
+        events: Sequence[Event],
+        expected: int | None = None,
+        shown_as: str | None = None,
+    ) -> int:
+        """`append` for a known conversation id (the hot path: one round trip)."""
         if not events:
             raise InvalidArgument("nothing to append")
-        first = None
-        for i in range(0, len(events), MAX_BATCH):
-            keys, args = append_call(self.keys, cid, branch, events[i : i + MAX_BATCH], expected)
-            with self.guard():
-                try:
-                    result = self._append(keys=keys, args=args)
-                except redis.ResponseError as e:
-                    raise append_error(e, cid, branch) from e
-            start, end = append_outcome(result, cid, branch, expected)
-            first = start if first is None else first
-            if expected is not None:
-                expected = end
-        assert first is not None
-        return first
+        keys, args = append_call(self.keys, cid, branch, events, expected)
+        with self.guard(*keys):
+            try:
+                result = self._append(keys=keys, args=args)
+            except redis.ResponseError as e:
+                err = append_error(e, shown_as or cid, branch)
+                if isinstance(err, UnknownBranch):
+                    err = UnknownBranch(shown_as or cid, branch, [b.name for b in self.branches(cid)])
+                raise err from e
+        return append_outcome(result, cid, branch, expected)[0]
 
     def history(
         self, conv: str, branch: str | None = None, start: int = 0, end: int | None = None
@@ -317,7 +331,7 @@ class EventLog:
         segs = [c for s in info.segments if (c := s.clip(start, end))]
         if not segs:
             return []
-        with self.guard():
+        with self.guard(*(self.keys.events(info.conversation, s.branch) for s in segs)):
             p = self.r.pipeline(transaction=False)
             for s in segs:
                 p.lrange(self.keys.events(info.conversation, s.branch), s.lo - s.offset, s.hi - s.offset - 1)
@@ -332,18 +346,23 @@ class EventLog:
         return self._decode(info, raws, start)
 
     def _decode(self, info: BranchInfo, raws: list[bytes], start: int) -> list[Event]:
-        try:
+        try:  # one parse for the whole history: the fast path
             events = events_adapter.validate_json(b"[" + b",".join(raws) + b"]")
+            if len(events) == len(raws):
+                return self._check_seqs(info, events, start)
         except ValidationError:
-            for i, raw in enumerate(raws):  # find the first bad one, to name it
-                try:
-                    event_adapter.validate_json(raw)
-                except ValidationError as e:
-                    raise CorruptData(
-                        f"{self.keys.events(info.conversation, info.name)} (seq {start + i})",
-                        f"not a p2e event: {e.errors()[0]['msg']}",
-                    ) from e
-            raise
+            pass
+        for i, raw in enumerate(raws):  # something is off: find the first bad entry, to name it
+            try:
+                event_adapter.validate_json(raw)
+            except ValidationError as e:
+                raise CorruptData(
+                    f"{self.keys.events(info.conversation, info.name)} (seq {start + i})",
+                    f"not one p2e event: {e.errors()[0]['msg']}",
+                ) from e
+        raise CorruptData(self.keys.events(info.conversation, info.name), "entries do not parse as events")
+
+    def _check_seqs(self, info: BranchInfo, events: list[Event], start: int) -> list[Event]:
         for i, e in enumerate(events):
             if e.seq != start + i:
                 raise CorruptData(
@@ -375,7 +394,7 @@ class EventLog:
         """The newest snapshot valid for `info`'s history up to `upto` events: (length, state)."""
         upto = info.length if upto is None else upto
         segs = [c for s in info.segments if (c := s.clip(0, upto))]
-        with self.guard():
+        with self.guard(*(self.keys.snapshots(info.conversation, s.branch) for s in segs)):
             p = self.r.pipeline(transaction=False)
             for s in segs:
                 p.hkeys(self.keys.snapshots(info.conversation, s.branch))
@@ -383,6 +402,9 @@ class EventLog:
             best: tuple[int, str] | None = None
             for s, keys in zip(segs, found, strict=True):
                 for raw in keys:
+                    if not raw.isdigit():
+                        key = self.keys.snapshots(info.conversation, s.branch)
+                        raise CorruptData(key, f"field {raw[:40]!r} is not a length")
                     n = int(raw)
                     if s.lo < n <= s.hi and (best is None or n > best[0]):
                         best = (n, s.branch)
@@ -396,14 +418,16 @@ class EventLog:
     def indexed(self, conv: str, kind: str | None = None, agent: str | None = None) -> list[tuple[str, int]]:
         """Refs (branch, seq) of a conversation's events of one kind and/or agent, in append order."""
         cid = self.resolve(conv)
-        with self.guard():
+        keys = [self.keys.by_kind(cid, kind)] if kind else []
+        keys += [self.keys.by_agent(cid, agent)] if agent else []
+        with self.guard(*keys):
             p = self.r.pipeline(transaction=False)
             if kind:
                 p.lrange(self.keys.by_kind(cid, kind), 0, -1)
             if agent:
                 p.lrange(self.keys.by_agent(cid, agent), 0, -1)
             lists = p.execute()
-        sets = [[_ref(x) for x in lst] for lst in lists]
+        sets = [[_ref(key, x) for x in lst] for key, lst in zip(keys, lists, strict=True)]
         if len(sets) == 2:
             keep = set(sets[1])
             return [r for r in sets[0] if r in keep]
@@ -438,10 +462,19 @@ def append_outcome(result: list[int], cid: str, branch: str, expected: int | Non
     return start, end
 
 
-def append_error(e: redis.ResponseError, cid: str, branch: str) -> Exception:
-    return UnknownBranch(cid, branch) if "P2E_NO_BRANCH" in str(e) else e
+def append_error(e: redis.ResponseError, conv: str, branch: str) -> Exception:
+    """The p2e error for a failed append script (shared by the sync log and the group commit)."""
+    msg = str(e)
+    if "P2E_NO_BRANCH" in msg:
+        return UnknownBranch(conv, branch)
+    if "P2E_WRONGTYPE" in msg:
+        key, _, what = msg.split("P2E_WRONGTYPE ", 1)[1].partition(" is a ")
+        return CorruptData(key, f"a key of the wrong type (a {what} where p2e keeps something else)")
+    return e
 
 
-def _ref(raw: bytes) -> tuple[str, int]:
-    b, _, seq = raw.decode().rpartition(":")
+def _ref(key: str, raw: bytes) -> tuple[str, int]:
+    b, _, seq = raw.decode(errors="replace").rpartition(":")
+    if not b or not seq.isdigit():
+        raise CorruptData(key, f"entry {raw[:40]!r} is not a ref BRANCH:SEQ")
     return b, int(seq)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import socket
@@ -87,10 +86,12 @@ def _probe(port: int, timeout: float = 2.0) -> redis.Redis:
 
 
 def _run_id(port: int) -> str | None:
+    """The run id of the server on `port` once it serves (not while it loads its data)."""
     try:
         r = _probe(port)
         with contextlib.closing(r):
-            return str(r.info("server")["run_id"])
+            info = r.info()
+            return None if info.get("loading") else str(info["run_id"])
     except (redis.RedisError, OSError, KeyError):
         return None
 
@@ -109,10 +110,21 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _live(info: ServerInfo | None) -> ServerInfo | None:
-    """The recorded server if it is really ours and answering, else None."""
+    """The recorded server if it is really ours and serving, else None."""
     if info is None or not _pid_alive(info.pid):
         return None
     return info if _run_id(info.port) == info.run_id else None
+
+
+def _ours(d: Path) -> int | None:
+    """The pid of a live Valkey working in `d` (ours, whatever server.json says), if any.
+    Valkey rewrites its process title, so its working directory is what identifies it."""
+    try:
+        pid = int((d / "valkey.pid").read_text().strip())
+        ours = Path(f"/proc/{pid}/cwd").resolve() == d.resolve()
+    except (OSError, ValueError):
+        return None
+    return pid if ours and _pid_alive(pid) else None
 
 
 def embedded_status(home: Path | None = None) -> ServerInfo | None:
@@ -130,15 +142,14 @@ def ensure_embedded(home: Path | None = None) -> ServerInfo:
         if info:
             return info
         (d / "server.json").unlink(missing_ok=True)
-        _kill_orphan(d)
-        return _start(d)
+        return _adopt(d) or _start(d)
 
 
 def stop_embedded(home: Path | None = None, timeout: float = 10.0) -> ServerInfo | None:
     """Stop the embedded server (it flushes its append-only file first). None if none ran."""
     d = _dir(home)
     with _locked(d):
-        info = _live(_read_info(d))
+        info = _live(_read_info(d)) or _adopt(d)  # a server whose record was lost stops too
         (d / "server.json").unlink(missing_ok=True)
         if info is None:
             return None
@@ -152,21 +163,58 @@ def stop_embedded(home: Path | None = None, timeout: float = 10.0) -> ServerInfo
         return info
 
 
-def _kill_orphan(d: Path) -> None:
-    """A server of ours that lost its server.json (crash between start and record): stop it."""
+def _adopt(d: Path) -> ServerInfo | None:
+    """A server of ours still runs but its record is gone (a crash between start and record, a
+    deleted or garbled server.json): record it again rather than start a second one on the
+    same files. If it does not answer, stop it, so that only one server ever uses `d`."""
+    pid = _ours(d)
+    if pid is None:
+        return None
     try:
-        pid = int((d / "valkey.pid").read_text().strip())
-    except (OSError, ValueError):
-        return
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return
-    if _pid_alive(pid) and str(d / "valkey.conf").encode() in cmdline:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        while _pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        conf = (d / "valkey.conf").read_text()
+        port = int(next(line.split()[1] for line in conf.splitlines() if line.startswith("port ")))
+    except (OSError, ValueError, StopIteration, IndexError):
+        port = 0
+    run_id = _wait_ready(port) if port else None
+    if run_id is None:
+        _stop_pid(pid)
+        return None
+    return _record(d, pid, port, run_id)
+
+
+def _stop_pid(pid: int, timeout: float = 10.0) -> None:
+    os.kill(pid, signal.SIGTERM)  # Valkey flushes its append-only file on SIGTERM
+    deadline = time.monotonic() + timeout
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _wait_ready(port: int, timeout: float = START_TIMEOUT_S) -> str | None:
+    """Wait until the server on `port` serves (has loaded its data); its run id, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run_id = _run_id(port)
+        if run_id:
+            return run_id
+        time.sleep(0.05)
+    return None
+
+
+def _record(d: Path, pid: int, port: int, run_id: str) -> ServerInfo:
+    info = ServerInfo(
+        url=f"redis://127.0.0.1:{port}",
+        pid=pid,
+        port=port,
+        data_dir=str(d),
+        run_id=run_id,
+        started=time.time(),
+    )
+    tmp = d / "server.json.tmp"
+    tmp.write_text(info.model_dump_json())
+    tmp.replace(d / "server.json")
+    return info
 
 
 def _free_port() -> int:
@@ -210,26 +258,17 @@ def _start(d: Path) -> ServerInfo:
         if proc.returncode != 0:
             last_error = (proc.stderr or proc.stdout).strip()
             continue
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            run_id = _run_id(port)
-            pid_file = d / "valkey.pid"
-            if run_id and pid_file.exists():
-                pid = int(pid_file.read_text().strip())
-                info = ServerInfo(
-                    url=f"redis://127.0.0.1:{port}",
-                    pid=pid,
-                    port=port,
-                    data_dir=str(d),
-                    run_id=run_id,
-                    started=time.time(),
-                )
-                tmp = d / "server.json.tmp"
-                tmp.write_text(info.model_dump_json())
-                tmp.replace(d / "server.json")
-                return info
-            time.sleep(0.05)
-        _kill_orphan(d)
+        run_id = _wait_ready(port)
+        pid = _ours(d)
+        for _ in range(100):  # the daemon writes its pid file just after it forks
+            if pid or not run_id:
+                break
+            time.sleep(0.02)
+            pid = _ours(d)
+        if run_id and pid:
+            return _record(d, pid, port, run_id)
+        if pid:
+            _stop_pid(pid)
         last_error = _tail(d / "valkey.log")
     raise StoreUnavailable(f"embedded Valkey in {d}", f"it did not start: {last_error or 'see valkey.log'}")
 
@@ -259,11 +298,3 @@ def describe(url: str) -> dict[str, object]:
         "used_memory": memory.get("used_memory_human"),
         "aof_enabled": bool(persistence.get("aof_enabled")),
     }
-
-
-def read_info_json(home: Path | None = None) -> dict[str, object] | None:
-    """The raw record, even if stale (for diagnostics)."""
-    try:
-        return json.loads((_dir(home) / "server.json").read_text())
-    except (OSError, ValueError):
-        return None

@@ -30,7 +30,7 @@ from p2e.llm.base import ToolSpec
 if TYPE_CHECKING:
     from p2e.store.log import EventLog
 
-NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 """Tool names: what OpenAI-compatible servers accept as a function name."""
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -68,7 +68,7 @@ class Tool:
     ):
         self.fn = fn
         self.name = name or fn.__name__
-        if not NAME_RE.match(self.name):
+        if not NAME_RE.fullmatch(self.name):
             raise InvalidArgument(
                 f"tool name {self.name!r} is not allowed: use 1-64 letters, digits, '_' or '-'"
             )
