@@ -22,7 +22,7 @@ from p2e.errors import P2EError
 from p2e.events import AgentReply, ToolCall, UserMessage
 from p2e.machine import pending
 from p2e.scripted import ScriptedTeam
-from p2e.store import EventLog, connect
+from p2e.store import connect
 
 console = Console(highlight=False)
 
@@ -74,21 +74,11 @@ def second_path() -> ScriptedTeam:
     return ScriptedTeam({"planner": planner, "writer": writer}, TOOLS)
 
 
-def free_name(log: EventLog, base: str) -> str:
-    taken = {c.name for c in log.conversations()}
-    n = 1
-    name = base
-    while name in taken:
-        n += 1
-        name = f"{base}-{n}"
-    return name
-
-
 def main() -> None:
     log = connect()
     console.print(Rule("p2e demo: a scripted delegation conversation"))
     console.print(f"store: {log.url} (namespace {log.keys.ns})")
-    name = free_name(log, "demo")
+    name = log.free_name("demo")
     conv = Conversation.create(log, "planner", TEAM, name=name)
     question = "Plan a picnic in Paris tomorrow: check the weather and write an invitation."
     console.print(f"[bold cyan]user[/]: {question}")

@@ -85,5 +85,5 @@ def test_replay_reports_a_match(store_env: dict[str, str], log: EventLog) -> Non
     )
     proc = p2e(store_env, "conversation", "replay", "rec")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "matched: rec/main re-ran as rec-replay-1" in proc.stdout
-    assert [e.kind for e in log.history("rec-replay-1")] == [e.kind for e in log.history("rec")]
+    assert "matched: rec/main re-ran as rec-replay" in proc.stdout
+    assert [e.kind for e in log.history("rec-replay")] == [e.kind for e in log.history("rec")]

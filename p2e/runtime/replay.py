@@ -56,7 +56,7 @@ async def replay_branch(
     }
     replay_team = team.model_copy(update={"providers": providers})
     driver = local_driver(log, replay_team)
-    name = _free_name(log, f"{info.name}-replay")
+    name = log.free_name(f"{info.name}-replay")
     cid = await driver.create(start.root, start.team, start.limits, name, overrides=models)
     for e in recorded[1:]:
         if isinstance(e, UserMessage):
@@ -86,11 +86,3 @@ async def replay_branch(
         differences=diffs,
         tool_outputs=tools,
     )
-
-
-def _free_name(log: EventLog, base: str) -> str:
-    taken = {c.name for c in log.conversations()}
-    n = 1
-    while f"{base}-{n}" in taken:
-        n += 1
-    return f"{base}-{n}"

@@ -178,6 +178,16 @@ class EventLog:
             raw, n = p.execute()
         return self._conv_info(cid, raw, n)
 
+    def free_name(self, base: str) -> str:
+        """`base` if no conversation has that name or id yet, else the first free `base-N`."""
+        convs = self.conversations()
+        taken = {c.name for c in convs} | {c.id for c in convs}
+        name, n = base, 1
+        while name in taken:
+            n += 1
+            name = f"{base}-{n}"
+        return name
+
     def conversations(self) -> list[ConversationInfo]:
         """Every conversation, oldest first. Entries that do not parse raise `CorruptData`."""
         with self.guard(self.keys.convs, f"{self.keys.ns}:conv:*"):
