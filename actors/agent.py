@@ -10,9 +10,8 @@ from __future__ import annotations
 import ray
 
 from p2e.agents import TeamConfig
-from p2e.events import ToolResult
 from p2e.runtime.agent import AgentRunner
-from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
+from p2e.runtime.steps import TOOL_RESULTS, StepRequest, ToolsRequest
 from p2e.store import EventLog
 
 
@@ -22,11 +21,16 @@ class AgentActor:
         self.agent_id = agent_id
         self.runner = AgentRunner(agent_id, team, store=EventLog(store_url, namespace))
 
-    async def step(self, req: StepRequest) -> StepResult:
-        return await self.runner.step(req)
+    # Requests and results cross as JSON bytes: pydantic-core (de)serialises them several times
+    # faster than pickling nested models, and Ray passes bytes through without pickling.
 
-    async def run_tools(self, req: ToolsRequest) -> list[ToolResult]:
-        return await self.runner.run_tools(req)
+    async def step(self, req: bytes) -> bytes:
+        result = await self.runner.step(StepRequest.model_validate_json(req))
+        return result.model_dump_json().encode()
+
+    async def run_tools(self, req: bytes) -> bytes:
+        results = await self.runner.run_tools(ToolsRequest.model_validate_json(req))
+        return TOOL_RESULTS.dump_json(results)
 
     @ray.method(concurrency_group="control")
     async def health(self) -> str:

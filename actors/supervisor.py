@@ -16,7 +16,7 @@ import ray
 from p2e.agents import TeamConfig
 from p2e.events import Limits, ToolResult
 from p2e.runtime.driver import Driver, TurnResult
-from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
+from p2e.runtime.steps import TOOL_RESULTS, StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
 from p2e.store.aio import GroupCommit
 
@@ -39,10 +39,12 @@ class RayAgent:
         self._cycle = itertools.cycle(handles)
 
     async def step(self, req: StepRequest) -> StepResult:
-        return await next(self._cycle).step.remote(req)
+        raw = await next(self._cycle).step.remote(req.model_dump_json().encode())
+        return StepResult.model_validate_json(raw)
 
     async def run_tools(self, req: ToolsRequest) -> list[ToolResult]:
-        return await next(self._cycle).run_tools.remote(req)
+        raw = await next(self._cycle).run_tools.remote(req.model_dump_json().encode())
+        return TOOL_RESULTS.validate_json(raw)
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups={"control": 1})

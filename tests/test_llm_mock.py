@@ -249,7 +249,7 @@ def test_delegate_shorthand_is_a_delegate_tool_call_after_the_other_calls() -> N
     assert [(c.id, c.arguments["agent"]) for c in r.tool_calls] == [("call_t3_0", "x"), ("call_t3_1", "y")]
 
 
-def test_replies_are_deterministic_and_usage_counts_words() -> None:
+def test_replies_are_deterministic_and_usage_estimates_tokens() -> None:
     p = inline(
         {"rules": [{"text": "three word answer", "tool_calls": [{"name": "t", "arguments": {"a": 1}}]}]}
     )
@@ -257,8 +257,8 @@ def test_replies_are_deterministic_and_usage_counts_words() -> None:
     b = ask(p, ("system", "be brief"), ("user", "hello there friend"))
     assert a.model_dump(exclude={"usage"}) == b.model_dump(exclude={"usage"})
     assert a.model == "mock/t"
-    assert a.usage.prompt_tokens == 5
-    assert a.usage.completion_tokens >= 3
+    assert a.usage.prompt_tokens == 2 + 5  # about 4 characters a token: "be brief", "hello there friend"
+    assert a.usage.completion_tokens >= 5
     assert a.usage.cost_usd == 0
 
 

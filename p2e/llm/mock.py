@@ -254,8 +254,12 @@ def load_rules(path: Path) -> RulesFile:
     return parse_rules(data, str(path))
 
 
-def _words(text: str) -> int:
-    return len(text.split())
+CALL_TOKENS = 12
+"""What one earlier tool call is counted as in a prompt (not serialised again on every step)."""
+
+
+def _tokens(text: str) -> int:
+    return (len(text) + 3) // 4
 
 
 def _render(value: Any, ctx: dict[str, Any]) -> Any:
@@ -362,8 +366,9 @@ class MockProvider:
             ToolCall(id=f"call_{key}_{i}", name=name, arguments=args)
             for i, (name, args) in enumerate(rendered)
         )
-        prompt = sum(_words(x.content) + sum(_words(_call_text(c)) for c in x.tool_calls) for x in messages)
-        completion = _words(text) + sum(_words(_call_text(c)) for c in calls)
+        # a rough count (about 4 characters a token), cheap enough to take on every step
+        prompt = sum(_tokens(x.content) + CALL_TOKENS * len(x.tool_calls) for x in messages)
+        completion = _tokens(text) + sum(_tokens(_call_text(c)) for c in calls)
         usage = Usage(
             prompt_tokens=prompt,
             completion_tokens=completion,

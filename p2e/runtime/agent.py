@@ -7,7 +7,9 @@ holds no conversation state: a request carries the frame's messages and the vari
 from __future__ import annotations
 
 import importlib
+import json
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 from p2e.agents import AgentSpec, TeamConfig, render_persona
 from p2e.errors import InvalidArgument
@@ -36,6 +38,12 @@ def delegate_spec(targets: Sequence[AgentSpec]) -> ToolSpec:
     )
 
 
+class Prepared(NamedTuple):
+    spec: AgentSpec
+    system: Message
+    tools: tuple[ToolSpec, ...]
+
+
 class AgentRunner:
     def __init__(
         self,
@@ -52,18 +60,29 @@ class AgentRunner:
         self.store = store
         import_tool_modules(team.tool_modules)
         registry.check_allowlist(agent_id, self.spec.tools)
+        self._prepared: dict[str, Prepared] = {}
+
+    def prepare(self, overrides: dict[str, Any]) -> Prepared:
+        """The agent under a variant's overrides, its tools and its rendered persona; computed
+        once per distinct set of overrides (rendering a persona per step would dominate)."""
+        key = json.dumps(overrides, sort_keys=True, default=str) if overrides else ""
+        p = self._prepared.get(key)
+        if p is None:
+            spec = self.spec.with_overrides(overrides)
+            delegates = [self.team.agent(a) for a in spec.can_delegate_to]
+            tools = list(self.registry.specs(spec.tools, agent=spec.id))
+            if delegates:
+                tools.append(delegate_spec(delegates))
+            system = render_persona(spec, delegates, tools, self.team.personas_path)
+            p = self._prepared[key] = Prepared(spec, Message(role="system", content=system), tuple(tools))
+        return p
 
     async def step(self, req: StepRequest) -> StepResult:
-        spec = self.spec.with_overrides(req.overrides)
-        delegates = [self.team.agent(a) for a in spec.can_delegate_to]
-        tools = list(self.registry.specs(spec.tools, agent=spec.id))
-        if delegates:
-            tools.append(delegate_spec(delegates))
-        system = render_persona(spec, delegates, tools, self.team.personas_path)
+        spec, system, tools = self.prepare(req.overrides)
         request = ModelRequest(
             model=spec.model,
-            messages=(Message(role="system", content=system), *req.messages),
-            tools=tuple(tools),
+            messages=(system, *req.messages),
+            tools=tools,
             temperature=spec.temperature,
             top_p=spec.top_p,
             max_tokens=spec.max_tokens,

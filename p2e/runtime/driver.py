@@ -87,10 +87,15 @@ class Driver:
     async def host(self, conv: str, branch: str | None = None) -> Hosted:
         """The hosted conversation, rebuilt from the store if this host has not seen it (or if
         another branch is asked for, or the checked-out branch moved)."""
-        cid = await asyncio.to_thread(self.log.resolve, conv)
-        h = self.hosted.get(cid)
+        h = self.hosted.get(conv)  # callers that route by id skip the name lookup
+        cid = conv if h is not None else await asyncio.to_thread(self.log.resolve, conv)
+        h = h or self.hosted.get(cid)
         if h is not None:
-            wanted = branch or await asyncio.to_thread(self._active, cid)
+            # one non-blocking round trip: a checkout made elsewhere (the CLI) is followed
+            wanted = branch
+            if wanted is None:
+                active = await self.writer.command("HGET", self.log.keys.conv(cid), "active")
+                wanted = (active or b"").decode()
             if wanted == h.conv.branch.name:
                 return h
         c = await asyncio.to_thread(Conversation.open, self.log, cid, branch)
@@ -100,9 +105,6 @@ class Driver:
         overrides = h.overrides if h is not None else {}
         self.hosted[cid] = Hosted(c, transcript, overrides)
         return self.hosted[cid]
-
-    def _active(self, cid: str) -> str:
-        return self.log.conversation(cid).active
 
     def release(self, conv: str) -> None:
         """Forget a hosted conversation (it stays in the store; touching it again rebuilds it)."""
@@ -217,5 +219,7 @@ class Driver:
         state = states[-1]
         snapshot = c.commit(state)
         if snapshot is not None:
-            await self.writer.hset(self.log.keys.snapshots(c.id, c.branch.name), str(state.length), snapshot)
+            await self.writer.command(
+                "HSET", self.log.keys.snapshots(c.id, c.branch.name), state.length, snapshot
+            )
         return commands

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, TypeAdapter
 
 from p2e.events import AgentReply, ToolCall, ToolResult
 from p2e.llm.base import Message
@@ -48,3 +48,6 @@ class ToolsRequest(BaseModel):
     agent: str
     calls: tuple[ToolCall, ...]
     overrides: dict[str, Any] = {}
+
+
+TOOL_RESULTS: TypeAdapter[list[ToolResult]] = TypeAdapter(list[ToolResult])

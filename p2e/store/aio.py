@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from importlib.resources import files
+from typing import Any
 
 import redis
 import redis.asyncio as aredis
@@ -24,6 +25,10 @@ from p2e.store.log import append_call, append_error, append_outcome
 PIPELINE_MAX = 512
 
 
+Op = tuple[list[str] | None, list[object], "asyncio.Future[Any]"]
+"""One queued operation: (append-script KEYS, ARGV, future), or (None, a plain command, future)."""
+
+
 class GroupCommit:
     def __init__(self, url: str, namespace: str = "p2e"):
         self.url = url
@@ -31,7 +36,7 @@ class GroupCommit:
         self.r = aredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
         self._lua = files("p2e.store").joinpath("lua", "append.lua").read_text()
         self._sha: str | None = None
-        self._queue: list[tuple[list[str], list[object], asyncio.Future[list[int]]]] = []
+        self._queue: list[Op] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -42,23 +47,24 @@ class GroupCommit:
     ) -> int:
         """Append atomically (as `EventLog.append_to`); resolves once the server has it."""
         keys, args = append_call(self.keys, cid, branch, events, expected)
-        fut: asyncio.Future[list[int]] = asyncio.get_running_loop().create_future()
-        self._queue.append((keys, args, fut))
-        self._wake.set()
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._writer())
         try:
-            result = await fut
+            result = await self._enqueue(keys, args)
         except redis.ResponseError as e:
             raise append_error(e, cid, branch) from e
         return append_outcome(result, cid, branch, expected)[0]
 
-    async def hset(self, key: str, field: str, value: bytes) -> None:
-        """A plain write outside the batch (snapshots: not on every step)."""
-        try:
-            await self.r.hset(key, field, value)
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-            raise StoreUnavailable(self.url, e) from e
+    async def command(self, *args: object) -> Any:
+        """Any other command, sent in the same pipelined round trip as the queued appends (so a
+        read on every turn costs no extra round trip and no extra connection)."""
+        return await self._enqueue(None, list(args))
+
+    def _enqueue(self, keys: list[str] | None, args: list[object]) -> asyncio.Future[Any]:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((keys, args, fut))
+        self._wake.set()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._writer())
+        return fut
 
     async def close(self) -> None:
         if self._task is not None:
@@ -91,9 +97,7 @@ class GroupCommit:
                     else:
                         f.set_result(res)
 
-    async def _send(
-        self, batch: list[tuple[list[str], list[object], asyncio.Future[list[int]]]]
-    ) -> list[object]:
+    async def _send(self, batch: list[Op]) -> list[object]:
         if self._sha is None:
             self._sha = await self.r.script_load(self._lua)
         results = await self._pipeline(batch)
@@ -105,10 +109,11 @@ class GroupCommit:
                 results[i] = r
         return results
 
-    async def _pipeline(
-        self, batch: list[tuple[list[str], list[object], asyncio.Future[list[int]]]]
-    ) -> list[object]:
+    async def _pipeline(self, batch: list[Op]) -> list[object]:
         pipe = self.r.pipeline(transaction=False)
         for keys, args, _ in batch:
-            pipe.evalsha(self._sha, len(keys), *keys, *args)
+            if keys is None:
+                pipe.execute_command(*args)
+            else:
+                pipe.evalsha(self._sha, len(keys), *keys, *args)
         return list(await pipe.execute(raise_on_error=False))
