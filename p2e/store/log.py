@@ -8,6 +8,7 @@ of the fork line. See `keys.py` for the layout.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import time
 import uuid
@@ -356,12 +357,17 @@ class EventLog:
         return self._decode(info, raws, start)
 
     def _decode(self, info: BranchInfo, raws: list[bytes], start: int) -> list[Event]:
+        gc_was_on = gc.isenabled()
+        gc.disable()  # thousands of new models would set off full collections mid-parse
         try:  # one parse for the whole history: the fast path
             events = events_adapter.validate_json(b"[" + b",".join(raws) + b"]")
             if len(events) == len(raws):
                 return self._check_seqs(info, events, start)
         except ValidationError:
             pass
+        finally:
+            if gc_was_on:
+                gc.enable()
         for i, raw in enumerate(raws):  # something is off: find the first bad entry, to name it
             try:
                 event_adapter.validate_json(raw)
