@@ -8,6 +8,7 @@ writer cannot interleave), and only then does the caller act on the returned com
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from p2e.errors import CorruptData, EventRejected, InvalidArgument, SequenceOutOfRange
 from p2e.events import Event, Limits, Started
@@ -38,9 +39,15 @@ class Conversation:
         limits: Limits | None = None,
         name: str | None = None,
         cid: str | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
     ) -> Conversation:
         """Create a conversation and record its `started` event (validated before anything is stored)."""
-        start = Started(root=root, team={a: tuple(t) for a, t in team.items()}, limits=limits or Limits())
+        start = Started(
+            root=root,
+            team={a: tuple(t) for a, t in team.items()},
+            limits=limits or Limits(),
+            overrides=overrides or {},
+        )
         handle(INITIAL, start)  # reject a bad team before creating anything
         info = log.create_conversation(root, name, cid=cid)
         conv = cls(log, info, log.branch(info.id, info.active), INITIAL)

@@ -51,6 +51,11 @@ class Started(_Event):
         description="every agent of the conversation and the agents it may delegate to"
     )
     limits: Limits = Limits()
+    overrides: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per agent, the variant's overrides of its spec (model, temperature, ...); "
+        "recorded here so that any host rebuilding the conversation runs the same variant",
+    )
 
 
 class UserMessage(_Event):

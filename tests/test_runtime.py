@@ -274,6 +274,19 @@ def test_a_supervisor_killed_mid_conversation_continues_from_the_store(
     assert mid == ["mid answer"]  # the interrupted call's answer was never stored
 
 
+def test_variant_overrides_are_recorded_and_survive_a_supervisor_restart(
+    runtime: Runtime, openai_server: OpenAIServer
+) -> None:
+    script = Script(boss=["one", "two"])
+    openai_server.responder = script
+    chat = runtime.chat("boss", "variant", overrides={"boss": {"temperature": 0.3}})
+    assert chat.send("first").answer == "one"
+    ray.kill(runtime.supervisors[0], no_restart=False)  # the restarted host knows nothing in memory
+    assert chat.send("second").answer == "two"
+    assert [body["temperature"] for body in script.seen["boss"]] == [0.3, 0.3]
+    assert chat.history()[0].overrides == {"boss": {"temperature": 0.3}}  # type: ignore[union-attr]
+
+
 def test_rewind_then_send_forks_and_a_finished_branch_continues(
     runtime: Runtime, openai_server: OpenAIServer
 ) -> None:

@@ -677,3 +677,30 @@ def test_notes_errors(log: EventLog) -> None:
     assert out == (
         "notes failed: RuntimeError: notes need the store, and this run has none; run the agent with a store"
     )
+
+
+def test_an_inline_tool_runs_on_the_event_loop_thread() -> None:
+    seen: list[str] = []
+
+    @tool(inline=True)
+    def where() -> str:
+        """Which thread runs me."""
+        seen.append(threading.current_thread().name)
+        return "ok"
+
+    @tool
+    def elsewhere() -> str:
+        """Which thread runs me."""
+        seen.append(threading.current_thread().name)
+        return "ok"
+
+    reg = Registry([where, elsewhere])
+    ctx = ToolContext(conversation="c", agent="a")
+    calls = [ToolCall(id="1", name="where"), ToolCall(id="2", name="elsewhere")]
+
+    async def run() -> str:
+        await run_calls(reg, calls, ctx, allowed={"where", "elsewhere"})
+        return threading.current_thread().name
+
+    loop_thread = asyncio.run(run())
+    assert seen[0] == loop_thread and seen[1] != loop_thread

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from p2e.conversation import Conversation
 from p2e.errors import Conflict, P2EError
-from p2e.events import Event, Failed, Limits, ToolResult, UserMessage
+from p2e.events import Event, Failed, Limits, Started, ToolResult, UserMessage
 from p2e.machine import CallAgent, Command, Fail, RejectCalls, Reply, RunTools, handle_all, pending
 from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
@@ -79,7 +79,9 @@ class Driver:
         overrides: dict[str, dict[str, Any]] | None = None,
         cid: str | None = None,
     ) -> str:
-        conv = await asyncio.to_thread(Conversation.create, self.log, root, team, limits, name, cid)
+        conv = await asyncio.to_thread(
+            Conversation.create, self.log, root, team, limits, name, cid, overrides
+        )
         transcript, _ = Transcript.rebuild(conv.history())
         self.hosted[conv.id] = Hosted(conv, transcript, overrides or {})
         return conv.id
@@ -102,7 +104,8 @@ class Driver:
         events = await asyncio.to_thread(c.history)
         transcript, state = Transcript.rebuild(events)
         c.state = state
-        overrides = h.overrides if h is not None else {}
+        start = events[0] if events else None
+        overrides = start.overrides if isinstance(start, Started) else {}
         self.hosted[cid] = Hosted(c, transcript, overrides)
         return self.hosted[cid]
 

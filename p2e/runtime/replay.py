@@ -45,7 +45,7 @@ async def replay_branch(
     if not recorded or not isinstance(recorded[0], Started):
         raise InvalidArgument(f"{info.name}/{b.name} has no recorded conversation to replay")
     start = recorded[0]
-    models = {a: {"model": "replay/recorded"} for a in start.team}
+    models = {a: {**start.overrides.get(a, {}), "model": "replay/recorded"} for a in start.team}
     providers = {
         **team.providers,
         "replay": {

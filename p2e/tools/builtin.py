@@ -158,7 +158,7 @@ def calculator(
 
 
 @REGISTRY.register
-@tool(side_effect_free=True)
+@tool(side_effect_free=True, inline=True)
 def clock() -> str:
     """The current date and time in UTC, ISO-8601 (e.g. 2025-01-31T14:05:09+00:00)."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
@@ -233,7 +233,7 @@ class Forecast(BaseModel):
 
 
 @REGISTRY.register
-@tool(side_effect_free=True)
+@tool(side_effect_free=True, inline=True)
 def weather(
     city: Annotated[str, Field(description="the city name", min_length=1, max_length=100)],
 ) -> Forecast:

@@ -65,6 +65,7 @@ class Tool:
         description: str | None = None,
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         side_effect_free: bool = False,
+        inline: bool = False,
     ):
         self.fn = fn
         self.name = name or fn.__name__
@@ -77,6 +78,9 @@ class Tool:
         self.description = description if description is not None else _first_paragraph(fn)
         self.timeout_s = timeout_s
         self.side_effect_free = side_effect_free
+        self.inline = inline
+        """A sync tool that returns in microseconds runs on the event loop, without a thread hop
+        (its timeout then cannot interrupt it: only for small, bounded functions)."""
         self.is_async = inspect.iscoroutinefunction(fn)
         self.args_model, self._params, self.context_param = _arguments_model(fn, self.name)
         self._spec: ToolSpec | None = None
@@ -138,6 +142,7 @@ def tool(
     description: str | None = None,
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     side_effect_free: bool = False,
+    inline: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -149,6 +154,7 @@ def tool(
     description: str | None = None,
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     side_effect_free: bool = False,
+    inline: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a typed function (sync or async) a tool: `@tool` or `@tool(name=..., timeout_s=...)`.
 
@@ -158,7 +164,12 @@ def tool(
 
     def make(f: Callable[..., Any]) -> Tool:
         return Tool(
-            f, name=name, description=description, timeout_s=timeout_s, side_effect_free=side_effect_free
+            f,
+            name=name,
+            description=description,
+            timeout_s=timeout_s,
+            side_effect_free=side_effect_free,
+            inline=inline,
         )
 
     return make if fn is None else make(fn)

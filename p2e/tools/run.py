@@ -75,6 +75,8 @@ async def _invoke(t: Tool, args: list[Any], kwargs: dict[str, Any]) -> tuple[Any
     try:
         if t.is_async:
             return await t.fn(*args, **kwargs), None
+        if t.inline:
+            return t.fn(*args, **kwargs), None
         return await asyncio.to_thread(t.fn, *args, **kwargs), None
     except Exception as e:
         return None, e
