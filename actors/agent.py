@@ -20,11 +20,13 @@ class AgentActor:
     def __init__(self, agent_id: str, team: TeamConfig, store_url: str, namespace: str):
         self.agent_id = agent_id
         self.runner = AgentRunner(agent_id, team, store=EventLog(store_url, namespace))
+        self.steps = 0
 
     # Requests and results cross as JSON bytes: pydantic-core (de)serialises them several times
     # faster than pickling nested models, and Ray passes bytes through without pickling.
 
     async def step(self, req: bytes) -> bytes:
+        self.steps += 1
         result = await self.runner.step(StepRequest.model_validate_json(req))
         return result.model_dump_json().encode()
 
@@ -33,5 +35,6 @@ class AgentActor:
         return TOOL_RESULTS.dump_json(results)
 
     @ray.method(concurrency_group="control")
-    async def health(self) -> str:
-        return self.agent_id
+    async def health(self) -> dict[str, str | int]:
+        """Who this is and how many steps it has served since it (re)started."""
+        return {"agent": self.agent_id, "steps": self.steps}

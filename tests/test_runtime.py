@@ -38,6 +38,7 @@ agents:
     model: openai/test-model
     persona: "You are leaf."
     tools: [weather]
+    replicas: 2
 providers:
   openai:
     base_url: {url}
@@ -311,3 +312,31 @@ def test_the_same_team_runs_offline_on_the_mock_provider(
     finally:
         rt.shutdown()
     assert result.status == "idle" and result.answer is not None and "Lisbon" in result.answer
+
+
+def test_actors_are_named_and_replicas_share_the_steps(
+    runtime: Runtime, openai_server: OpenAIServer, namespace: str
+) -> None:
+    for name in (f"{namespace}:supervisor:0", f"{namespace}:agent:boss:0", f"{namespace}:agent:leaf:1"):
+        assert ray.get_actor(name, namespace="p2e") is not None
+    openai_server.responder = Script(
+        boss=[calls(("delegate", {"agent": "mid", "task": "t"})), "done"] * 2,
+        mid=[calls(("delegate", {"agent": "leaf", "task": "t"})), "mid"] * 2,
+        leaf=["leaf 1", "leaf 2"],
+    )
+    chat = runtime.chat("boss", "replicas")
+    assert chat.send("one").answer == "done" and chat.send("two").answer == "done"
+    served = [ray.get(h.health.remote())["steps"] for h in runtime.agents["leaf"]]
+    assert served == [1, 1]  # round-robin over the two leaf actors
+
+
+def test_a_model_that_keeps_failing_ends_the_conversation_with_a_clear_error(
+    runtime: Runtime, openai_server: OpenAIServer
+) -> None:
+    openai_server.responder = lambda body: Reply(status=400, error="model overloaded with nonsense")
+    result = runtime.chat("boss", "modelfail").send("hello?")
+    assert result.status == "failed" and result.answer is None
+    assert result.error is not None and result.error.startswith("agent_error: agent 'boss'")
+    assert "400" in result.error
+    last = runtime.log.history("modelfail")[-1]
+    assert last.kind == "failed" and "test-key" not in last.message  # type: ignore[union-attr]

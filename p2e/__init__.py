@@ -1,0 +1,25 @@
+"""p2e: build, run and evaluate multi-agent LLM systems.
+
+`import p2e` is cheap (no Ray); `p2e.init()` and `p2e.local_chat()` load the runtime on first
+use. See README.md for the tour.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from p2e.errors import P2EError
+
+if TYPE_CHECKING:
+    from p2e.api import init, local_chat
+
+__all__ = ["P2EError", "init", "local_chat"]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("init", "local_chat"):
+        from p2e import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'p2e' has no attribute {name!r}")
