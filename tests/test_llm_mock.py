@@ -16,44 +16,18 @@ import yaml
 
 from p2e.conversation import Conversation
 from p2e.errors import InvalidArgument
-from p2e.events import AgentReply, Event, Failed, ToolCall, ToolResult, UserMessage
+from p2e.events import AgentReply, Failed, ToolCall, ToolResult, UserMessage
 from p2e.llm.base import Message, ModelRequest, ModelResponse, Provider
 from p2e.llm.mock import MockProvider, NoRuleMatched
-from p2e.machine import CallAgent, Fail, Frame, RejectCalls, Reply, RunTools, trace
+from p2e.machine import CallAgent, Fail, RejectCalls, Reply, RunTools
 from p2e.store import EventLog
+from p2e.transcript import Transcript
 
 MOCK_DIR = Path(__file__).resolve().parents[1] / "experiments" / "mock"
 TEAM = {"planner": ["researcher", "writer"], "researcher": [], "writer": []}
 
 
 # --- a small interpreter: the machine's commands, performed with a provider ---------------------
-
-
-def frame_messages(history: list[Event], frame: Frame, depth: int) -> tuple[list[Message], int]:
-    """The frame's dialogue as chat messages, and how many replies its agent gave in it.
-
-    A delegate's final reply is not stored as a tool result (the pop says it), so it is turned
-    into the `delegate` call's tool message here."""
-    msgs = [Message(role="user", content=frame.task)] if frame.call_id else []
-    turn = 0
-    for event, before in trace(history):
-        if event.seq is None or event.seq < frame.start:
-            continue
-        if isinstance(event, UserMessage) and depth == 1:
-            msgs.append(Message(role="user", content=event.text))
-        elif isinstance(event, AgentReply) and before.depth == depth:
-            msgs.append(Message(role="assistant", content=event.text, tool_calls=event.tool_calls))
-            turn += 1
-        elif isinstance(event, AgentReply) and before.depth == depth + 1 and not event.tool_calls:
-            assert before.top is not None
-            msgs.append(
-                Message(role="tool", content=event.text, tool_call_id=before.top.call_id, name="delegate")
-            )
-        elif isinstance(event, ToolResult) and before.depth == depth:
-            msgs.append(
-                Message(role="tool", content=event.output, tool_call_id=event.call_id, name=event.name)
-            )
-    return msgs, turn
 
 
 def fake_tool(call: ToolCall) -> str:
@@ -74,7 +48,9 @@ async def drive(conv: Conversation, provider: Provider, text: str, model: str = 
     while todo:
         cmd = todo.pop(0)
         if isinstance(cmd, CallAgent):
-            messages, turn = frame_messages(conv.history(), cmd.frame, cmd.depth)
+            transcript, _ = Transcript.rebuild(conv.history())  # what the frame's agent has seen
+            messages = transcript.messages()
+            turn = sum(1 for m in messages if m.role == "assistant")
             request = ModelRequest(
                 model=model,
                 messages=tuple(messages),
