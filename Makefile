@@ -36,6 +36,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/runtime_bench.py
+	$(BIN)/python bench/eval_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -32,6 +32,23 @@ def supervisor_actor_name(namespace: str, index: int) -> str:
     return f"{namespace}:supervisor:{index}"
 
 
+def evaluator_actor_name(namespace: str, index: int) -> str:
+    return f"{namespace}:evaluator:{index}"
+
+
+class RayEvaluators:
+    """Hands steps and episodes to the evaluator actors, round-robin, without waiting."""
+
+    def __init__(self, handles: list[Any]):
+        self._cycle = itertools.cycle(handles)
+
+    def step(self, conversation: str, branch: str, seq: int) -> None:
+        next(self._cycle).on_step.remote(conversation, branch, seq)
+
+    def episode(self, conversation: str, branch: str) -> None:
+        next(self._cycle).on_episode.remote(conversation, branch)
+
+
 class RayAgent:
     """An agent's replicas as one `AgentHandle`: calls go round-robin over the replicas."""
 
@@ -49,11 +66,16 @@ class RayAgent:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups={"control": 1})
 class SupervisorActor:
-    def __init__(self, index: int, team: TeamConfig, store_url: str, namespace: str):
+    def __init__(self, index: int, team: TeamConfig, store_url: str, namespace: str, evaluators: int = 0):
         self.index = index
         self.team = team
         self.namespace = namespace
-        self.driver = Driver(EventLog(store_url, namespace), GroupCommit(store_url, namespace), self._agent)
+        observer = None
+        if evaluators:
+            names = [evaluator_actor_name(namespace, i) for i in range(evaluators)]
+            observer = RayEvaluators([ray.get_actor(n, namespace=RAY_NAMESPACE) for n in names])
+        log = EventLog(store_url, namespace)
+        self.driver = Driver(log, GroupCommit(store_url, namespace), self._agent, observer)
         self._agents: dict[str, RayAgent] = {}
 
     def _agent(self, agent_id: str) -> RayAgent:

@@ -24,7 +24,14 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from actors.agent import AgentActor
-from actors.supervisor import RAY_NAMESPACE, SupervisorActor, agent_actor_name, supervisor_actor_name
+from actors.evaluator import EvaluatorActor
+from actors.supervisor import (
+    RAY_NAMESPACE,
+    SupervisorActor,
+    agent_actor_name,
+    evaluator_actor_name,
+    supervisor_actor_name,
+)
 from p2e.agents import TeamConfig, load_team
 from p2e.conversation import Conversation
 from p2e.errors import NotFound, P2EError
@@ -64,12 +71,14 @@ class Runtime:
         supervisors: list[Any],
         agents: dict[str, list[Any]],
         started_ray: bool,
+        evaluators: list[Any] | None = None,
     ):
         self.team = team
         self.log = log
         self.supervisors = supervisors
         self.agents = agents
         self.started_ray = started_ray
+        self.evaluators = evaluators or []
 
     def supervisor_for(self, cid: str) -> Any:
         """Conversations are spread over supervisors by id, so each has exactly one host."""
@@ -99,7 +108,7 @@ class Runtime:
 
     def shutdown(self) -> None:
         """Stop this runtime's actors; stop Ray too if `init` started it."""
-        for handle in [*self.supervisors, *(h for hs in self.agents.values() for h in hs)]:
+        for handle in [*self.supervisors, *self.evaluators, *(h for hs in self.agents.values() for h in hs)]:
             ray.kill(handle)
         self.log.close()
         if self.started_ray:
@@ -248,6 +257,7 @@ def init(
     address: str | None = None,
     agents: str | Path | TeamConfig | None = None,
     supervisors: int = 1,
+    evaluators: int = 1,
     store_url: str | None = None,
     namespace: str | None = None,
     **ray_options: Any,
@@ -256,6 +266,8 @@ def init(
 
     `address`: None starts a local Ray; "auto" or "ray://host:10001" joins a cluster, which needs
     a store every node reaches (P2E_REDIS_URL). The store URL is handed to every actor.
+    `evaluators`: how many Evaluator actors share the scoring, when the team config names
+    evaluators to run.
     """
     team = _team(agents)
     log = connect(store_url, namespace)
@@ -277,11 +289,18 @@ def init(
             ).remote(spec.id, team, log.url, ns)
             for i in range(spec.replicas)
         ]
+    evals = [  # evaluator actors only when the team names evaluators to run
+        EvaluatorActor.options(
+            name=evaluator_actor_name(ns, i), namespace=RAY_NAMESPACE, get_if_exists=True
+        ).remote(team, log.url, ns)
+        for i in range(evaluators if team.evaluators else 0)
+    ]
+    ray.get([e.health.remote() for e in evals])  # they exist before a supervisor looks them up
     sups = [
         SupervisorActor.options(
             name=supervisor_actor_name(ns, i), namespace=RAY_NAMESPACE, get_if_exists=True
-        ).remote(i, team, log.url, ns)
+        ).remote(i, team, log.url, ns, len(evals))
         for i in range(supervisors)
     ]
     ray.get([h.health.remote() for hs in handles.values() for h in hs] + [s.health.remote() for s in sups])
-    return Runtime(team, log, sups, handles, started_ray)
+    return Runtime(team, log, sups, handles, started_ray, evals)

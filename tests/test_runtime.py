@@ -47,6 +47,15 @@ providers:
     max_retries: 2
     backoff_s: 0.01
 tool_modules: [tools_for_tests]
+evaluators:
+  - id: tool_called
+    per: step
+    params:
+      name: calculator
+  - id: max_steps
+    per: episode
+    params:
+      limit: 20
 limits:
   max_depth: 4
   max_steps: 30
@@ -340,3 +349,39 @@ def test_a_model_that_keeps_failing_ends_the_conversation_with_a_clear_error(
     assert "400" in result.error
     last = runtime.log.history("modelfail")[-1]
     assert last.kind == "failed" and "test-key" not in last.message  # type: ignore[union-attr]
+
+
+def _wait_for_scores(runtime: Runtime, conv: str, n: int, timeout: float = 20) -> list[Any]:
+    from p2e.evals.store import ScoreStore
+
+    store = ScoreStore(runtime.log)
+    deadline = time.monotonic() + timeout
+    while True:
+        scores = [s for s in store.all(conv) if s.status in ("done", "error")]
+        if len(scores) >= n or time.monotonic() > deadline:
+            return scores
+        time.sleep(0.05)
+
+
+def test_evaluator_actors_score_every_step_and_episode_without_holding_the_turn(
+    runtime: Runtime, openai_server: OpenAIServer
+) -> None:
+    openai_server.responder = Script(
+        boss=[calls(("calculator", {"expression": "1+1"})), "two", "three"],
+    )
+    chat = runtime.chat("boss", "scored")
+    assert chat.send("1+1?").answer == "two"
+    scores = _wait_for_scores(runtime, "scored", 3)  # 2 steps + the episode
+    by = {(s.evaluator, s.target.seq): s for s in scores}
+    assert len(scores) == 3 and all(s.status == "done" for s in scores)
+    assert by[("tool_called", 2)].value == 1.0  # the step that called the calculator
+    assert by[("tool_called", 4)].value == 0.0  # a step is judged on its own calls: the answer made none
+    assert by[("max_steps", None)].value == 1.0
+    # after a rewind, the new branch's steps are scored on that branch; inherited ones are shared
+    chat.rewind(1)
+    openai_server.responder = Script(boss=["no tools this time"])
+    chat.resume()
+    scores = _wait_for_scores(runtime, "scored", 5)
+    on_b1 = [s for s in scores if s.target.branch == "b1"]
+    assert sorted((s.evaluator, s.target.seq) for s in on_b1) == [("max_steps", None), ("tool_called", 2)]
+    assert [s.value for s in on_b1 if s.evaluator == "tool_called"] == [0.0]

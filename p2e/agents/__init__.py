@@ -1,6 +1,6 @@
 """Agents as data: declarations from YAML, personas from Jinja templates."""
 
 from p2e.agents.persona import render_persona
-from p2e.agents.spec import AgentSpec, TeamConfig, load_team
+from p2e.agents.spec import AgentSpec, EvaluatorConfig, TeamConfig, load_team
 
-__all__ = ["AgentSpec", "TeamConfig", "load_team", "render_persona"]
+__all__ = ["AgentSpec", "EvaluatorConfig", "TeamConfig", "load_team", "render_persona"]

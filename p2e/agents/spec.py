@@ -8,7 +8,7 @@ variant of a sweep.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -55,6 +55,18 @@ class AgentSpec(BaseModel):
         return AgentSpec.model_validate({**self.model_dump(), **overrides})
 
 
+class EvaluatorConfig(BaseModel):
+    """An evaluator the runtime runs by itself: on every step as it is stored, or on the branch
+    (the episode) each time the root agent answers."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    per: Literal["step", "episode"] = "step"
+    """(Not `on`: YAML 1.1 reads an `on:` key as the boolean true.)"""
+    params: dict[str, Any] = {}
+
+
 class TeamConfig(BaseModel):
     """The whole agents file: agents, provider settings, default limits."""
 
@@ -67,6 +79,9 @@ class TeamConfig(BaseModel):
     """Relative to the agents file."""
     tool_modules: tuple[str, ...] = ()
     """Python modules imported before the agents start, so their `@tool` functions register."""
+    evaluators: tuple[EvaluatorConfig, ...] = ()
+    evaluator_modules: tuple[str, ...] = ()
+    """Python modules with custom `@evaluator`s (besides the built-ins and installed packages')."""
     base_dir: str = "."
 
     def agent(self, agent_id: str) -> AgentSpec:

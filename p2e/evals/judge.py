@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -211,6 +211,14 @@ def render_event(event: Event, limit: int = 2000) -> str:
     return ""
 
 
+def transcript(events: Sequence[Event], last: int) -> str:
+    """The last `last` events as transcript lines, older ones counted, not shown: the judge's
+    prompt (and its cost) stays bounded however long the branch grows."""
+    shown = events[-last:]
+    lines = [f"[{len(events) - len(shown)} earlier events not shown]"] if len(events) > len(shown) else []
+    return "\n".join(lines + [line for e in shown if (line := render_event(e))])
+
+
 def _parse(text: str, rubric: Rubric) -> JudgeOutput:
     """The judge's reply as a JudgeOutput; ValueError with a message for the judge otherwise."""
     raw = text.strip()
@@ -257,6 +265,7 @@ class Judge:
         retries: Annotated[int, Field(ge=0)] = 2,
         max_tokens: int | None = None,
         system: str = SYSTEM,
+        context_events: Annotated[int, Field(ge=1)] = 60,
     ):
         from p2e.llm.base import split_model
 
@@ -269,6 +278,7 @@ class Judge:
             max_tokens,
             system,
         )
+        self.context_events = context_events
 
     def prompt(self, ctx: EvalContext) -> str:
         weights = self.rubric.weights()
@@ -277,7 +287,7 @@ class Judge:
         try:
             return self.template.render(
                 task=ctx.task,
-                transcript="\n".join(line for e in ctx.events if (line := render_event(e))),
+                transcript=transcript(ctx.events, self.context_events),
                 answer=answer.text if answer is not None else None,
                 reference=ctx.reference,
                 step=render_event(step) if step is not None else None,
@@ -287,7 +297,7 @@ class Judge:
                 ],
                 rubric=self.rubric,
                 target=ctx.target,
-                events=list(ctx.events),
+                events=ctx.events,
             ).strip()
         except jinja2.TemplateError as e:
             raise EvalFailed(f"the judge template fails: {type(e).__name__}: {e}") from None

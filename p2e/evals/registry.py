@@ -89,7 +89,11 @@ class EvalContext:
     def for_target(cls, history: Sequence[Event], target: Target, **kwargs: Any) -> EvalContext:
         """A context over `history` (a branch's events, seqs set) cut at the target."""
         if target.seq is not None:
-            history = [e for i, e in enumerate(history) if (e.seq if e.seq is not None else i) <= target.seq]
+            seq = target.seq
+            if seq < len(history) and history[seq].seq in (seq, None):  # a whole branch read from 0
+                history = history[: seq + 1]
+            else:
+                history = [e for i, e in enumerate(history) if (e.seq if e.seq is not None else i) <= seq]
         return cls(events=list(history), target=target, **kwargs)
 
     @property
@@ -106,6 +110,8 @@ class EvalContext:
         """The target event of a step target (None for an episode target)."""
         if self.target.seq is None:
             return None
+        if self.events and self.events[-1].seq == self.target.seq:  # the usual cut: it is the last
+            return self.events[-1]
         for i, e in enumerate(self.events):
             if (e.seq if e.seq is not None else i) == self.target.seq:
                 return e

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from p2e.conversation import Conversation
 from p2e.errors import Conflict, P2EError
-from p2e.events import Event, Failed, Limits, Started, ToolResult, UserMessage
+from p2e.events import AgentReply, Event, Failed, Limits, Started, ToolResult, UserMessage
 from p2e.machine import CallAgent, Command, Fail, RejectCalls, Reply, RunTools, handle_all, pending
 from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
@@ -37,6 +37,13 @@ class AgentHandle(Protocol):
 
 
 Agents = Callable[[str], AgentHandle]
+
+
+class Observer(Protocol):
+    """Told of each stored step and each root answer; must not block (evaluators run elsewhere)."""
+
+    def step(self, conversation: str, branch: str, seq: int) -> None: ...
+    def episode(self, conversation: str, branch: str) -> None: ...
 
 
 class TurnResult(BaseModel):
@@ -62,10 +69,11 @@ class Hosted:
 
 
 class Driver:
-    def __init__(self, log_: EventLog, writer: GroupCommit, agents: Agents):
+    def __init__(self, log_: EventLog, writer: GroupCommit, agents: Agents, observer: Observer | None = None):
         self.log = log_
         self.writer = writer
         self.agents = agents
+        self.observer = observer
         self.hosted: dict[str, Hosted] = {}
 
     # --- conversations -------------------------------------------------------------------------
@@ -192,6 +200,8 @@ class Driver:
             return await self._submit(h, *errors)
         if isinstance(cmd, Reply):
             h.answer = cmd.text
+            if self.observer is not None:
+                self.observer.episode(c.id, c.branch.name)
             return []
         if isinstance(cmd, Fail):
             return await self._submit(h, Failed(code=cmd.code, message=cmd.message))
@@ -219,6 +229,8 @@ class Driver:
             raise
         for before, e, after in zip(states, events, states[1:], strict=False):
             h.transcript.update(before, e, after)
+            if self.observer is not None and isinstance(e, AgentReply):
+                self.observer.step(c.id, c.branch.name, before.length)
         state = states[-1]
         snapshot = c.commit(state)
         if snapshot is not None:

@@ -16,6 +16,7 @@ projects or test runs can share a server). With `ns` the namespace, `cid` a conv
 | `ns:conv:cid:ix:kind:K` | list | refs `b:seq` of the conversation's events of kind K |
 | `ns:conv:cid:ix:agent:A` | list | refs `b:seq` of the events of agent A |
 | `ns:conv:cid:notes` | list | the `notes` tool's notes (per conversation, not per branch) |
+| `ns:conv:cid:scores` | hash | `evaluator@target-ref` -> score (JSON); a step's target is its canonical ref |
 | `ns:embedded` | string | marker set by the embedded server manager (its data dir) |
 
 A branch stores only its own events. `lineage` lists the segments of history it inherits,
@@ -74,6 +75,9 @@ class Keys:
 
     def by_agent(self, cid: str, agent: str) -> str:
         return f"{self.index_prefix(cid)}agent:{agent}"
+
+    def scores(self, cid: str) -> str:
+        return f"{self.ns}:conv:{cid}:scores"
 
     def all_of(self, cid: str) -> str:
         """Pattern matching every key of one conversation (for SCAN)."""

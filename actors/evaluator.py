@@ -1,0 +1,32 @@
+"""The Evaluator actor: scores steps and episodes off the hot path (see `EvalService`).
+
+The supervisor calls it without waiting; a failure here costs a score (recorded as an error
+score by the evaluators themselves), never a conversation.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from p2e.agents import TeamConfig
+from p2e.evals.service import EvalService
+from p2e.store import EventLog
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=1, concurrency_groups={"control": 1})
+class EvaluatorActor:
+    def __init__(self, team: TeamConfig, store_url: str, namespace: str):
+        self.service = EvalService(EventLog(store_url, namespace), team)
+        self.done = 0
+
+    async def on_step(self, conversation: str, branch: str, seq: int) -> int:
+        self.done += len(await self.service.on_step(conversation, branch, seq))
+        return self.done
+
+    async def on_episode(self, conversation: str, branch: str) -> int:
+        self.done += len(await self.service.on_episode(conversation, branch))
+        return self.done
+
+    @ray.method(concurrency_group="control")
+    async def health(self) -> dict[str, int]:
+        return {"scores": self.done}

@@ -1,0 +1,86 @@
+"""Running evaluators over a branch: every step, or the branch as an episode, concurrently.
+
+Each evaluation is recorded as `pending` first, then replaced by its outcome (`done` or `error`
+with the reason), so `p2e eval show` tells a running evaluation from a missing one, and a crash
+leaves visible `pending` entries rather than nothing. A judge that fails is an error score,
+never a silent 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Literal
+
+from p2e.evals.registry import BoundEvaluator, EvalContext
+from p2e.evals.score import Score
+from p2e.evals.store import ScoreStore
+from p2e.events import AgentReply, Event
+from p2e.llm import Providers
+from p2e.store import BranchInfo, EventLog
+
+On = Literal["step", "episode"]
+
+
+def step_seqs(history: Sequence[Event], agent: str | None = None) -> list[int]:
+    """The seqs of the steps (agent replies) of a history, optionally of one agent."""
+    return [
+        e.seq for e in history if isinstance(e, AgentReply) and e.seq is not None and agent in (None, e.agent)
+    ]
+
+
+async def evaluate_branch(
+    log: EventLog,
+    info: BranchInfo,
+    evaluators: Sequence[BoundEvaluator],
+    on: On = "step",
+    reference: str | None = None,
+    providers: Providers | None = None,
+    concurrency: int = 64,
+    skip_done: bool = True,
+) -> list[Score]:
+    """Score a branch's steps (or the branch as an episode) with each evaluator; store and
+    return the scores. Steps already scored `done` by the same evaluator version are skipped
+    unless `skip_done` is False."""
+    history = await asyncio.to_thread(log.read, info)
+    seqs: list[int | None] = list(step_seqs(history)) if on == "step" else [None]
+    return await evaluate_targets(
+        log, info, history, evaluators, seqs, reference, providers, concurrency, skip_done
+    )
+
+
+async def evaluate_targets(
+    log: EventLog,
+    info: BranchInfo,
+    history: Sequence[Event],
+    evaluators: Sequence[BoundEvaluator],
+    seqs: Sequence[int | None],
+    reference: str | None = None,
+    providers: Providers | None = None,
+    concurrency: int = 64,
+    skip_done: bool = True,
+) -> list[Score]:
+    """Score the given steps of a branch (None: the branch as an episode) with each evaluator."""
+    store = ScoreStore(log)
+    existing = {(s.evaluator, s.target.ref): s for s in await asyncio.to_thread(store.all, info.conversation)}
+    jobs: list[tuple[BoundEvaluator, EvalContext]] = []
+    for seq in seqs:
+        target = store.target_of(info, seq)
+        for ev in evaluators:
+            old = existing.get((ev.id, target.ref))
+            if skip_done and old is not None and old.status == "done" and old.version == ev.version:
+                continue
+            ctx = EvalContext.for_target(history, target, reference=reference, providers=providers)
+            jobs.append((ev, ctx))
+    if not jobs:
+        return []
+    await asyncio.to_thread(store.put, [Score.pending(ev.id, ev.version, ctx.target) for ev, ctx in jobs])
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(ev: BoundEvaluator, ctx: EvalContext) -> Score:
+        async with gate:
+            return await ev.evaluate(ctx)
+
+    scores = await asyncio.gather(*(one(ev, ctx) for ev, ctx in jobs))
+    await asyncio.to_thread(store.put, scores)
+    return list(scores)
