@@ -134,3 +134,29 @@ def test_eval_commands(
     ]:
         code, _, err = run(capsys, *args)
         assert code != 0 and message in " ".join(err.split()), (args, err)
+
+
+@evaluator(id="slow", version="1")
+async def slow(ctx: EvalContext) -> float:
+    await asyncio.sleep(0.5)
+    return 1.0
+
+
+def test_an_evaluation_is_pending_then_running_then_done(log: EventLog) -> None:
+    conv = chat_branch(log, "statuses", 1)
+    registry = builtin_registry()
+    registry.register(slow)
+    store = ScoreStore(log)
+
+    async def watch() -> list[str]:
+        task = asyncio.create_task(evaluate_branch(log, conv.branch, [registry.create("slow")]))
+        seen: list[str] = []
+        while not task.done():
+            seen += [s.status for s in await asyncio.to_thread(store.all, "statuses")]
+            await asyncio.sleep(0.02)
+        await task
+        return seen
+
+    seen = asyncio.run(watch())
+    assert "running" in seen
+    assert [s.status for s in store.all("statuses")] == ["done"]

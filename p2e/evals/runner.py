@@ -79,8 +79,34 @@ async def evaluate_targets(
 
     async def one(ev: BoundEvaluator, ctx: EvalContext) -> Score:
         async with gate:
+            await running.put(Score.pending(ev.id, ev.version, ctx.target).running())
             return await ev.evaluate(ctx)
 
+    running = _Batcher(store)
+
     scores = await asyncio.gather(*(one(ev, ctx) for ev, ctx in jobs))
-    await asyncio.to_thread(store.put, scores)
+    await running.drain()
+    await asyncio.to_thread(store.put, scores)  # after the last `running` write: outcomes win
     return list(scores)
+
+
+class _Batcher:
+    """Writes `running` marks in batches (one round trip for all that started meanwhile), so
+    marking costs the evaluations nothing they would wait for."""
+
+    def __init__(self, store: ScoreStore):
+        self.store, self.queue, self.task = store, list[Score](), None
+
+    async def put(self, score: Score) -> None:
+        self.queue.append(score)
+        if self.task is None or self.task.done():
+            self.task = asyncio.create_task(self._flush())
+
+    async def _flush(self) -> None:
+        while self.queue:
+            batch, self.queue = self.queue, []
+            await asyncio.to_thread(self.store.put, batch)
+
+    async def drain(self) -> None:
+        while self.task is not None and not self.task.done():
+            await self.task
