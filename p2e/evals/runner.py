@@ -1,9 +1,9 @@
 """Running evaluators over a branch: every step, or the branch as an episode, concurrently.
 
-Each evaluation is recorded as `pending` first, then replaced by its outcome (`done` or `error`
-with the reason), so `p2e eval show` tells a running evaluation from a missing one, and a crash
-leaves visible `pending` entries rather than nothing. A judge that fails is an error score,
-never a silent 0.
+Each evaluation is recorded as `pending` first, marked `running` if it takes a while, then
+replaced by its outcome (`done` or `error` with the reason), so `p2e eval show` tells a running
+evaluation from a missing one, and a crash leaves visible entries rather than nothing. A judge
+that fails is an error score, never a silent 0.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from p2e.llm import Providers
 from p2e.store import BranchInfo, EventLog
 
 On = Literal["step", "episode"]
+
+RUNNING_AFTER_S = 0.25
+"""An evaluation still in flight after this long is marked `running` (quicker ones go straight
+from `pending` to their outcome: marking them would cost writes and tell nobody anything)."""
 
 
 def step_seqs(history: Sequence[Event], agent: str | None = None) -> list[int]:
@@ -62,7 +66,11 @@ async def evaluate_targets(
 ) -> list[Score]:
     """Score the given steps of a branch (None: the branch as an episode) with each evaluator."""
     store = ScoreStore(log)
-    existing = {(s.evaluator, s.target.ref): s for s in await asyncio.to_thread(store.all, info.conversation)}
+    existing = (
+        {(s.evaluator, s.target.ref): s for s in await asyncio.to_thread(store.all, info.conversation)}
+        if skip_done
+        else {}
+    )
     jobs: list[tuple[BoundEvaluator, EvalContext]] = []
     for seq in seqs:
         target = store.target_of(info, seq)
@@ -75,30 +83,35 @@ async def evaluate_targets(
     if not jobs:
         return []
     await asyncio.to_thread(store.put, [Score.pending(ev.id, ev.version, ctx.target) for ev, ctx in jobs])
+    running = _Batcher(store)
     gate = asyncio.Semaphore(concurrency)
+    loop = asyncio.get_running_loop()
 
     async def one(ev: BoundEvaluator, ctx: EvalContext) -> Score:
         async with gate:
-            await running.put(Score.pending(ev.id, ev.version, ctx.target).running())
-            return await ev.evaluate(ctx)
-
-    running = _Batcher(store)
+            timer = loop.call_later(RUNNING_AFTER_S, running.mark, ev, ctx)
+            try:
+                return await ev.evaluate(ctx)
+            finally:
+                timer.cancel()
 
     scores = await asyncio.gather(*(one(ev, ctx) for ev, ctx in jobs))
     await running.drain()
-    await asyncio.to_thread(store.put, scores)  # after the last `running` write: outcomes win
+    await asyncio.to_thread(store.put, scores)  # after the last `running` mark: outcomes win
     return list(scores)
 
 
 class _Batcher:
-    """Writes `running` marks in batches (one round trip for all that started meanwhile), so
-    marking costs the evaluations nothing they would wait for."""
+    """Writes `running` marks in batches (one round trip for all that started meanwhile), off
+    the evaluations' path: nothing waits for a mark."""
 
     def __init__(self, store: ScoreStore):
-        self.store, self.queue, self.task = store, list[Score](), None
+        self.store = store
+        self.queue: list[Score] = []
+        self.task: asyncio.Task[None] | None = None
 
-    async def put(self, score: Score) -> None:
-        self.queue.append(score)
+    def mark(self, ev: BoundEvaluator, ctx: EvalContext) -> None:
+        self.queue.append(Score.pending(ev.id, ev.version, ctx.target).running())
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._flush())
 

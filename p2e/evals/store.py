@@ -25,16 +25,21 @@ class ScoreStore:
         self.log = log
 
     def put(self, scores: Iterable[Score]) -> None:
-        by_conv: dict[str, dict[str, bytes]] = {}
+        writes = self._writes(scores)
+        if writes:
+            with self.log.guard():
+                p = self.log.r.pipeline(transaction=False)
+                for key, fields in writes.items():
+                    p.hset(key, mapping=fields)
+                p.execute()
+
+    def _writes(self, scores: Iterable[Score]) -> dict[str, dict[str, bytes]]:
+        out: dict[str, dict[str, bytes]] = {}
         for s in scores:
-            by_conv.setdefault(s.target.conversation, {})[field(s)] = s.model_dump_json().encode()
-        if not by_conv:
-            return
-        with self.log.guard():
-            p = self.log.r.pipeline(transaction=False)
-            for cid, fields in by_conv.items():
-                p.hset(self.log.keys.scores(cid), mapping=fields)
-            p.execute()
+            out.setdefault(self.log.keys.scores(s.target.conversation), {})[field(s)] = (
+                s.model_dump_json().encode()
+            )
+        return out
 
     def all(self, conv: str) -> list[Score]:
         """Every score of a conversation, whatever its branch."""
