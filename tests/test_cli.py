@@ -151,3 +151,13 @@ def test_the_demo_runs_and_leaves_an_inspectable_conversation(
     branches = {b.name: b for b in log.branches("demo")}
     assert set(branches) == {"main", "b1"} and branches["b1"].parent == "main"
     assert log.conversation("demo").active == "b1"
+
+
+def test_list_shows_the_healthy_conversations_and_names_a_broken_one(
+    capsys: pytest.CaptureFixture[str], demo: Conversation, log: EventLog
+) -> None:
+    log.r.zadd(log.keys.convs, {"ghost": 1.0})  # listed, but it has no record
+    code, out, _ = run(capsys, "conversation", "list")
+    assert code == 1
+    assert "demo" in out
+    assert "corrupt or foreign data at" in out and ":conv:ghost" in out

@@ -9,7 +9,7 @@ from p2e.agents import load_team
 from p2e.cli._common import AGENTS, console, open_log
 from p2e.cli.render import branch_tree, events_table, stack_table, state_line, when
 from p2e.conversation import Conversation, rebuild
-from p2e.errors import SequenceOutOfRange
+from p2e.errors import CorruptData, SequenceOutOfRange
 
 app = typer.Typer(
     help="Inspect and steer conversations: history, interaction stack, branches.", no_args_is_help=True
@@ -22,8 +22,10 @@ BRANCH = typer.Option(None, "--branch", "-b", help="branch name; default: the ch
 @app.command("list")
 def list_() -> None:
     """List conversations with their root agent, branches and event counts."""
-    convs = open_log().conversations()
-    if not convs:
+    rows = open_log().conversation_rows()
+    convs = [r for r in rows if not isinstance(r, CorruptData)]
+    broken = [r for r in rows if isinstance(r, CorruptData)]
+    if not rows:
         console.print("no conversations yet; `make demo` records one")
         return
     table = Table()
@@ -32,6 +34,10 @@ def list_() -> None:
     for c in convs:
         table.add_row(c.name, c.id, c.root, str(c.branches), str(c.events), c.active, when(c.created))
     console.print(table)
+    for e in broken:
+        console.print(f"[bold red]error:[/] {e}")
+    if broken:
+        raise typer.Exit(1)
 
 
 @app.command()

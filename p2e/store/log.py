@@ -191,6 +191,15 @@ class EventLog:
 
     def conversations(self) -> list[ConversationInfo]:
         """Every conversation, oldest first. Entries that do not parse raise `CorruptData`."""
+        rows = self.conversation_rows()
+        for row in rows:
+            if isinstance(row, CorruptData):
+                raise row
+        return rows  # type: ignore[return-value]
+
+    def conversation_rows(self) -> list[ConversationInfo | CorruptData]:
+        """Every conversation, oldest first; an entry that does not parse is its `CorruptData`
+        in place, so a listing can show the healthy ones and name the broken ones."""
         with self.guard(self.keys.convs, f"{self.keys.ns}:conv:*"):
             ids = [i.decode(errors="replace") for i in self.r.zrange(self.keys.convs, 0, -1)]
             p = self.r.pipeline(transaction=False)
@@ -198,7 +207,13 @@ class EventLog:
                 p.hgetall(self.keys.conv(cid))
                 p.zcard(self.keys.branches(cid))
             raw = p.execute()
-        return [self._conv_info(cid, raw[2 * i], raw[2 * i + 1]) for i, cid in enumerate(ids)]
+        rows: list[ConversationInfo | CorruptData] = []
+        for i, cid in enumerate(ids):
+            try:
+                rows.append(self._conv_info(cid, raw[2 * i], raw[2 * i + 1]))
+            except CorruptData as e:
+                rows.append(e)
+        return rows
 
     def _conv_info(self, cid: str, raw: dict[bytes, bytes], branches: int) -> ConversationInfo:
         key = self.keys.conv(cid)
