@@ -30,6 +30,13 @@ class Transcript:
             state = after
         return t, state
 
+    @classmethod
+    def opened(cls, state: State) -> Transcript:
+        """The transcript of a conversation that has only started (no read of the store)."""
+        t = cls()
+        t.frames = [[] for _ in state.stack]
+        return t
+
     def messages(self) -> list[Message]:
         """The top frame's messages: what its agent is asked to continue."""
         return list(self.frames[-1]) if self.frames else []
@@ -37,7 +44,7 @@ class Transcript:
     def update(self, before: State, event: Event, after: State) -> None:
         """Follow one event that moved the machine from `before` to `after`."""
         if not before.stack:  # `started`: the root frame opens, empty until the user speaks
-            self.frames = [[] for _ in after.stack]
+            self.frames = Transcript.opened(after).frames
             return
         if isinstance(event, UserMessage):
             self.frames[0].append(Message(role="user", content=event.text))

@@ -8,24 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import Cli
 
-from p2e.cli import main
 from p2e.conversation import Conversation
 from p2e.events import AgentReply, ToolCall, UserMessage
 from p2e.scripted import ScriptedTeam
 from p2e.store import EventLog
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture
@@ -53,45 +43,45 @@ def demo(log: EventLog, store_env: dict[str, str], monkeypatch: pytest.MonkeyPat
     return conv
 
 
-def test_list_show_stack_and_branches(capsys: pytest.CaptureFixture[str], demo: Conversation) -> None:
-    code, out, _ = run(capsys, "conversation", "list")
+def test_list_show_stack_and_branches(cli: Cli, demo: Conversation) -> None:
+    code, out, _ = cli("conversation", "list")
     assert code == 0 and "demo" in out and "boss" in out
 
-    code, out, _ = run(capsys, "conversation", "show", "demo")
+    code, out, _ = cli("conversation", "show", "demo")
     assert code == 0
     assert "delegate -> helper: look it up" in out and "weather(city='Oslo')" in out
     assert "status idle, 7 events, 4 steps, depth 1" in out
 
-    code, out, _ = run(capsys, "conversation", "stack", "demo", "--at", "3")
+    code, out, _ = cli("conversation", "stack", "demo", "--at", "3")
     assert code == 0
     assert out.index("helper") < out.index("boss")  # the delegate is drawn above its caller
     assert "tools" in out and "delegating" in out
 
-    code, out, _ = run(capsys, "conversation", "show", "demo", "--from", "5", "--to", "6")
+    code, out, _ = cli("conversation", "show", "demo", "--from", "5", "--to", "6")
     assert "It is sunny." in out and "look it up" not in out
 
 
-def test_rewind_then_checkout(capsys: pytest.CaptureFixture[str], demo: Conversation, log: EventLog) -> None:
-    code, out, _ = run(capsys, "conversation", "rewind", "demo", "2", "--name", "retry")
+def test_rewind_then_checkout(cli: Cli, demo: Conversation, log: EventLog) -> None:
+    code, out, _ = cli("conversation", "rewind", "demo", "2", "--name", "retry")
     assert code == 0 and "retry" in out
     assert log.conversation("demo").active == "retry"
     assert log.branch("demo").length == 3
 
-    code, out, _ = run(capsys, "conversation", "branches", "demo")
+    code, out, _ = cli("conversation", "branches", "demo")
     assert "retry 3 events (0 own, forked at 3)" in out and "checked out" in out
 
-    code, out, _ = run(capsys, "conversation", "checkout", "demo", "main")
+    code, out, _ = cli("conversation", "checkout", "demo", "main")
     assert code == 0 and log.conversation("demo").active == "main"
 
 
-def test_artifact_commands(capsys: pytest.CaptureFixture[str], demo: Conversation) -> None:
-    code, out, _ = run(capsys, "artifact", "list", "demo", "--kind", "tool_result")
+def test_artifact_commands(cli: Cli, demo: Conversation) -> None:
+    code, out, _ = cli("artifact", "list", "demo", "--kind", "tool_result")
     assert code == 0 and "demo/main/4" in out and "1 artifacts" in out
 
-    code, out, _ = run(capsys, "artifact", "show", "demo/main/4")
+    code, out, _ = cli("artifact", "show", "demo/main/4")
     assert code == 0 and "answers demo/main/3" in out and '"output": "sunny"' in out
 
-    code, out, _ = run(capsys, "artifact", "diff", "demo/main/5", "demo/main/6")
+    code, out, _ = cli("artifact", "diff", "demo/main/5", "demo/main/6")
     assert code == 0 and '-text: "sunny"' in out and '+text: "It is sunny."' in out
 
 
@@ -121,16 +111,16 @@ def test_artifact_commands(capsys: pytest.CaptureFixture[str], demo: Conversatio
     ],
 )
 def test_bad_input_is_one_clear_line_and_a_nonzero_exit(
-    capsys: pytest.CaptureFixture[str], demo: Conversation, args: list[str], message: str
+    cli: Cli, demo: Conversation, args: list[str], message: str
 ) -> None:
-    code, out, err = run(capsys, *args)
+    code, out, err = cli(*args)
     assert code != 0
     assert message in " ".join(err.split())
     assert "Traceback" not in err + out
 
 
-def test_unknown_kind_is_a_usage_error(capsys: pytest.CaptureFixture[str], demo: Conversation) -> None:
-    code, _, err = run(capsys, "artifact", "list", "demo", "--kind", "bogus")
+def test_unknown_kind_is_a_usage_error(cli: Cli, demo: Conversation) -> None:
+    code, _, err = cli("artifact", "list", "demo", "--kind", "bogus")
     assert code == 2 and "unknown kind 'bogus'" in err
 
 
@@ -154,10 +144,10 @@ def test_the_demo_runs_and_leaves_an_inspectable_conversation(
 
 
 def test_list_shows_the_healthy_conversations_and_names_a_broken_one(
-    capsys: pytest.CaptureFixture[str], demo: Conversation, log: EventLog
+    cli: Cli, demo: Conversation, log: EventLog
 ) -> None:
     log.r.zadd(log.keys.convs, {"ghost": 1.0})  # listed, but it has no record
-    code, out, _ = run(capsys, "conversation", "list")
+    code, out, _ = cli("conversation", "list")
     assert code == 1
     assert "demo" in out
     assert "corrupt or foreign data at" in out and ":conv:ghost" in out

@@ -7,8 +7,8 @@ import asyncio
 from pathlib import Path
 
 import pytest
+from conftest import Cli
 
-from p2e.cli import main
 from p2e.conversation import Conversation
 from p2e.evals import builtin_registry
 from p2e.evals.registry import EvalContext, evaluator
@@ -76,18 +76,8 @@ def test_scores_land_on_the_right_step_and_branch_after_a_rewind(log: EventLog) 
     assert not [s for s in store.of_branch(log.branch("forky", "main")) if s.target.seq is None]
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_eval_commands(
-    capsys: pytest.CaptureFixture[str],
+    cli: Cli,
     log: EventLog,
     store_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
@@ -97,28 +87,26 @@ def test_eval_commands(
     conv = chat_branch(log, "evalme", 2)
     conv.rewind(2).submit(UserMessage(text="again"))
 
-    code, out, _ = run(
-        capsys, "eval", "run", "evalme", "-b", "main", "--rubric", "experiments/rubrics/helpful.yaml"
-    )
+    code, out, _ = cli("eval", "run", "evalme", "-b", "main", "--rubric", "experiments/rubrics/helpful.yaml")
     assert code == 0 and "2 new scores" in out and "correct 0.80, clear 0.90" in out
     episode = ["-e", "contains", "--reference", "answer 1", "--on", "episode"]
-    code, out, _ = run(capsys, "eval", "run", "evalme", "-b", "main", *episode)
+    code, out, _ = cli("eval", "run", "evalme", "-b", "main", *episode)
     assert code == 0 and "1 new scores" in out
 
-    code, out, _ = run(capsys, "eval", "show", "evalme", "-b", "main")
+    code, out, _ = cli("eval", "show", "evalme", "-b", "main")
     assert code == 0 and "judge: branch score 0.825 (steps); done 2" in out
     assert "contains: branch score 1.000 (episode); done 1" in out
 
-    code, out, err = run(capsys, "eval", "top", "evalme")
+    code, out, err = cli("eval", "top", "evalme")
     assert code == 2 and "several evaluators scored evalme (contains, judge)" in err
-    code, out, _ = run(capsys, "eval", "top", "evalme", "-e", "judge")
+    code, out, _ = cli("eval", "top", "evalme", "-e", "judge")
     rows = [[c.strip() for c in line.split("│")[1:-1]] for line in out.splitlines() if "│" in line]
     by_branch = {r[1]: r for r in rows if r[0].isdigit()}
     assert code == 0
     assert by_branch["main"][2:5] == ["0.825", "steps", "2"]
     assert by_branch["b1"][2:5] == ["0.825", "steps", "1"]  # b1 inherits the scored step 2
 
-    code, out, _ = run(capsys, "eval", "diff", "evalme/main/2", "evalme/b1/2")
+    code, out, _ = cli("eval", "diff", "evalme/main/2", "evalme/b1/2")
     assert code == 0 and "+0.000" in out  # b1 inherits main's step 2, and its score
 
     for args, message in [
@@ -132,7 +120,7 @@ def test_eval_commands(
         (["eval", "diff", "evalme/main/x", "evalme/main/2"], "a target is CONV/BRANCH/SEQ"),
         (["eval", "diff", "evalme/main/99", "evalme/main/2"], "the branch holds events 0..4"),
     ]:
-        code, _, err = run(capsys, *args)
+        code, _, err = cli(*args)
         assert code != 0 and message in " ".join(err.split()), (args, err)
 
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from p2e.errors import InvalidArgument
 from p2e.events import Limits
 from p2e.store.keys import NAME_RE
+from p2e.yamlfile import field_problems, read_yaml
 
 
 class AgentSpec(BaseModel):
@@ -113,12 +113,7 @@ class TeamConfig(BaseModel):
 def load_team(path: str | Path) -> TeamConfig:
     """Read and validate an agents file; every error names the file, the agent and the field."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InvalidArgument(f"{path}: no such agents file") from None
-    except yaml.YAMLError as e:
-        raise InvalidArgument(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path, "agents file")
     if not isinstance(raw, dict) or not isinstance(raw.get("agents"), dict):
         raise InvalidArgument(f"{path}: expected a mapping with an `agents:` section of agent id -> settings")
     agents = {}
@@ -128,14 +123,14 @@ def load_team(path: str | Path) -> TeamConfig:
         try:
             agents[agent_id] = AgentSpec.model_validate({**body, "id": agent_id})
         except ValidationError as e:
-            raise InvalidArgument(f"{path}: agent {agent_id!r}: {_problems(e)}") from None
+            raise InvalidArgument(f"{path}: agent {agent_id!r}: {field_problems(e)}") from None
     providers = _resolve_paths(raw.get("providers") or {}, path.parent.resolve())
     try:
         team = TeamConfig.model_validate(
             {**raw, "agents": agents, "providers": providers, "base_dir": str(path.parent.resolve())}
         )
     except ValidationError as e:
-        raise InvalidArgument(f"{path}: {_problems(e)}") from None
+        raise InvalidArgument(f"{path}: {field_problems(e)}") from None
     for a in agents.values():
         unknown = [t for t in a.can_delegate_to if t not in agents]
         if unknown:
@@ -158,12 +153,3 @@ def _resolve_paths(providers: Any, base: Path) -> Any:
     if isinstance(dirs, list):
         mock["rules_dirs"] = [str(base / d) if isinstance(d, str) else d for d in dirs]
     return {**providers, "mock": mock}
-
-
-def _problems(e: ValidationError) -> str:
-    problems = []
-    for err in e.errors():
-        field = ".".join(str(p) for p in err["loc"])
-        msg = "unknown field (check its spelling)" if err["type"] == "extra_forbidden" else err["msg"]
-        problems.append(f"field {field!r}: {msg}")
-    return "; ".join(problems)

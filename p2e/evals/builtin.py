@@ -165,36 +165,29 @@ def max_steps(
     return Verdict(value=value, metrics={"steps": float(steps)}, rationale=f"{steps} step(s), limit {limit}")
 
 
-def _budget_score(total: float, budget: float) -> float:
-    return min(1.0, max(0.0, 1.0 - total / budget))
+def _against_budget(ctx: EvalContext, field: str, budget: float, free: str, fmt: str) -> Verdict:
+    """A usage total of the target's replies scored against a budget: 1 at 0, 0 at the budget."""
+    replies = ctx.replies()
+    total = sum(getattr(r.usage, field) for r in replies if r.usage is not None)
+    unknown = sum(1 for r in replies if r.usage is None)
+    note = f"; {unknown} repl(ies) without usage counted as {free}" if unknown else ""
+    return Verdict(
+        value=min(1.0, max(0.0, 1.0 - total / budget)),
+        metrics={field: total},
+        rationale=f"{fmt.format(total)} of a {fmt.format(budget)} budget over {len(replies)} repl(ies){note}",
+    )
 
 
 @evaluator(id="cost", version="1")
 def cost(ctx: EvalContext, budget_usd: Annotated[float, Field(gt=0, allow_inf_nan=False)]) -> Verdict:
     """Model cost of the target's replies against a budget: 1 at $0, 0 at or beyond the budget."""
-    replies = ctx.replies()
-    total = sum(r.usage.cost_usd for r in replies if r.usage is not None)
-    unknown = sum(1 for r in replies if r.usage is None)
-    note = f"; {unknown} repl(ies) without usage counted as free" if unknown else ""
-    return Verdict(
-        value=_budget_score(total, budget_usd),
-        metrics={"cost_usd": total},
-        rationale=f"${total:.6f} of a ${budget_usd:g} budget over {len(replies)} repl(ies){note}",
-    )
+    return _against_budget(ctx, "cost_usd", budget_usd, "free", "${:.6g}")
 
 
 @evaluator(id="latency", version="1")
 def latency(ctx: EvalContext, budget_ms: Annotated[float, Field(gt=0, allow_inf_nan=False)]) -> Verdict:
     """Model latency summed over the target's replies against a budget: 1 at 0 ms, 0 at the budget."""
-    replies = ctx.replies()
-    total = sum(r.usage.latency_ms for r in replies if r.usage is not None)
-    unknown = sum(1 for r in replies if r.usage is None)
-    note = f"; {unknown} repl(ies) without usage counted as 0 ms" if unknown else ""
-    return Verdict(
-        value=_budget_score(total, budget_ms),
-        metrics={"latency_ms": total},
-        rationale=f"{total:.1f} ms of a {budget_ms:g} ms budget over {len(replies)} repl(ies){note}",
-    )
+    return _against_budget(ctx, "latency_ms", budget_ms, "0 ms", "{:.1f} ms")
 
 
 BUILTINS: tuple[Any, ...] = (exact_match, contains, Regex, tool_called, max_steps, cost, latency)

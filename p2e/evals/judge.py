@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import jinja2
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from p2e.errors import InvalidArgument
@@ -38,6 +37,7 @@ from p2e.evals.registry import EvalContext, EvalFailed, Verdict, evaluator
 from p2e.evals.score import add_usage
 from p2e.events import AgentReply, Event, Failed, Finished, ToolResult, Usage, UserMessage
 from p2e.llm.base import Message, ModelError, ModelRequest
+from p2e.yamlfile import field_problems, read_yaml
 
 SYSTEM = (
     "You are a careful, impartial evaluator of AI agents. You reply with one JSON object and nothing else."
@@ -114,26 +114,10 @@ class Rubric(BaseModel):
 RubricLike = Rubric | Mapping[str, Any] | list[Any] | str | Path
 
 
-def _problems(e: ValidationError) -> str:
-    def loc(parts: tuple[Any, ...]) -> str:
-        out = ""
-        for p in parts:
-            out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-        return out or "(top level)"
-
-    return "; ".join(f"field {loc(err['loc'])!r}: {err['msg']}" for err in e.errors())
-
-
 def load_rubric(path: str | Path) -> Rubric:
     """A rubric from a YAML file; errors name the file and the field."""
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InvalidArgument(f"rubric file {path} not found") from None
-    except yaml.YAMLError as e:
-        raise InvalidArgument(f"rubric {path}: not valid YAML: {e}") from None
-    return _validate_rubric(data, f"rubric {path}")
+    return _validate_rubric(read_yaml(path, "rubric file"), f"rubric {path}")
 
 
 def _validate_rubric(data: Any, where: str) -> Rubric:
@@ -144,7 +128,7 @@ def _validate_rubric(data: Any, where: str) -> Rubric:
     try:
         return Rubric.model_validate(dict(data))
     except ValidationError as e:
-        raise InvalidArgument(f"{where}: {_problems(e)}") from None
+        raise InvalidArgument(f"{where}: {field_problems(e)}") from None
 
 
 def as_rubric(value: RubricLike) -> Rubric:

@@ -41,12 +41,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import jinja2
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from p2e.errors import InvalidArgument, P2EError
 from p2e.events import DELEGATE, ToolCall, Usage
 from p2e.llm.base import Message, ModelRequest, ModelResponse, split_model
+from p2e.yamlfile import read_yaml
 
 DEFAULT_RULES_DIR = "experiments/mock"
 
@@ -245,13 +245,7 @@ def parse_rules(data: Any, label: str) -> RulesFile:
 
 
 def load_rules(path: Path) -> RulesFile:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as e:
-        raise InvalidArgument(f"cannot read mock rules file {path}: {e.strerror or e}") from e
-    except yaml.YAMLError as e:
-        raise InvalidArgument(f"bad mock rules file {path}: not valid YAML: {e}") from e
-    return parse_rules(data, str(path))
+    return parse_rules(read_yaml(path, "mock rules file"), str(path))
 
 
 CALL_TOKENS = 12

@@ -90,8 +90,7 @@ class Driver:
         conv = await asyncio.to_thread(
             Conversation.create, self.log, root, team, limits, name, cid, overrides
         )
-        transcript, _ = Transcript.rebuild(conv.history())
-        self.hosted[conv.id] = Hosted(conv, transcript, overrides or {})
+        self.hosted[conv.id] = Hosted(conv, Transcript.opened(conv.state), overrides or {})
         return conv.id
 
     async def host(self, conv: str, branch: str | None = None) -> Hosted:
