@@ -40,6 +40,8 @@ class Limits(BaseModel):
     max_steps: int = Field(64, ge=1, description="most agent replies in one conversation")
     max_tool_calls_per_turn: int = Field(16, ge=1, description="most tool calls in one reply")
     deadline_s: float | None = Field(None, gt=0, description="wall time from the start event")
+    max_tokens: int | None = Field(None, ge=1, description="most model tokens (prompt + completion)")
+    max_cost_usd: float | None = Field(None, gt=0, allow_inf_nan=False, description="most model cost")
 
 
 class Started(_Event):

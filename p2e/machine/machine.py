@@ -78,7 +78,27 @@ def apply(state: State, event: Event) -> State:
     ):
         msg = f"deadline of {limits.deadline_s:g}s passed"
         new = new.model_copy(update={"violation": Violation(code="deadline", message=msg)})
+    if isinstance(event, AgentReply) and event.usage is not None:
+        new = _spend(new, event)
     return new
+
+
+def _spend(state: State, reply: AgentReply) -> State:
+    """Count a reply's tokens and cost; passing a budget is a violation like a step limit."""
+    u = reply.usage
+    assert u is not None
+    tokens = state.tokens + u.prompt_tokens + u.completion_tokens
+    cost = state.cost_usd + u.cost_usd
+    update: dict[str, object] = {"tokens": tokens, "cost_usd": cost}
+    limits = state.limits
+    if state.violation is None and state.status == "running":
+        if limits.max_tokens is not None and tokens > limits.max_tokens:
+            msg = f"token budget passed: {tokens} > {limits.max_tokens}"
+            update["violation"] = Violation(code="budget", message=msg)
+        elif limits.max_cost_usd is not None and cost > limits.max_cost_usd:
+            msg = f"cost budget passed: ${cost:.4f} > ${limits.max_cost_usd:g}"
+            update["violation"] = Violation(code="budget", message=msg)
+    return state.model_copy(update=update)
 
 
 def pending(state: State) -> list[Command]:

@@ -71,6 +71,9 @@ class State(BaseModel):
     started_ts: float = 0.0
     stack: tuple[Frame, ...] = ()
     steps: int = 0
+    tokens: int = 0
+    """Model tokens (prompt + completion) of every reply so far."""
+    cost_usd: float = 0.0
     pushes: int = 0
     pops: int = 0
     violation: Violation | None = None
