@@ -27,6 +27,8 @@ class AgentSpec(BaseModel):
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
+    seed: int | None = None
+    """Sampling seed for providers that take one (a rollout's repeats set it)."""
     persona: str = "default"
     """A template name in the personas directory (`<name>.j2`), or inline Jinja text."""
     tools: tuple[str, ...] = ()
@@ -113,29 +115,39 @@ class TeamConfig(BaseModel):
 def load_team(path: str | Path) -> TeamConfig:
     """Read and validate an agents file; every error names the file, the agent and the field."""
     path = Path(path)
-    raw = read_yaml(path, "agents file")
+    return team_from_mapping(read_yaml(path, "agents file"), path.parent.resolve(), str(path))
+
+
+def team_from_mapping(raw: Any, base: Path, where: str) -> TeamConfig:
+    """Validate an agents mapping (a file's content, or a rollout spec's inline `agents:`);
+    relative paths in it are relative to `base`; errors start with `where`."""
     if not isinstance(raw, dict) or not isinstance(raw.get("agents"), dict):
-        raise InvalidArgument(f"{path}: expected a mapping with an `agents:` section of agent id -> settings")
+        raise InvalidArgument(
+            f"{where}: expected a mapping with an `agents:` section of agent id -> settings"
+        )
     agents = {}
     for agent_id, body in raw["agents"].items():
         if not isinstance(body, dict):
-            raise InvalidArgument(f"{path}: agent {agent_id!r}: expected a mapping of settings, got {body!r}")
+            raise InvalidArgument(
+                f"{where}: agent {agent_id!r}: expected a mapping of settings, got {body!r}"
+            )
         try:
             agents[agent_id] = AgentSpec.model_validate({**body, "id": agent_id})
         except ValidationError as e:
-            raise InvalidArgument(f"{path}: agent {agent_id!r}: {field_problems(e)}") from None
-    providers = _resolve_paths(raw.get("providers") or {}, path.parent.resolve())
+            raise InvalidArgument(f"{where}: agent {agent_id!r}: {field_problems(e)}") from None
+    base = Path(base).resolve()
+    providers = _resolve_paths(raw.get("providers") or {}, base)
     try:
         team = TeamConfig.model_validate(
-            {**raw, "agents": agents, "providers": providers, "base_dir": str(path.parent.resolve())}
+            {**raw, "agents": agents, "providers": providers, "base_dir": str(base)}
         )
     except ValidationError as e:
-        raise InvalidArgument(f"{path}: {field_problems(e)}") from None
+        raise InvalidArgument(f"{where}: {field_problems(e)}") from None
     for a in agents.values():
         unknown = [t for t in a.can_delegate_to if t not in agents]
         if unknown:
             raise InvalidArgument(
-                f"{path}: agent {a.id!r}: field 'can_delegate_to': unknown agents {unknown}; "
+                f"{where}: agent {a.id!r}: field 'can_delegate_to': unknown agents {unknown}; "
                 f"the agents are: {', '.join(sorted(agents))}"
             )
     return team

@@ -66,6 +66,7 @@ class ModelRequest(BaseModel):
     temperature: float | None = None
     top_p: float | None = None
     max_tokens: int | None = None
+    seed: int | None = None
     agent: str = ""
     turn: int = 0
     """How many replies the agent has given in this frame before this one (0 = first)."""

@@ -185,12 +185,14 @@ class OpenAIProvider:
     def _request_kwargs(self, model: str, request: ModelRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
             "model": model,
-            "messages": [_message(m) for m in request.messages],
+            "messages": [chat_message(m) for m in request.messages],
         }
         if request.tools:
             kwargs["tools"] = [_tool(t) for t in request.tools]
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
+        if request.seed is not None:
+            kwargs["seed"] = request.seed
         if request.top_p is not None:
             kwargs["top_p"] = request.top_p
         if request.max_tokens is not None:
@@ -256,7 +258,7 @@ def _is_reasoning_model(model: str) -> bool:
     return any(name == p or name.startswith(p + "-") for p in _REASONING_PREFIXES)
 
 
-def _message(m: Message) -> dict[str, Any]:
+def chat_message(m: Message) -> dict[str, Any]:
     """A p2e Message as an OpenAI chat message."""
     if m.role == "tool":
         if not m.tool_call_id:

@@ -84,6 +84,7 @@ class AgentRunner:
             messages=(system, *req.messages),
             tools=tools,
             temperature=spec.temperature,
+            seed=spec.seed,
             top_p=spec.top_p,
             max_tokens=spec.max_tokens,
             agent=spec.id,
