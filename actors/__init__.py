@@ -1,4 +1,4 @@
 """Ray actors: thin shells that host core objects and move messages (see DESIGN.md, "Actors").
 
-The Supervisor and Agent actors arrive with the runtime issue; nothing here imports them yet.
+`actorset.spawn` creates a whole set (agents, evaluators, supervisors) under one name prefix.
 """

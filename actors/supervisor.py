@@ -16,7 +16,8 @@ import ray
 from p2e.agents import TeamConfig
 from p2e.events import Limits, ToolResult
 from p2e.runtime.driver import Driver, TurnResult
-from p2e.runtime.steps import TOOL_RESULTS, StepRequest, StepResult, ToolsRequest
+from p2e.runtime.metrics import RayMeter
+from p2e.runtime.steps import TOOL_RESULTS, EpisodeRequest, StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
 from p2e.store.aio import GroupCommit
 
@@ -66,23 +67,34 @@ class RayAgent:
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups={"control": 1})
 class SupervisorActor:
-    def __init__(self, index: int, team: TeamConfig, store_url: str, namespace: str, evaluators: int = 0):
+    def __init__(
+        self,
+        index: int,
+        team: TeamConfig,
+        store_url: str,
+        namespace: str,
+        evaluators: int = 0,
+        prefix: str | None = None,
+    ):
+        """`prefix` starts the names of the actors this one looks up (default: the store
+        namespace; a rollout uses its own, so its actor set is separate)."""
         self.index = index
         self.team = team
-        self.namespace = namespace
+        self.prefix = prefix or namespace
         observer = None
         if evaluators:
-            names = [evaluator_actor_name(namespace, i) for i in range(evaluators)]
+            names = [evaluator_actor_name(self.prefix, i) for i in range(evaluators)]
             observer = RayEvaluators([ray.get_actor(n, namespace=RAY_NAMESPACE) for n in names])
         log = EventLog(store_url, namespace)
-        self.driver = Driver(log, GroupCommit(store_url, namespace), self._agent, observer)
+        self.driver = Driver(log, GroupCommit(store_url, namespace), self._agent, observer, RayMeter())
         self._agents: dict[str, RayAgent] = {}
+        self.node = ray.get_runtime_context().get_node_id()
 
     def _agent(self, agent_id: str) -> RayAgent:
         if agent_id not in self._agents:
             spec = self.team.agent(agent_id)
             handles = [
-                ray.get_actor(agent_actor_name(self.namespace, agent_id, i), namespace=RAY_NAMESPACE)
+                ray.get_actor(agent_actor_name(self.prefix, agent_id, i), namespace=RAY_NAMESPACE)
                 for i in range(spec.replicas)
             ]
             self._agents[agent_id] = RayAgent(handles)
@@ -105,6 +117,11 @@ class SupervisorActor:
 
     async def resume(self, conv: str, branch: str | None = None) -> TurnResult:
         return await self.driver.resume(conv, branch)
+
+    async def run_episode(self, req: bytes) -> bytes:
+        """A rollout episode (an `EpisodeRequest` as JSON); its `EpisodeOutcome` as JSON."""
+        outcome = await self.driver.episode(EpisodeRequest.model_validate_json(req))
+        return outcome.model_copy(update={"node": self.node}).model_dump_json().encode()
 
     async def release(self, conv: str) -> None:
         self.driver.release(conv)

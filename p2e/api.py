@@ -23,15 +23,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
-from actors.agent import AgentActor
-from actors.evaluator import EvaluatorActor
-from actors.supervisor import (
-    RAY_NAMESPACE,
-    SupervisorActor,
-    agent_actor_name,
-    evaluator_actor_name,
-    supervisor_actor_name,
-)
+from actors.actorset import connect_ray, spawn
 from p2e.agents import TeamConfig, load_team
 from p2e.conversation import Conversation
 from p2e.errors import NotFound, P2EError
@@ -44,10 +36,6 @@ from p2e.store.server import configured_url
 
 DEFAULT_AGENTS = "experiments/agents.yaml"
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
-
-
-class ClusterStoreRequired(P2EError):
-    pass
 
 
 def _get(ref: Any, timeout: float | None = None) -> Any:
@@ -271,36 +259,8 @@ def init(
     """
     team = _team(agents)
     log = connect(store_url, namespace)
-    started_ray = not ray.is_initialized()
-    if started_ray:
-        ray.init(address=address, namespace=RAY_NAMESPACE, **ray_options)
-    alive = [n for n in ray.nodes() if n.get("Alive")]
-    if len(alive) > 1 and not (store_url or configured_url()):
-        raise ClusterStoreRequired(
-            f"this Ray cluster has {len(alive)} nodes; the embedded store is local to one machine. "
-            "Set P2E_REDIS_URL to a Redis every node reaches (cluster.yaml starts one on the head)"
-        )
-    ns = log.keys.ns
-    handles: dict[str, list[Any]] = {}
-    for spec in team.agents.values():
-        handles[spec.id] = [
-            AgentActor.options(
-                name=agent_actor_name(ns, spec.id, i), namespace=RAY_NAMESPACE, get_if_exists=True
-            ).remote(spec.id, team, log.url, ns)
-            for i in range(spec.replicas)
-        ]
-    evals = [  # evaluator actors only when the team names evaluators to run
-        EvaluatorActor.options(
-            name=evaluator_actor_name(ns, i), namespace=RAY_NAMESPACE, get_if_exists=True
-        ).remote(team, log.url, ns)
-        for i in range(evaluators if team.evaluators else 0)
-    ]
-    ray.get([e.health.remote() for e in evals])  # they exist before a supervisor looks them up
-    sups = [
-        SupervisorActor.options(
-            name=supervisor_actor_name(ns, i), namespace=RAY_NAMESPACE, get_if_exists=True
-        ).remote(i, team, log.url, ns, len(evals))
-        for i in range(supervisors)
-    ]
-    ray.get([h.health.remote() for hs in handles.values() for h in hs] + [s.health.remote() for s in sups])
-    return Runtime(team, log, sups, handles, started_ray, evals)
+    started_ray = connect_ray(address, bool(store_url or configured_url()), **ray_options)
+    actors = spawn(
+        team, log.url, log.keys.ns, supervisors=supervisors, evaluators=evaluators if team.evaluators else 0
+    )
+    return Runtime(team, log, actors.supervisors, actors.agents, started_ray, actors.evaluators)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from p2e.events import Usage
 
@@ -135,3 +135,7 @@ def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:
         cost_usd=a.cost_usd + b.cost_usd,
         latency_ms=a.latency_ms + b.latency_ms,
     )
+
+
+SCORES: TypeAdapter[list[Score]] = TypeAdapter(list[Score])
+"""A list of scores as JSON (what crosses from an evaluator actor)."""

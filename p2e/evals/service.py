@@ -9,7 +9,7 @@ import asyncio
 from p2e.agents import TeamConfig
 from p2e.evals import default_registry
 from p2e.evals.registry import BoundEvaluator
-from p2e.evals.runner import evaluate_targets
+from p2e.evals.runner import evaluate_targets, step_seqs
 from p2e.evals.score import Score
 from p2e.llm import Providers
 from p2e.store import EventLog
@@ -30,6 +30,23 @@ class EvalService:
 
     async def on_episode(self, conversation: str, branch: str) -> list[Score]:
         return await self._run(conversation, branch, [None], self.episode)
+
+    async def score(self, conversation: str, branch: str, reference: str | None = None) -> list[Score]:
+        """A finished episode, all at once: every step with the step evaluators and the branch
+        with the episode ones (against `reference`, the scenario's expected answer)."""
+        info = await asyncio.to_thread(self.log.branch, conversation, branch)
+        history = await asyncio.to_thread(self.log.read, info)
+        scores: list[Score] = []
+        if self.step:
+            seqs: list[int | None] = list(step_seqs(history))
+            scores += await evaluate_targets(
+                self.log, info, history, self.step, seqs, reference, self.providers, skip_done=False
+            )
+        if self.episode:
+            scores += await evaluate_targets(
+                self.log, info, history, self.episode, [None], reference, self.providers, skip_done=False
+            )
+        return scores
 
     async def _run(
         self, conversation: str, branch: str, seqs: list[int | None], evaluators: list[BoundEvaluator]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -23,7 +24,7 @@ from p2e.conversation import Conversation
 from p2e.errors import Conflict, P2EError
 from p2e.events import AgentReply, Event, Failed, Limits, Started, ToolResult, UserMessage
 from p2e.machine import CallAgent, Command, Fail, RejectCalls, Reply, RunTools, handle_all, pending
-from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
+from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest, StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
 from p2e.store.aio import GroupCommit
 from p2e.transcript import Transcript
@@ -37,6 +38,13 @@ class AgentHandle(Protocol):
 
 
 Agents = Callable[[str], AgentHandle]
+
+
+class Meter(Protocol):
+    """Told of each stored reply and each finished episode (metrics: Ray's, or none)."""
+
+    def reply(self, reply: AgentReply) -> None: ...
+    def episode(self, status: str, wall_s: float) -> None: ...
 
 
 class Observer(Protocol):
@@ -69,11 +77,19 @@ class Hosted:
 
 
 class Driver:
-    def __init__(self, log_: EventLog, writer: GroupCommit, agents: Agents, observer: Observer | None = None):
+    def __init__(
+        self,
+        log_: EventLog,
+        writer: GroupCommit,
+        agents: Agents,
+        observer: Observer | None = None,
+        meter: Meter | None = None,
+    ):
         self.log = log_
         self.writer = writer
         self.agents = agents
         self.observer = observer
+        self.meter = meter
         self.hosted: dict[str, Hosted] = {}
 
     # --- conversations -------------------------------------------------------------------------
@@ -136,6 +152,32 @@ class Driver:
             h.answer = None
             await self._drive(h, pending(h.conv.state))
             return self._result(h)
+
+    async def episode(self, req: EpisodeRequest) -> EpisodeOutcome:
+        """A rollout episode: a new conversation, one user message, driven to the root's answer
+        (or a failure), then released so a long rollout holds nothing per finished episode."""
+        t0 = time.monotonic()
+        cid = await self.create(req.root, req.graph, req.limits, req.name, req.overrides, req.cid)
+        try:
+            turn = await self.send(cid, req.message)
+            state = self.hosted[cid].conv.state
+        finally:
+            self.release(cid)
+        wall = time.monotonic() - t0
+        status = "done" if turn.status != "failed" and turn.answer is not None else "failed"
+        if self.meter is not None:
+            self.meter.episode(status, wall)
+        return EpisodeOutcome(
+            conversation=cid,
+            branch=turn.branch,
+            status=status,
+            answer=turn.answer,
+            error=(turn.error or "the root agent gave no answer") if status == "failed" else None,
+            steps=turn.steps,
+            tokens=state.tokens,
+            cost_usd=state.cost_usd,
+            wall_s=wall,
+        )
 
     def _result(self, h: Hosted) -> TurnResult:
         s = h.conv.state
@@ -228,8 +270,11 @@ class Driver:
             raise
         for before, e, after in zip(states, events, states[1:], strict=False):
             h.transcript.update(before, e, after)
-            if self.observer is not None and isinstance(e, AgentReply):
-                self.observer.step(c.id, c.branch.name, before.length)
+            if isinstance(e, AgentReply):
+                if self.observer is not None:
+                    self.observer.step(c.id, c.branch.name, before.length)
+                if self.meter is not None:
+                    self.meter.reply(e)
         state = states[-1]
         snapshot = c.commit(state)
         if snapshot is not None:

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
-from p2e.events import AgentReply, ToolCall, ToolResult
+from p2e.events import AgentReply, Limits, ToolCall, ToolResult
 from p2e.llm.base import Message
 
 
@@ -51,3 +51,32 @@ class ToolsRequest(BaseModel):
 
 
 TOOL_RESULTS: TypeAdapter[list[ToolResult]] = TypeAdapter(list[ToolResult])
+
+
+class EpisodeRequest(BaseModel):
+    """One whole episode for a supervisor: start a conversation, post the message, run it out."""
+
+    model_config = ConfigDict(frozen=True)
+
+    cid: str
+    name: str
+    root: str
+    graph: dict[str, tuple[str, ...]]
+    limits: Limits
+    overrides: dict[str, dict[str, Any]] = {}
+    message: str
+
+
+class EpisodeOutcome(BaseModel):
+    """How an episode ended, with what it spent; the coordinator turns it into a result row."""
+
+    conversation: str
+    branch: str
+    status: str
+    answer: str | None = None
+    error: str | None = None
+    steps: int
+    tokens: int
+    cost_usd: float
+    wall_s: float
+    node: str = ""

@@ -8,7 +8,7 @@ projects or test runs can share a server). With `ns` the namespace, `cid` a conv
 | --- | --- | --- |
 | `ns:convs` | zset | conversation ids, scored by creation time |
 | `ns:names` | hash | conversation name -> id |
-| `ns:conv:cid` | hash | id, name, root, created, active (checked-out branch), events (stored) |
+| `ns:conv:cid` | hash | id, name, root, created, active (checked-out branch), events (stored), note |
 | `ns:conv:cid:branches` | zset | branch names, scored by creation time |
 | `ns:conv:cid:br:b` | hash | name, parent, fork_at, length, created, lineage (JSON) |
 | `ns:conv:cid:br:b:ev` | list | the branch's *own* events (JSON); index i is seq fork_at + i |

@@ -70,6 +70,8 @@ class ConversationInfo(BaseModel):
     active: str
     events: int
     branches: int = 0
+    note: str = ""
+    """Why the conversation was set aside, if it was (an episode attempt whose actor died)."""
 
 
 def _script(name: str) -> str:
@@ -178,6 +180,11 @@ class EventLog:
             p.zcard(self.keys.branches(cid))
             raw, n = p.execute()
         return self._conv_info(cid, raw, n)
+
+    def mark(self, conv: str, note: str) -> None:
+        """Leave a note on a conversation (its events are untouched): `conversation show` has it."""
+        cid = self.resolve(conv)
+        self.r.hset(self.keys.conv(cid), "note", note)
 
     def free_name(self, base: str) -> str:
         """`base` if no conversation has that name or id yet, else the first free `base-N`."""

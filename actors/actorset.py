@@ -1,0 +1,120 @@
+"""Creating the actors of a team under one name prefix, placed over the cluster's nodes.
+
+The prefix is the store namespace for `p2e.init()` (`p2e:supervisor:0`) and `ns:rollout-id` for
+a rollout, so a rollout's actors (which carry its spec's agents and evaluators) never mix with
+another's. With `spread`, supervisors and agent replicas go round-robin over the alive nodes
+(soft node affinity: if a node dies, Ray restarts its actors elsewhere).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from typing import Any
+
+import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from actors.agent import AgentActor
+from actors.evaluator import EvaluatorActor
+from actors.supervisor import (
+    RAY_NAMESPACE,
+    SupervisorActor,
+    agent_actor_name,
+    evaluator_actor_name,
+    supervisor_actor_name,
+)
+from p2e.agents import TeamConfig
+from p2e.errors import P2EError
+
+
+class ClusterStoreRequired(P2EError):
+    pass
+
+
+def connect_ray(address: str | None, shared_store: bool, **ray_options: Any) -> bool:
+    """Start or join Ray (unless this process is connected already); True if this started it.
+
+    A cluster of several nodes needs a store they all reach (`shared_store`): the embedded one
+    lives on one machine.
+    """
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address=address, namespace=RAY_NAMESPACE, **ray_options)
+    alive = alive_nodes()
+    if len(alive) > 1 and not shared_store:
+        raise ClusterStoreRequired(
+            f"this Ray cluster has {len(alive)} nodes; the embedded store is local to one machine. "
+            "Set P2E_REDIS_URL to a Redis every node reaches (cluster.yaml starts one on the head)"
+        )
+    return started
+
+
+@dataclasses.dataclass
+class ActorSet:
+    supervisors: list[Any]
+    agents: dict[str, list[Any]]
+    evaluators: list[Any]
+
+    def all(self) -> list[Any]:
+        return [*self.supervisors, *self.evaluators, *(h for hs in self.agents.values() for h in hs)]
+
+    def kill(self) -> None:
+        for handle in self.all():
+            ray.kill(handle)
+
+
+def alive_nodes() -> list[str]:
+    return sorted(n["NodeID"] for n in ray.nodes() if n.get("Alive"))
+
+
+def spawn(
+    team: TeamConfig,
+    store_url: str,
+    namespace: str,
+    *,
+    prefix: str | None = None,
+    supervisors: int = 1,
+    evaluators: int = 0,
+    eval_team: TeamConfig | None = None,
+    observe: bool = True,
+    spread: bool = False,
+) -> ActorSet:
+    """Create (or find, by name) the actor set and wait until every actor answers.
+
+    `eval_team`: the config the evaluators score with (default `team`); `observe`: supervisors
+    hand each step to the evaluators as it is stored (a rollout scores whole episodes instead).
+    """
+    prefix = prefix or namespace
+    nodes = itertools.cycle(alive_nodes()) if spread else None
+
+    def opts(name: str) -> dict[str, Any]:
+        o: dict[str, Any] = {"name": name, "namespace": RAY_NAMESPACE, "get_if_exists": True}
+        if nodes is not None:
+            o["scheduling_strategy"] = NodeAffinitySchedulingStrategy(next(nodes), soft=True)
+        return o
+
+    agents = {
+        spec.id: [
+            AgentActor.options(**opts(agent_actor_name(prefix, spec.id, i))).remote(
+                spec.id, team, store_url, namespace
+            )
+            for i in range(spec.replicas)
+        ]
+        for spec in team.agents.values()
+    }
+    evals = [
+        EvaluatorActor.options(
+            name=evaluator_actor_name(prefix, i), namespace=RAY_NAMESPACE, get_if_exists=True
+        ).remote(eval_team or team, store_url, namespace)
+        for i in range(evaluators)
+    ]
+    ray.get([e.health.remote() for e in evals])  # they exist before a supervisor looks them up
+    sups = [
+        SupervisorActor.options(**opts(supervisor_actor_name(prefix, i))).remote(
+            i, team, store_url, namespace, len(evals) if observe else 0, prefix
+        )
+        for i in range(supervisors)
+    ]
+    ray.get([h.health.remote() for hs in agents.values() for h in hs] + [s.health.remote() for s in sups])
+    return ActorSet(sups, agents, evals)
