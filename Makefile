@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-store lint format bench clean venv
+.PHONY: demo demo-branching test test-store lint format bench clean venv
 
 venv: $(STAMP)
 
@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The main job: a rollout of the quickstart spec on local Ray and the embedded store (offline).
 demo: $(STAMP)
-	$(BIN)/python experiments/demo.py
+	$(BIN)/p2e rollout run experiments/quickstart.yaml
+
+# One conversation, scripted, through the machine: branching, rewind and diff on the store.
+demo-branching: $(STAMP)
+	$(BIN)/python experiments/branching_demo.py
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -1,4 +1,4 @@
-"""`make demo`: a scripted conversation through the interaction-stack machine, on the store.
+"""`make demo-branching`: a scripted conversation through the interaction-stack machine, on the store.
 
 A planner delegates to a researcher (who calls two tools in one reply), then to a writer, and
 answers the user. The demo prints the history, the stack in the middle of the delegation, then
@@ -6,7 +6,7 @@ rewinds to before the writer was asked and takes another path on a new branch, a
 branch tree and a diff of the two final answers. Nothing here calls a model: each agent's replies
 are scripted, and the loop below is the interpreter that performs the machine's commands.
 
-Run it with `make demo`, then explore with `p2e conversation show demo`, `p2e conversation
+Run it with `make demo-branching`, then explore with `p2e conversation show demo`, `p2e conversation
 branches demo`, `p2e artifact list demo`.
 """
 

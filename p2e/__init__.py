@@ -1,7 +1,7 @@
 """p2e: build, run and evaluate multi-agent LLM systems.
 
-`import p2e` is cheap (no Ray); `p2e.init()` and `p2e.local_chat()` load the runtime on first
-use. See README.md for the tour.
+`import p2e` is cheap (no Ray); `p2e.init()`, `p2e.local_chat()` and `p2e.rollout()` load the
+runtime on first use. See README.md for the tour.
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ from p2e.errors import P2EError
 
 if TYPE_CHECKING:
     from p2e.api import init, local_chat
+    from p2e.rollouts.run import run_rollout as rollout
 
-__all__ = ["P2EError", "init", "local_chat"]
+__all__ = ["P2EError", "init", "local_chat", "rollout"]
 __version__ = "0.1.0"
 
 
@@ -22,4 +23,8 @@ def __getattr__(name: str) -> Any:
         from p2e import api
 
         return getattr(api, name)
+    if name == "rollout":
+        from p2e.rollouts.run import run_rollout
+
+        return run_rollout
     raise AttributeError(f"module 'p2e' has no attribute {name!r}")

@@ -129,7 +129,7 @@ def test_the_demo_runs_and_leaves_an_inspectable_conversation(
 ) -> None:
     env = {**os.environ, **store_env, "COLUMNS": "160"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "experiments" / "demo.py")],
+        [sys.executable, str(ROOT / "experiments" / "branching_demo.py")],
         env=env,
         capture_output=True,
         text=True,

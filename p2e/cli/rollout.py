@@ -1,0 +1,358 @@
+"""`p2e rollout validate | plan | run | list | show | compare | export`: sweeps from a spec."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from p2e.cli._common import console, open_log
+from p2e.cli.render import clip
+from p2e.errors import InvalidArgument
+from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
+from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
+
+app = typer.Typer(
+    help="Rollouts: run a team over variants x scenarios x repeats from a YAML spec, then compare.",
+    no_args_is_help=True,
+)
+
+SPEC = typer.Argument(..., metavar="SPEC", help="the rollout spec (YAML), e.g. experiments/quickstart.yaml")
+RID = typer.Argument(..., metavar="ID", help="a rollout id (see `p2e rollout list`)")
+
+
+@app.command()
+def validate(spec: Path = SPEC) -> None:
+    """Check a spec and everything it points to (agents, scenario files, evaluators), run nothing.
+
+    Example: p2e rollout validate experiments/quickstart.yaml
+    """
+    from p2e.rollouts.plan import expand
+    from p2e.rollouts.spec import load_spec
+
+    resolved = load_spec(spec)
+    n = len(expand(resolved))
+    console.print(f"[green]ok[/] {spec}: {n} episodes ({len(resolved.variants)} variants)")
+
+
+@app.command()
+def plan(spec: Path = SPEC) -> None:
+    """Show what a spec would run: episodes by team, variant and scenario, and model calls.
+
+    Example: p2e rollout plan experiments/quickstart.yaml
+    """
+    from p2e.rollouts.plan import expand, summarize
+    from p2e.rollouts.spec import load_spec
+
+    resolved = load_spec(spec)
+    episodes = expand(resolved)
+    s = summarize(resolved, episodes)
+    t = Table(title=f"{resolved.spec.name}: {s.episodes} episodes")
+    t.add_column("variant")
+    t.add_column("overrides")
+    t.add_column("episodes", justify="right")
+    per = defaultdict(int)
+    for e in episodes:
+        per[e.variant] += 1
+    for v in resolved.variants:
+        t.add_row(v.name, clip(str(v.overrides or "-"), 80), str(per[v.name]))
+    console.print(t)
+    console.print(
+        f"teams {s.teams} x variants {len(s.variants)} x scenarios {s.scenarios} x repeats {s.repeats}"
+        f" = {s.episodes} episodes; model calls between {s.min_model_calls} (one per episode) and "
+        f"{s.max_model_calls} (every episode at its step limit, {resolved.limits.max_steps})"
+    )
+    ev = ", ".join(e.id for e in resolved.spec.evaluators) or "none"
+    console.print(f"evaluators: {ev}; primary: {resolved.spec.primary_metric or '-'}")
+    r = resolved.spec.run
+    console.print(f"in flight {r.in_flight}, supervisors {r.supervisors}, retries {r.retries}")
+
+
+class _Display:
+    """The progress bar (and with --follow, a live table per variant) fed by finished rows."""
+
+    def __init__(self, follow: bool):
+        self.follow = follow
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        self.task = self.progress.add_task("episodes", total=None, stats="")
+        self.rows: list[Row] = []
+        self.failed = self.tokens = 0
+        self.cost = 0.0
+        self.t0 = time.monotonic()
+        self.live = Live(self._render(), console=console, refresh_per_second=4)
+
+    def start(self, info: RolloutInfo, todo: int, total: int) -> None:
+        self.progress.update(self.task, total=todo, description=f"{info.id}")
+        if todo < total:
+            console.print(f"resuming {info.id}: {total - todo} of {total} episodes are done already")
+        self.live.start()
+
+    def row(self, row: Row) -> None:
+        self.failed += row.status == "failed"
+        self.tokens += row.tokens
+        self.cost += row.cost_usd
+        if self.follow:
+            self.rows.append(row)
+        done = int(self.progress.tasks[0].completed) + 1
+        rate = done / max(time.monotonic() - self.t0, 1e-9)
+        stats = (
+            f"failed {self.failed}  {rate:.1f} ep/s  tokens {self.tokens:,}  ${self.cost:.4f}"
+            if self.failed
+            else f"{rate:.1f} ep/s  tokens {self.tokens:,}  ${self.cost:.4f}"
+        )
+        self.progress.update(self.task, advance=1, stats=stats)
+        self.live.update(self._render())
+
+    def _render(self) -> Group | Progress:
+        if not self.follow:
+            return self.progress
+        return Group(self.progress, summary_table(summarize(self.rows), "live"))
+
+    def stop(self) -> None:
+        self.live.stop()
+
+
+@app.command()
+def run(
+    spec: Path = SPEC,
+    address: str | None = typer.Option(
+        None, "--address", help="join a Ray cluster: `auto`, or ray://HOST:10001; default: local Ray"
+    ),
+    resume: str | None = typer.Option(None, "--resume", help="finish rollout ID: skip its done episodes"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="show a live table per variant"),
+) -> None:
+    """Run every episode of a spec (or what is left of one) and print the variant summary.
+
+    Ctrl-C stops cleanly; the episodes that finished keep their rows, and `--resume ID` runs
+    the rest. On a cluster the store must be a Redis every node reaches (P2E_REDIS_URL).
+
+    Examples:
+      p2e rollout run experiments/quickstart.yaml
+      p2e rollout run experiments/quickstart.yaml --resume quickstart-1a2b3c
+      ray job submit -- p2e rollout run experiments/sweep.yaml --address auto
+    """
+    from p2e.rollouts.run import run_rollout
+    from p2e.rollouts.spec import load_spec
+
+    resolved = load_spec(spec)
+    display = _Display(follow)
+    rid: list[str] = []
+
+    def on_start(info: RolloutInfo, todo: int, total: int) -> None:
+        rid.append(info.id)
+        display.start(info, todo, total)
+
+    try:
+        result = run_rollout(
+            resolved,
+            address=address,
+            resume=resume,
+            on_start=on_start,
+            on_row=display.row,
+            **_ray_opts(address),
+        )
+    except KeyboardInterrupt:
+        display.stop()
+        if rid:
+            console.print(f"interrupted; finish it with: p2e rollout run {spec} --resume {rid[0]}")
+        raise
+    finally:
+        display.stop()
+    failed = sum(r.status == "failed" for r in result.rows)
+    console.print(summary_table(result.summary(), result.id))
+    console.print(
+        f"{len(result.rows)} episodes, {failed} failed. Next: p2e rollout show {result.id} | "
+        f"p2e rollout compare {result.id} | p2e rollout export {result.id} --format parquet"
+    )
+
+
+def _ray_opts(address: str | None) -> dict[str, object]:
+    """A local Ray started for one rollout: quiet, no dashboard unless asked (P2E_DASHBOARD=1)."""
+    import os
+
+    if address is not None:
+        return {}
+    return {"include_dashboard": os.environ.get("P2E_DASHBOARD") == "1", "log_to_driver": False}
+
+
+def summary_table(summaries: list[VariantSummary], title: str) -> Table:
+    t = Table(title=title)
+    for col, justify in (
+        ("variant", "left"),
+        ("n", "right"),
+        ("failed", "right"),
+        ("mean", "right"),
+        ("95% CI", "right"),
+        ("tokens", "right"),
+        ("cost $", "right"),
+        ("wall s", "right"),
+    ):
+        t.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for s in summaries:
+        t.add_row(
+            s.variant,
+            str(s.n),
+            str(s.failures),
+            _num(s.mean),
+            f"[{_num(s.ci_low)}, {_num(s.ci_high)}]" if s.ci_low is not None else "-",
+            f"{s.tokens:,}",
+            f"{s.cost_usd:.4f}",
+            _num(s.mean_wall_s, 2),
+        )
+    return t
+
+
+def _num(v: float | None, digits: int = 3) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+@app.command("list")
+def list_() -> None:
+    """Every rollout in the store, oldest first."""
+    store = RolloutStore(open_log())
+    t = Table()
+    for col in ("id", "status", "episodes", "rows", "spec", "created"):
+        t.add_column(col)
+    for info in store.list():
+        n = store.r.hlen(store.rows_key(info.id))
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
+        t.add_row(info.id, info.status, str(info.episodes), str(n), info.spec_path, created)
+    console.print(t)
+
+
+@app.command()
+def show(
+    rollout_id: str = RID,
+    rows: bool = typer.Option(False, "--rows", help="list every episode's row too"),
+) -> None:
+    """A rollout's status and variant summary (mean, 95% bootstrap CI, n, failures).
+
+    Example: p2e rollout show quickstart-1a2b3c --rows
+    """
+    store = RolloutStore(open_log())
+    info = store.get(rollout_id)
+    all_rows = store.rows(rollout_id)
+    console.print(
+        f"[bold]{info.id}[/]  {info.status}  {len(all_rows)}/{info.episodes} episodes  spec {info.spec_path}"
+    )
+    console.print(summary_table(summarize(all_rows), "variants"))
+    if rows:
+        t = Table()
+        for col in (
+            "episode",
+            "variant",
+            "scenario",
+            "rep",
+            "status",
+            "primary",
+            "steps",
+            "tokens",
+            "conversation",
+        ):
+            t.add_column(col)
+        for r in all_rows:
+            t.add_row(
+                r.episode,
+                r.variant,
+                r.scenario,
+                str(r.repeat),
+                r.status if r.status == "done" else f"[red]{r.status}[/]: {clip(r.error or '', 40)}",
+                _num(r.primary),
+                str(r.steps),
+                str(r.tokens),
+                r.conversation,
+            )
+        console.print(t)
+
+
+@app.command("compare")
+def compare_(
+    rollout_id: str = RID,
+    baseline: str | None = typer.Option(
+        None, "--baseline", help="the variant to compare against (default: first)"
+    ),
+) -> None:
+    """Each variant against the baseline, paired by scenario: the difference and its 95% CI.
+
+    Example: p2e rollout compare quickstart-1a2b3c --baseline baseline
+    """
+    store = RolloutStore(open_log())
+    info = store.get(rollout_id)
+    all_rows = store.rows(rollout_id)
+    variants = (
+        [v["name"] for v in info.spec.get("variants", [])]
+        if isinstance(info.spec.get("variants"), list)
+        else []
+    )
+    present = sorted({r.variant for r in all_rows})
+    base = baseline or (variants[0] if variants else (present[0] if present else None))
+    if base is None:
+        raise InvalidArgument(f"rollout {rollout_id!r} has no finished episodes to compare yet")
+    if base not in present:
+        raise InvalidArgument(
+            f"no variant {base!r} in rollout {rollout_id!r}; its variants: {', '.join(present)}"
+        )
+    console.print(comparison_table(compare(all_rows, base), base))
+
+
+def comparison_table(comparisons: list[Comparison], baseline: str) -> Table:
+    t = Table(title=f"against {baseline} (paired by scenario)")
+    for col in ("variant", "pairs", "difference", "95% CI", "verdict"):
+        t.add_column(col)
+    for c in comparisons:
+        if c.ci_low is None or c.ci_high is None:
+            verdict = "too few pairs"
+        elif c.ci_low > 0:
+            verdict = "[green]better[/]"
+        elif c.ci_high < 0:
+            verdict = "[red]worse[/]"
+        else:
+            verdict = "no clear difference"
+        ci = f"[{_num(c.ci_low)}, {_num(c.ci_high)}]" if c.ci_low is not None else "-"
+        t.add_row(c.variant, str(c.pairs), _num(c.difference), ci, verdict)
+    return t
+
+
+@app.command()
+def export(
+    rollout_id: str = RID,
+    fmt: str = typer.Option("jsonl", "--format", help="jsonl | parquet (rows), or chat (trajectories)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="output file; default: <ID>.<format>"),
+    min_score: float | None = typer.Option(
+        None, "--min-score", help="chat: only episodes with a primary score at least this"
+    ),
+) -> None:
+    """Write a rollout's rows (JSONL, Parquet), or its episodes as OpenAI chat JSONL for
+    fine-tuning (`--format chat`, the root agent's side of each done episode).
+
+    Examples:
+      p2e rollout export quickstart-1a2b3c --format parquet
+      p2e rollout export quickstart-1a2b3c --format chat --min-score 1 -o good.jsonl
+    """
+    from p2e.rollouts.export import write_jsonl, write_parquet, write_trajectories
+
+    if fmt not in ("jsonl", "parquet", "chat"):
+        raise InvalidArgument(f"--format {fmt!r}: use jsonl, parquet or chat")
+    log = open_log()
+    all_rows = RolloutStore(log).rows(rollout_id)
+    path = out or Path(f"{rollout_id}.{'chat.jsonl' if fmt == 'chat' else fmt}")
+    if fmt == "jsonl":
+        n = write_jsonl(all_rows, path)
+    elif fmt == "parquet":
+        n = write_parquet(all_rows, path)
+    else:
+        n = write_trajectories(log, all_rows, path, min_score)
+    console.print(f"wrote {n} {'trajectories' if fmt == 'chat' else 'rows'} to {path}")

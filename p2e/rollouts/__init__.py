@@ -1,0 +1,5 @@
+"""Rollouts: sweeps of episodes (teams x variants x scenarios x repeats) from a YAML spec.
+
+`spec` reads and checks the spec, `plan` expands it into episodes, `coordinator` runs them over
+the actor set, `store` keeps the rows, `stats` summarises, `export` writes them out.
+"""

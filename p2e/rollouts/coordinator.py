@@ -1,0 +1,236 @@
+"""The rollout coordinator: keeps a bounded number of episodes in flight, retries episodes whose
+actor or node died, collects scores as they finish and writes a row per episode.
+
+It runs in the driver process (the one with the progress bar and the Ctrl-C) and holds nothing
+per finished episode but its row: the conversations live in the store, the supervisors release
+them when they end. Its state is the store's, so a rollout stopped any way can be resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+from p2e.errors import NotFound, P2EError
+from p2e.evals.score import SCORES, Score
+from p2e.rollouts.plan import Episode
+from p2e.rollouts.store import RolloutStore, Row
+from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest
+from p2e.store.log import new_id
+
+log = logging.getLogger("p2e.rollouts")
+SUPERVISOR_RETURN_S = 120.0
+"""How long the coordinator waits for Ray to restart a dead supervisor before giving up."""
+_DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+def row_scores(scores: list[Score]) -> dict[str, float | None]:
+    """Evaluator id -> one number per episode: the episode score, or the mean of the step
+    scores; None when every evaluation of it failed."""
+    values: dict[str, list[float]] = {}
+    seen: set[str] = set()
+    for s in scores:
+        seen.add(s.evaluator)
+        if s.value is not None:
+            values.setdefault(s.evaluator, []).append(s.value)
+    return {e: (sum(values[e]) / len(values[e]) if e in values else None) for e in sorted(seen)}
+
+
+def _cause(e: BaseException) -> str:
+    if isinstance(e, RayTaskError) and e.cause is not None:
+        return f"{type(e.cause).__name__}: {e.cause}"
+    return f"{type(e).__name__}: {e}"
+
+
+class Coordinator:
+    def __init__(
+        self,
+        rid: str,
+        store: RolloutStore,
+        supervisors: list[Any],
+        evaluators: list[Any],
+        *,
+        primary: str | None,
+        in_flight: int,
+        retries: int,
+        on_row: Callable[[Row], None] | None = None,
+        ledger_hook: Any = None,
+    ):
+        self.rid = rid
+        self.store = store
+        self.supervisors = supervisors
+        self.load = [0] * len(supervisors)
+        self.down: dict[int, asyncio.Task[None]] = {}
+        """Supervisors that died, each with the task that waits for Ray to bring it back."""
+        self.evaluators = evaluators
+        self._next_eval = 0
+        self.primary = primary
+        self.in_flight = in_flight
+        self.retries = retries
+        self.on_row = on_row
+        self.ledger_hook = ledger_hook
+        self._refs: set[ray.ObjectRef] = set()
+
+    async def run(self, episodes: list[Episode]) -> None:
+        """Run every episode, at most `in_flight` at once. On cancellation (Ctrl-C) the remote
+        work in flight is cancelled too; finished episodes keep their rows."""
+        queue: asyncio.Queue[Episode] = asyncio.Queue()
+        for e in episodes:
+            queue.put_nowait(e)
+
+        async def worker() -> None:
+            while not queue.empty():
+                await self._episode(queue.get_nowait())
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.in_flight, len(episodes)))]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            for w in workers:
+                w.cancel()
+            for ref in list(self._refs):
+                ray.cancel(ref)
+            raise
+
+    async def _call(self, ref: ray.ObjectRef) -> Any:
+        self._refs.add(ref)
+        try:
+            return await ref
+        finally:
+            self._refs.discard(ref)
+
+    async def _pick(self) -> int:
+        """The least loaded supervisor that is up; if none is, wait for one to come back."""
+        deadline = time.monotonic() + SUPERVISOR_RETURN_S
+        while True:
+            up = [i for i in range(len(self.supervisors)) if i not in self.down]
+            if up:
+                return min(up, key=self.load.__getitem__)
+            if time.monotonic() > deadline:
+                raise P2EError(f"no supervisor came back within {SUPERVISOR_RETURN_S:g}s; resume later")
+            await asyncio.sleep(0.1)
+
+    def _lost(self, i: int) -> None:
+        """Supervisor `i` died: send no more episodes to it until it answers again."""
+        if i not in self.down:
+            self.down[i] = asyncio.create_task(self._wait_back(i))
+
+    async def _wait_back(self, i: int) -> None:
+        deadline = time.monotonic() + SUPERVISOR_RETURN_S
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(self.supervisors[i].health.remote(), timeout=2.0)
+                break
+            except (*_DEAD, asyncio.TimeoutError, RayTaskError):
+                await asyncio.sleep(0.2)
+        self.down.pop(i, None)
+
+    async def _episode(self, ep: Episode) -> None:
+        t0 = time.monotonic()
+        abandoned: list[str] = []
+        outcome: EpisodeOutcome | None = None
+        error: str | None = None
+        attempts = 0
+        before = await self._ledger("before", ep)
+        while outcome is None and error is None:
+            attempts += 1
+            n = await asyncio.to_thread(self.store.next_attempt, self.rid, ep.id)
+            req = EpisodeRequest(
+                cid=new_id(),
+                name=f"{self.rid}.{ep.id[:10]}.{n}",
+                root=ep.root,
+                graph=ep.graph,
+                limits=ep.limits,
+                overrides=ep.overrides,
+                message=ep.message,
+            )
+            i = await self._pick()
+            self.load[i] += 1
+            try:
+                raw = await self._call(self.supervisors[i].run_episode.remote(req.model_dump_json().encode()))
+                outcome = EpisodeOutcome.model_validate_json(raw)
+            except _DEAD as e:
+                self._lost(i)
+                abandoned.append(req.name)
+                await asyncio.to_thread(self._mark, req.name, f"abandoned: attempt {n} died ({_cause(e)})")
+                if attempts > self.retries:
+                    error = f"gave up after {attempts} attempts: {_cause(e)}"
+                else:
+                    log.warning("episode %s: attempt %d died (%s); retrying", ep.id, n, _cause(e))
+            except RayTaskError as e:
+                error = _cause(e)
+            finally:
+                self.load[i] -= 1
+        scores: dict[str, float | None] = {}
+        if outcome is not None and self.evaluators:
+            scores = await self._score(outcome, ep.reference)
+        after = await self._ledger("after", ep)
+        row = Row(
+            rollout=self.rid,
+            episode=ep.id,
+            team=ep.team,
+            variant=ep.variant,
+            scenario=ep.scenario,
+            repeat=ep.repeat,
+            seed=ep.seed,
+            status="failed" if outcome is None else outcome.status,  # type: ignore[arg-type]
+            error=error if outcome is None else outcome.error,
+            answer=None if outcome is None else outcome.answer,
+            primary=scores.get(self.primary) if self.primary else None,
+            scores=scores,
+            steps=0 if outcome is None else outcome.steps,
+            tokens=0 if outcome is None else outcome.tokens,
+            cost_usd=0.0 if outcome is None else outcome.cost_usd,
+            wall_s=time.monotonic() - t0,
+            conversation="" if outcome is None else outcome.conversation,
+            branch="main" if outcome is None else outcome.branch,
+            attempts=attempts,
+            abandoned=abandoned,
+            ledger_deltas=_deltas(before, after),
+            node="" if outcome is None else outcome.node,
+            finished=time.time(),
+        )
+        await asyncio.to_thread(self.store.put_row, row)
+        if self.on_row is not None:
+            self.on_row(row)
+
+    def _mark(self, name: str, note: str) -> None:
+        with contextlib.suppress(NotFound):  # it died before creating its conversation: no mark
+            self.store.log.mark(name, note)
+
+    async def _score(self, outcome: EpisodeOutcome, reference: str | None) -> dict[str, float | None]:
+        """Scores from an evaluator actor; one that dies is replaced by the next (Ray restarts
+        it), and an evaluation that keeps failing leaves the scores empty, never the row."""
+        for attempt in range(3):
+            ev = self.evaluators[self._next_eval % len(self.evaluators)]
+            self._next_eval += 1
+            try:
+                raw = await self._call(ev.score.remote(outcome.conversation, outcome.branch, reference))
+                return row_scores(SCORES.validate_json(raw))
+            except (*_DEAD, RayTaskError) as e:
+                log.warning(
+                    "scoring %s failed (attempt %d): %s", outcome.conversation, attempt + 1, _cause(e)
+                )
+        return {}
+
+    async def _ledger(self, when: str, ep: Episode) -> dict[str, int] | None:
+        if self.ledger_hook is None:
+            return None
+        try:
+            return await asyncio.to_thread(self.ledger_hook.balances, ep)
+        except P2EError as e:
+            log.warning("ledger snapshot %s episode %s failed: %s", when, ep.id, e)
+            return None
+
+
+def _deltas(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, str]:
+    if not before or not after:
+        return {}
+    return {p: str(after.get(p, 0) - before.get(p, 0)) for p in sorted(set(before) | set(after))}

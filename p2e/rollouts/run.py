@@ -1,0 +1,181 @@
+"""Running a rollout: plan the episodes, start the rollout's actor set, coordinate, clean up.
+
+```python
+import p2e
+
+result = p2e.rollout("experiments/quickstart.yaml")
+for s in result.summary():
+    print(s.variant, s.mean, (s.ci_low, s.ci_high), s.n, s.failures)
+result.to_parquet("quickstart.parquet")
+```
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from actors.actorset import connect_ray, spawn
+from p2e.errors import InvalidArgument
+from p2e.rollouts.coordinator import Coordinator
+from p2e.rollouts.export import flat, write_jsonl, write_parquet
+from p2e.rollouts.plan import Episode, expand
+from p2e.rollouts.spec import Resolved, load_spec
+from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
+from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
+from p2e.store import EventLog, connect
+from p2e.store.server import configured_url
+
+
+def spec_hash(resolved: Resolved) -> str:
+    return hashlib.sha256(resolved.spec.model_dump_json().encode()).hexdigest()[:16]
+
+
+def new_rollout_id(name: str) -> str:
+    return f"{name[:40]}-{uuid.uuid4().hex[:6]}"
+
+
+class RolloutResult:
+    """A rollout's rows, with its summary and exports."""
+
+    def __init__(self, info: RolloutInfo, rows: list[Row], baseline: str | None = None):
+        self.info = info
+        self.id = info.id
+        self.rows = rows
+        self.baseline = baseline
+
+    def summary(self) -> list[VariantSummary]:
+        return summarize(self.rows)
+
+    def compare(self, baseline: str | None = None) -> list[Comparison]:
+        base = baseline or self.baseline or (self.rows[0].variant if self.rows else "")
+        return compare(self.rows, base)
+
+    def to_jsonl(self, path: str | Path) -> Path:
+        write_jsonl(self.rows, Path(path))
+        return Path(path)
+
+    def to_parquet(self, path: str | Path) -> Path:
+        write_parquet(self.rows, Path(path))
+        return Path(path)
+
+    def to_pandas(self) -> Any:
+        try:
+            import pandas as pd
+        except ImportError:
+            raise InvalidArgument("to_pandas() needs pandas: pip install pandas") from None
+        return pd.DataFrame([flat(r) for r in self.rows])
+
+
+def plan(resolved: Resolved, store: RolloutStore, resume: str | None) -> tuple[RolloutInfo, list[Episode]]:
+    """The rollout record (new, or the one resumed) and the episodes still to run."""
+    episodes = expand(resolved)
+    if resume is None:
+        now = time.time()
+        info = RolloutInfo(
+            id=new_rollout_id(resolved.spec.name),
+            name=resolved.spec.name,
+            spec_path=resolved.path,
+            spec=json.loads(resolved.spec.model_dump_json()) | {"hash": spec_hash(resolved)},
+            created=now,
+            updated=now,
+            episodes=len(episodes),
+        )
+        store.create(info)
+        return info, episodes
+    info = store.get(resume)
+    if info.spec.get("hash") != spec_hash(resolved):
+        raise InvalidArgument(
+            f"rollout {resume!r} was run from a different spec ({info.spec_path}); resume it with the "
+            "same spec, or start a new rollout"
+        )
+    done = store.done_episodes(resume)
+    info = store.update(resume, status="running")
+    return info, [e for e in episodes if e.id not in done]
+
+
+def run_rollout(
+    spec: str | Path | Resolved,
+    *,
+    address: str | None = None,
+    resume: str | None = None,
+    store_url: str | None = None,
+    namespace: str | None = None,
+    on_start: Callable[[RolloutInfo, int, int], None] | None = None,
+    on_row: Callable[[Row], None] | None = None,
+    **ray_options: Any,
+) -> RolloutResult:
+    """Run (or resume) a rollout to the end and return its result.
+
+    `on_start(info, to_run, total)` and `on_row(row)` let a caller show progress. Ctrl-C stops
+    the episodes in flight and marks the rollout `interrupted`; `resume=<id>` runs what is left.
+    """
+    resolved = spec if isinstance(spec, Resolved) else load_spec(spec)
+    log = connect(store_url, namespace)
+    store = RolloutStore(log)
+    info, todo = plan(resolved, store, resume)
+    if on_start is not None:
+        on_start(info, len(todo), info.episodes)
+    try:
+        if todo:
+            _execute(resolved, log, store, info, todo, address, store_url, on_row, ray_options)
+    except BaseException:
+        store.update(info.id, status="interrupted")
+        raise
+    info = store.update(info.id, status="done")
+    baseline = resolved.variants[0].name if resolved.variants else None
+    return RolloutResult(info, store.rows(info.id), baseline)
+
+
+def _execute(
+    resolved: Resolved,
+    log: EventLog,
+    store: RolloutStore,
+    info: RolloutInfo,
+    todo: list[Episode],
+    address: str | None,
+    store_url: str | None,
+    on_row: Callable[[Row], None] | None,
+    ray_options: dict[str, Any],
+) -> None:
+    spec = resolved.spec
+    started = connect_ray(address, bool(store_url or configured_url()), **ray_options)
+    team = resolved.team_config.model_copy(update={"evaluators": ()})
+    eval_team = resolved.team_config.model_copy(update={"evaluators": spec.evaluators})
+    actors = None
+    try:
+        actors = spawn(
+            team,
+            log.url,
+            log.keys.ns,
+            prefix=f"{log.keys.ns}:{info.id}",
+            supervisors=spec.run.supervisors,
+            evaluators=spec.run.evaluators if spec.evaluators else 0,
+            eval_team=eval_team,
+            observe=False,
+            spread=True,
+        )
+        coordinator = Coordinator(
+            info.id,
+            store,
+            actors.supervisors,
+            actors.evaluators,
+            primary=spec.primary_metric,
+            in_flight=spec.run.in_flight,
+            retries=spec.run.retries,
+            on_row=on_row,
+        )
+        asyncio.run(coordinator.run(todo))
+    finally:
+        if actors is not None:
+            actors.kill()
+        if started:
+            ray.shutdown()

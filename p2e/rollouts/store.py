@@ -1,0 +1,135 @@
+"""Rollouts in the store: what was asked (the spec), how far it got, and a row per episode.
+
+| key | type | holds |
+| --- | --- | --- |
+| `ns:rollouts` | zset | rollout ids, scored by creation time |
+| `ns:rollout:rid` | string | `RolloutInfo` (JSON): spec, status, counts |
+| `ns:rollout:rid:rows` | hash | episode id -> `Row` (JSON), written once the episode is finished |
+| `ns:rollout:rid:attempts` | hash | episode id -> attempts started (names each attempt's conversation) |
+
+A row is written only when its episode is done or has failed for good, so "resume" means: run
+every planned episode without a `done` row.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+from pydantic import BaseModel, ValidationError
+
+from p2e.errors import CorruptData, NotFound
+from p2e.store import EventLog
+
+RolloutStatus = Literal["running", "interrupted", "done"]
+
+
+class Row(BaseModel):
+    """One episode's outcome: the unit of every summary, comparison and export."""
+
+    rollout: str
+    episode: str
+    team: str
+    variant: str
+    scenario: str
+    repeat: int
+    seed: int
+    status: Literal["done", "failed"]
+    error: str | None = None
+    answer: str | None = None
+    primary: float | None = None
+    scores: dict[str, float | None] = {}
+    """Evaluator id -> value (an episode score, or the mean of its step scores); None: it failed."""
+    steps: int = 0
+    tokens: int = 0
+    cost_usd: float = 0.0
+    wall_s: float = 0.0
+    conversation: str = ""
+    branch: str = "main"
+    attempts: int = 1
+    abandoned: list[str] = []
+    """Conversations of earlier attempts that died with their actor or node (kept, not scored)."""
+    ledger_deltas: dict[str, str] = {}
+    """Party -> change in balance over the episode, as a decimal string."""
+    node: str = ""
+    """The Ray node whose supervisor ran the episode."""
+    finished: float = 0.0
+
+
+class RolloutInfo(BaseModel):
+    id: str
+    name: str
+    spec_path: str
+    spec: dict
+    created: float
+    updated: float
+    status: RolloutStatus = "running"
+    episodes: int = 0
+    note: str = ""
+
+
+class RolloutStore:
+    def __init__(self, log: EventLog):
+        self.log = log
+        self.r = log.r
+        ns = log.keys.ns
+        self._index = f"{ns}:rollouts"
+        self._prefix = f"{ns}:rollout:"
+
+    def _info_key(self, rid: str) -> str:
+        return f"{self._prefix}{rid}"
+
+    def rows_key(self, rid: str) -> str:
+        return f"{self._prefix}{rid}:rows"
+
+    def _attempts_key(self, rid: str) -> str:
+        return f"{self._prefix}{rid}:attempts"
+
+    def create(self, info: RolloutInfo) -> None:
+        p = self.r.pipeline(transaction=True)
+        p.set(self._info_key(info.id), info.model_dump_json())
+        p.zadd(self._index, {info.id: info.created})
+        p.execute()
+
+    def update(self, rid: str, **fields: object) -> RolloutInfo:
+        info = self.get(rid).model_copy(update={**fields, "updated": time.time()})
+        self.r.set(self._info_key(rid), info.model_dump_json())
+        return info
+
+    def get(self, rid: str) -> RolloutInfo:
+        raw = self.r.get(self._info_key(rid))
+        if raw is None:
+            known = self.ids()[-5:]
+            hint = f"; recent rollouts: {', '.join(known)}" if known else "; no rollout has run yet"
+            raise NotFound(f"no rollout {rid!r}{hint} (see `p2e rollout list`)")
+        try:
+            return RolloutInfo.model_validate_json(raw)
+        except ValidationError as e:
+            raise CorruptData(f"{self._info_key(rid)} does not hold a rollout: {e}") from None
+
+    def ids(self) -> list[str]:
+        return [i.decode() for i in self.r.zrange(self._index, 0, -1)]
+
+    def list(self) -> list[RolloutInfo]:
+        return [self.get(i) for i in self.ids()]
+
+    def next_attempt(self, rid: str, episode: str) -> int:
+        return int(self.r.hincrby(self._attempts_key(rid), episode, 1))
+
+    def put_row(self, row: Row) -> None:
+        self.r.hset(self.rows_key(row.rollout), row.episode, row.model_dump_json())
+
+    def rows(self, rid: str) -> list[Row]:
+        self.get(rid)
+        out = []
+        for eid, raw in self.r.hscan_iter(self.rows_key(rid), count=1000):
+            try:
+                out.append(Row.model_validate_json(raw))
+            except ValidationError as e:
+                raise CorruptData(f"{self.rows_key(rid)} entry {eid.decode()!r} is not a row: {e}") from None
+        out.sort(key=lambda r: (r.variant, r.scenario, r.repeat, r.team))
+        return out
+
+    def done_episodes(self, rid: str) -> set[str]:
+        """Episodes with a `done` row (failed ones run again on resume)."""
+        return {r.episode for r in self.rows(rid) if r.status == "done"}

@@ -1,0 +1,344 @@
+"""Rollouts: spec validation, expansion, statistics, storage, export, and whole runs on Ray."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import ray
+import yaml
+
+from p2e.errors import InvalidArgument, NotFound
+from p2e.rollouts.export import write_jsonl, write_parquet, write_trajectories
+from p2e.rollouts.plan import expand
+from p2e.rollouts.run import RolloutResult, plan, run_rollout
+from p2e.rollouts.spec import load_spec
+from p2e.rollouts.stats import bootstrap_ci, compare, summarize
+from p2e.rollouts.store import RolloutStore, Row
+from p2e.store import EventLog
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SPEC = {
+    "name": "t",
+    "agents": str(ROOT / "experiments" / "agents.yaml"),
+    "teams": [{"id": "desk", "root": "planner"}],
+    "scenarios": [
+        {"id": "paris", "message": "What is the weather in Paris?", "reference": "snow"},
+        {"id": "lima", "message": "What is the weather in Lima?", "reference": "sunny"},
+        {"id": "tokyo", "message": "What is the weather in Tokyo?", "reference": "fog"},
+    ],
+    "variants": [{"name": "baseline"}, {"name": "terse", "overrides": {"writer": {"model": "mock/terse"}}}],
+    "repeats": 2,
+    "evaluators": [{"id": "contains", "per": "episode", "params": {"ignore_case": True}}],
+    "run": {"in_flight": 8},
+}
+
+
+def write_spec(tmp_path: Path, spec: dict | str, name: str = "spec.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def spec_error(tmp_path: Path, spec: dict | str) -> str:
+    with pytest.raises(InvalidArgument) as e:
+        load_spec(write_spec(tmp_path, spec))
+    return str(e.value)
+
+
+# --- the spec ------------------------------------------------------------------------------------
+
+
+def test_unknown_key_names_the_file_field_and_line(tmp_path: Path) -> None:
+    text = yaml.safe_dump(SPEC, sort_keys=False) + "run_settings: {in_flight: 4}\n"
+    msg = spec_error(tmp_path, text)
+    assert "spec.yaml" in msg and "'run_settings'" in msg and "unknown field" in msg
+    assert f"(line {len(text.splitlines())})" in msg  # the last line, where the stray key is
+
+
+def test_nested_unknown_key_points_at_its_line(tmp_path: Path) -> None:
+    text = """name: t
+agents: {agents}
+teams:
+  - id: desk
+    root: planner
+    memebrs: [writer]
+scenarios: [{{id: a, message: hi}}]
+""".format(agents=SPEC["agents"])
+    msg = spec_error(tmp_path, text)
+    assert "'teams[0].memebrs'" in msg and "(line 6)" in msg
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"teams": [{"id": "desk", "root": "boss"}]}, "unknown agent 'boss'"),
+        ({"variants": [{"name": "v", "overrides": {"writer": {"temprature": 1}}}]}, "'temprature'"),
+        ({"variants": [{"name": "v", "overrides": {"writer": {"temperature": 9}}}]}, "temperature"),
+        ({"variants": [{"name": "v", "overrides": {"ghost": {"temperature": 1}}}]}, "unknown agent 'ghost'"),
+        ({"variants": [{"name": "a"}, {"name": "a"}]}, "repeated: a"),
+        ({"variants": {"grid": {"temperature": [1]}}}, "must be agent.field"),
+        ({"repeats": 0}, "repeats must be"),
+        ({"repeats": [1, 1]}, "without duplicates"),
+        ({"primary": "judge"}, "primary 'judge' is not one of the evaluators"),
+        ({"evaluators": [{"id": "nope"}]}, "nope"),
+        ({"evaluators": [{"id": "max_steps", "params": {}}]}, "limit"),
+        ({"scenarios": [{"id": "a", "message": "x"}, {"id": "a", "message": "y"}]}, "repeated: a"),
+        ({"scenarios": [{"id": "a", "message": ""}]}, "message"),
+        ({"limits": {"max_steps": -1}}, "max_steps"),
+        ({"limits": {"max_cost_usd": "lots"}}, "max_cost_usd"),
+        ({"agents": "missing.yaml"}, "missing.yaml"),
+        ({"run": {"in_flight": 0}}, "in_flight"),
+        ({"name": "has space"}, "name"),
+    ],
+)
+def test_bad_specs_are_named(tmp_path: Path, change: dict, expected: str) -> None:
+    assert expected in spec_error(tmp_path, {**SPEC, **change})
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
+    assert "not valid YAML" in spec_error(tmp_path, "name: [unclosed")
+    assert "a mapping" in spec_error(tmp_path, "- just a list")
+
+
+def test_scenarios_from_jsonl_with_a_bad_line_named(tmp_path: Path) -> None:
+    good = tmp_path / "s.jsonl"
+    good.write_text(
+        '{"id": "a", "message": "hi in Oslo"}\n\n{"id": "b", "message": "hello", "reference": "x"}\n'
+    )
+    resolved = load_spec(write_spec(tmp_path, {**SPEC, "scenarios": [{"file": "s.jsonl"}]}))
+    assert [s.id for s in resolved.scenarios] == ["a", "b"]
+    good.write_text('{"id": "a", "message": "hi"}\n{"id": "b", "mesage": "typo"}\n')
+    msg = spec_error(tmp_path, {**SPEC, "scenarios": [{"file": "s.jsonl"}]})
+    assert "s.jsonl: line 2" in msg and "mesage" in msg
+
+
+def test_expansion_is_deterministic_and_ids_follow_the_content(tmp_path: Path) -> None:
+    r = load_spec(write_spec(tmp_path, SPEC))
+    a, b = expand(r), expand(load_spec(write_spec(tmp_path, SPEC)))
+    assert len(a) == 1 * 2 * 3 * 2
+    assert [e.id for e in a] == [e.id for e in b] and len({e.id for e in a}) == len(a)
+    changed = {
+        **SPEC,
+        "variants": [{"name": "baseline"}, {"name": "terse", "overrides": {"writer": {"model": "mock/x"}}}],
+    }
+    c = expand(load_spec(write_spec(tmp_path, changed)))
+    same = {e.id for e in a if e.variant == "baseline"}
+    assert same == {e.id for e in c if e.variant == "baseline"}
+    assert not ({e.id for e in a if e.variant == "terse"} & {e.id for e in c if e.variant == "terse"})
+    terse = next(e for e in a if e.variant == "terse")
+    assert terse.overrides["writer"]["model"] == "mock/terse" and terse.graph["planner"] == (
+        "researcher",
+        "writer",
+    )
+
+
+def test_grid_and_members_and_seeds(tmp_path: Path) -> None:
+    spec = {
+        **SPEC,
+        "teams": [{"id": "solo", "root": "planner", "members": ["writer"]}],
+        "variants": {"grid": {"writer.temperature": [0.1, 0.9], "*.model": ["mock/default", "mock/terse"]}},
+        "repeats": [7, 11],
+    }
+    r = load_spec(write_spec(tmp_path, spec))
+    assert len(r.variants) == 4
+    assert len({v.name for v in r.variants}) == 4
+    eps = expand(r)
+    assert len(eps) == 4 * 3 * 2 and {e.seed for e in eps} == {7, 11}
+    assert eps[0].graph == {"planner": ("writer",), "writer": ()}  # researcher is not a member
+    assert eps[0].overrides["planner"]["seed"] in (7, 11)
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def _row(variant: str, scenario: str, primary: float | None, status: str = "done", repeat: int = 0) -> Row:
+    return Row(
+        rollout="r",
+        episode=f"{variant}-{scenario}-{repeat}",
+        team="t",
+        variant=variant,
+        scenario=scenario,
+        repeat=repeat,
+        seed=repeat,
+        status=status,  # type: ignore[arg-type]
+        primary=primary,
+        tokens=10,
+    )
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_n() -> None:
+    small = [0.0, 1.0] * 5
+    large = small * 40
+    lo_s, hi_s = bootstrap_ci(small)  # type: ignore[misc]
+    lo_l, hi_l = bootstrap_ci(large)  # type: ignore[misc]
+    assert lo_s < 0.5 < hi_s and lo_l < 0.5 < hi_l
+    assert hi_l - lo_l < (hi_s - lo_s) / 3
+    assert bootstrap_ci([1.0]) is None
+    assert bootstrap_ci([0.7] * 10) == (pytest.approx(0.7), pytest.approx(0.7))
+
+
+def test_summary_counts_failures_without_averaging_them_in() -> None:
+    rows = [_row("a", "s1", 1.0), _row("a", "s2", 0.5), _row("a", "s3", None, "failed")]
+    (s,) = summarize(rows)
+    assert (s.n, s.failures, s.mean, s.tokens) == (2, 1, 0.75, 30)
+
+
+def test_paired_comparison_uses_shared_scenarios_only() -> None:
+    rows = [
+        *(_row("base", f"s{i}", 0.2, repeat=r) for i in range(6) for r in range(2)),
+        *(_row("better", f"s{i}", 0.9) for i in range(6)),
+        _row("better", "only-here", 0.0),
+    ]
+    (c,) = compare(rows, "base")
+    assert c.pairs == 6 and c.difference == pytest.approx(0.7)
+    assert c.ci_low == pytest.approx(0.7) and c.ci_high == pytest.approx(0.7)
+
+
+# --- storage, resume, export (no Ray) ------------------------------------------------------------
+
+
+def test_resume_plans_only_what_is_not_done(tmp_path: Path, log: EventLog) -> None:
+    r = load_spec(write_spec(tmp_path, SPEC))
+    store = RolloutStore(log)
+    info, todo = plan(r, store, None)
+    assert len(todo) == 12 and store.get(info.id).status == "running"
+    store.put_row(
+        _row("baseline", "paris", 1.0).model_copy(update={"rollout": info.id, "episode": todo[0].id})
+    )
+    failed = _row("baseline", "lima", None, "failed")
+    store.put_row(failed.model_copy(update={"rollout": info.id, "episode": todo[1].id}))
+    _, left = plan(r, store, info.id)
+    assert len(left) == 11 and todo[0].id not in {e.id for e in left} and todo[1].id in {e.id for e in left}
+    other = load_spec(write_spec(tmp_path, {**SPEC, "repeats": 3}, "other.yaml"))
+    with pytest.raises(InvalidArgument, match="different spec"):
+        plan(other, store, info.id)
+    with pytest.raises(NotFound, match="p2e rollout list"):
+        store.get("nope")
+
+
+def test_exports_write_whole_files(tmp_path: Path) -> None:
+    rows = [
+        _row("a", "s1", 1.0).model_copy(update={"scores": {"contains": 1.0, "judge": None}}),
+        _row("b", "s1", 0.0),
+    ]
+    assert write_jsonl(rows, tmp_path / "r.jsonl") == 2
+    back = [Row.model_validate_json(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert back == rows
+    assert write_parquet(rows, tmp_path / "r.parquet") == 2
+    table = pq.read_table(tmp_path / "r.parquet").to_pylist()
+    assert (
+        table[0]["score.contains"] == 1.0 and table[0]["variant"] == "a" and table[1]["score.judge"] is None
+    )
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+# --- whole rollouts on Ray -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def slow_agents(tmp_path: Path) -> Path:
+    """The demo team with a model that takes 100 ms per call (so work is in flight to kill)."""
+    mock = tmp_path / "mock"
+    mock.mkdir()
+    rules = yaml.safe_load((ROOT / "experiments/mock/default.yaml").read_text())
+    (mock / "slow.yaml").write_text(yaml.safe_dump({**rules, "latency_ms": 100}))
+    shutil.copy(ROOT / "experiments/mock/terse.yaml", mock / "terse.yaml")
+    team = yaml.safe_load((ROOT / "experiments/agents.yaml").read_text())
+    for a in team["agents"].values():
+        a["model"] = "mock/slow"
+    team["personas_dir"] = str(ROOT / "experiments/personas")
+    team["providers"]["mock"]["rules_dirs"] = [str(mock)]
+    (tmp_path / "agents.yaml").write_text(yaml.safe_dump(team))
+    return tmp_path / "agents.yaml"
+
+
+def test_rollout_runs_scores_and_resumes(
+    ray_session: None, store_url: str, namespace: str, tmp_path: Path, log: EventLog
+) -> None:
+    seen: list[Row] = []
+    result = run_rollout(
+        write_spec(tmp_path, SPEC), store_url=store_url, namespace=namespace, on_row=seen.append
+    )
+    assert isinstance(result, RolloutResult) and len(result.rows) == 12 and len(seen) == 12
+    assert all(r.status == "done" and r.steps == 6 and r.tokens > 0 for r in result.rows)
+    by_variant = {s.variant: s for s in result.summary()}
+    assert by_variant["baseline"].mean == 1.0 and by_variant["baseline"].n == 6
+    assert by_variant["terse"].mean == pytest.approx(1 / 3)  # right only for snowy Paris
+    (cmp,) = result.compare("baseline")
+    assert cmp.pairs == 3 and cmp.difference == pytest.approx(-2 / 3)
+    row = next(r for r in result.rows if r.variant == "terse" and r.scenario == "lima")
+    assert row.answer == "In short: fine weather." and row.scores == {"contains": 0.0} and row.primary == 0.0
+    info = log.conversation(row.conversation)
+    assert info.name.startswith(f"{result.id}.{row.episode[:10]}.")
+    assert log.history(row.conversation)[-1].text == row.answer  # type: ignore[union-attr]
+    # the actor set was the rollout's own and is gone
+    assert not [a for a in ray.util.list_named_actors(all_namespaces=True) if result.id in a["name"]]
+    # resume: nothing left to do, nothing runs again
+    again = run_rollout(
+        write_spec(tmp_path, SPEC), store_url=store_url, namespace=namespace, resume=result.id
+    )
+    assert {(r.episode, r.conversation) for r in again.rows} == {
+        (r.episode, r.conversation) for r in result.rows
+    }
+    # trajectories: the root's side of each done episode, filtered by score
+    n = write_trajectories(log, again.rows, tmp_path / "chat.jsonl", min_score=1.0)
+    lines = [json.loads(x) for x in (tmp_path / "chat.jsonl").read_text().splitlines()]
+    assert n == len(lines) == 6 + 2  # the baseline's six and terse's two Paris episodes
+    msgs = lines[0]["messages"]
+    assert msgs[0]["role"] == "user" and msgs[1]["tool_calls"][0]["function"]["name"] == "delegate"
+    answers = {r.episode: r.answer for r in again.rows}
+    assert msgs[-1] == {"role": "assistant", "content": answers[lines[0]["metadata"]["episode"]]}
+    assert all(x["metadata"]["score"] == 1.0 for x in lines)
+
+
+def test_a_supervisor_killed_mid_rollout_loses_no_episode(
+    ray_session: None, store_url: str, namespace: str, tmp_path: Path, slow_agents: Path, log: EventLog
+) -> None:
+    spec = {
+        **SPEC,
+        "agents": str(slow_agents),
+        "variants": [{"name": "baseline"}],
+        "repeats": 4,
+        "run": {"in_flight": 6, "supervisors": 2, "retries": 3},
+    }
+    rid: list[str] = []
+    killed: list[str] = []
+    first_row = threading.Event()
+
+    def killer() -> None:
+        first_row.wait(60)  # the first of 12 episodes is done; with 6 in flight, others are mid-way
+        name = f"{namespace}:{rid[0]}:supervisor:0"
+        ray.kill(ray.get_actor(name, namespace="p2e"), no_restart=False)
+        killed.append(name)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    result = run_rollout(
+        write_spec(tmp_path, spec),
+        store_url=store_url,
+        namespace=namespace,
+        on_start=lambda info, todo, total: rid.append(info.id),
+        on_row=lambda row: first_row.set(),
+    )
+    t.join()
+    assert killed
+    bad = [(r.status, r.error, r.primary, r.scores) for r in result.rows if r.status != "done" or r.primary != 1.0]
+    assert len(result.rows) == 12 and not bad
+    retried = [r for r in result.rows if r.abandoned]
+    assert retried, "the kill hit no episode in flight"
+    for r in retried:
+        assert r.attempts == len(r.abandoned) + 1
+        for name in r.abandoned:
+            with contextlib.suppress(NotFound):  # killed before its conversation was created
+                assert log.conversation(name).note.startswith("abandoned: attempt")
+    # every episode is stored once as done, and each done conversation has exactly one answer
+    for r in result.rows:
+        events = log.history(r.conversation)
+        assert [e.kind for e in events].count("user_message") == 1
