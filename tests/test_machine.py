@@ -23,6 +23,7 @@ from p2e.events import (
     Started,
     ToolCall,
     ToolResult,
+    Usage,
     UserMessage,
 )
 from p2e.machine import (
@@ -452,6 +453,40 @@ def test_deadline_counts_from_the_start_across_user_messages() -> None:
     assert s.state.status == "idle"
     assert describe(s.send(user(ts=9.0))) == [("fail", "deadline")]
     assert_failed_for_good(s, "deadline")
+
+
+def spend(agent: str, tokens: int, cost: float, *calls: ToolCall) -> AgentReply:
+    return AgentReply(
+        agent=agent, tool_calls=calls, usage=Usage(prompt_tokens=tokens, completion_tokens=0, cost_usd=cost)
+    )
+
+
+def test_token_budget_ends_the_conversation() -> None:
+    s = Script("lead", {"lead": ()}, Limits(max_tokens=100))
+    s.send(user())
+    call = tool("t")
+    s.send(spend("lead", 60, 0.0, call))
+    assert (s.state.tokens, s.state.violation) == (60, None)
+    assert describe(s.send(result("lead", call))) == [("call", "lead", 1)]
+    commands = s.send(spend("lead", 41, 0.0, tool("u")))
+    assert commands == [Fail(code="budget", message="token budget passed: 101 > 100")]
+    assert_failed_for_good(s, "budget")
+
+
+def test_cost_budget_counts_every_agent_of_the_conversation() -> None:
+    s = Script("lead", {"lead": ("helper",), "helper": ()}, Limits(max_cost_usd=0.01))
+    s.send(user())
+    s.send(spend("lead", 10, 0.006, delegate("d", "helper")))
+    commands = s.send(spend("helper", 10, 0.005, tool("x")))
+    assert s.state.cost_usd == pytest.approx(0.011)
+    assert commands == [Fail(code="budget", message="cost budget passed: $0.0110 > $0.01")]
+
+
+def test_a_final_answer_over_budget_still_stands() -> None:
+    s = Script("lead", {"lead": ()}, Limits(max_tokens=10))
+    s.send(user())
+    assert describe(s.send(spend("lead", 50, 0.0))) == [("reply", "lead", "")]
+    assert s.state.status == "idle" and s.state.violation is None and s.state.tokens == 50
 
 
 def test_a_delegation_cycle_beyond_max_depth() -> None:

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 import yaml
+from conftest import Cli
 
 from p2e.errors import InvalidArgument, NotFound
 from p2e.rollouts.export import write_jsonl, write_parquet, write_trajectories
@@ -329,7 +330,11 @@ def test_a_supervisor_killed_mid_rollout_loses_no_episode(
     )
     t.join()
     assert killed
-    bad = [(r.status, r.error, r.primary, r.scores) for r in result.rows if r.status != "done" or r.primary != 1.0]
+    bad = [
+        (r.status, r.error, r.primary, r.scores)
+        for r in result.rows
+        if r.status != "done" or r.primary != 1.0
+    ]
     assert len(result.rows) == 12 and not bad
     retried = [r for r in result.rows if r.abandoned]
     assert retried, "the kill hit no episode in flight"
@@ -342,3 +347,48 @@ def test_a_supervisor_killed_mid_rollout_loses_no_episode(
     for r in result.rows:
         events = log.history(r.conversation)
         assert [e.kind for e in events].count("user_message") == 1
+
+
+# --- the CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_validate_and_plan(tmp_path: Path, cli: Cli) -> None:
+    path = write_spec(tmp_path, SPEC)
+    code, out, _ = cli("rollout", "validate", str(path))
+    assert code == 0 and "12 episodes (2 variants)" in out
+    code, out, _ = cli("rollout", "plan", str(path))
+    assert code == 0 and "= 12 episodes" in out and "between 12" in out and "terse" in out
+    bad = write_spec(
+        tmp_path, {**SPEC, "variants": [{"name": "v", "overrides": {"writer": {"temprature": 1}}}]}
+    )
+    code, _, err = cli("rollout", "validate", str(bad))
+    assert code != 0 and "temprature" in err and "Traceback" not in err
+    code, _, err = cli("rollout", "plan", str(tmp_path / "nope.yaml"))
+    assert code != 0 and "no such rollout spec" in err
+
+
+def test_cli_run_show_compare_export(
+    ray_session: None, store_env: dict[str, str], tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write_spec(tmp_path, {**SPEC, "scenarios": SPEC["scenarios"][:2], "repeats": 1})
+    code, out, err = cli("rollout", "run", str(path), "--follow")
+    assert code == 0, err
+    assert "baseline" in out and "terse" in out and "4 episodes, 0 failed" in out
+    rid = out.split("p2e rollout show ")[1].split()[0]
+    code, out, _ = cli("rollout", "list")
+    assert code == 0 and rid in out and "done" in out
+    code, out, _ = cli("rollout", "show", rid, "--rows")
+    assert code == 0 and "4/4 episodes" in out and "paris" in out and "lima" in out
+    code, out, _ = cli("rollout", "compare", rid)
+    assert code == 0 and "against baseline" in out and "terse" in out
+    code, _, err = cli("rollout", "compare", rid, "--baseline", "nope")
+    assert code != 0 and "no variant 'nope'" in err
+    code, out, _ = cli("rollout", "export", rid, "--format", "parquet")
+    assert code == 0 and len(pq.read_table(tmp_path / f"{rid}.parquet")) == 4
+    code, out, _ = cli("rollout", "export", rid, "--format", "chat", "--min-score", "1", "-o", "good.jsonl")
+    assert code == 0 and "wrote 3 trajectories" in out  # baseline twice, terse on snowy Paris
+    code, _, err = cli("rollout", "export", rid, "--format", "csv")
+    assert code != 0 and "use jsonl, parquet or chat" in err
+    code, _, err = cli("rollout", "show", "missing-id")
+    assert code != 0 and "no rollout 'missing-id'" in err

@@ -38,7 +38,7 @@ def validate(spec: Path = SPEC) -> None:
 
     resolved = load_spec(spec)
     n = len(expand(resolved))
-    console.print(f"[green]ok[/] {spec}: {n} episodes ({len(resolved.variants)} variants)")
+    console.print(f"[green]ok[/] {spec}: {n} episodes ({len(resolved.variants)} variants)", soft_wrap=True)
 
 
 @app.command()
@@ -66,7 +66,8 @@ def plan(spec: Path = SPEC) -> None:
     console.print(
         f"teams {s.teams} x variants {len(s.variants)} x scenarios {s.scenarios} x repeats {s.repeats}"
         f" = {s.episodes} episodes; model calls between {s.min_model_calls} (one per episode) and "
-        f"{s.max_model_calls} (every episode at its step limit, {resolved.limits.max_steps})"
+        f"{s.max_model_calls} (every episode at its step limit, {resolved.limits.max_steps})",
+        soft_wrap=True,
     )
     ev = ", ".join(e.id for e in resolved.spec.evaluators) or "none"
     console.print(f"evaluators: {ev}; primary: {resolved.spec.primary_metric or '-'}")
@@ -167,7 +168,9 @@ def run(
     except KeyboardInterrupt:
         display.stop()
         if rid:
-            console.print(f"interrupted; finish it with: p2e rollout run {spec} --resume {rid[0]}")
+            console.print(
+                f"interrupted; finish it with: p2e rollout run {spec} --resume {rid[0]}", soft_wrap=True
+            )
         raise
     finally:
         display.stop()
@@ -175,7 +178,8 @@ def run(
     console.print(summary_table(result.summary(), result.id))
     console.print(
         f"{len(result.rows)} episodes, {failed} failed. Next: p2e rollout show {result.id} | "
-        f"p2e rollout compare {result.id} | p2e rollout export {result.id} --format parquet"
+        f"p2e rollout compare {result.id} | p2e rollout export {result.id} --format parquet",
+        soft_wrap=True,
     )
 
 
@@ -246,7 +250,8 @@ def show(
     info = store.get(rollout_id)
     all_rows = store.rows(rollout_id)
     console.print(
-        f"[bold]{info.id}[/]  {info.status}  {len(all_rows)}/{info.episodes} episodes  spec {info.spec_path}"
+        f"[bold]{info.id}[/]  {info.status}  {len(all_rows)}/{info.episodes} episodes  spec {info.spec_path}",
+        soft_wrap=True,
     )
     console.print(summary_table(summarize(all_rows), "variants"))
     if rows:
@@ -355,4 +360,4 @@ def export(
         n = write_parquet(all_rows, path)
     else:
         n = write_trajectories(log, all_rows, path, min_score)
-    console.print(f"wrote {n} {'trajectories' if fmt == 'chat' else 'rows'} to {path}")
+    console.print(f"wrote {n} {'trajectories' if fmt == 'chat' else 'rows'} to {path}", soft_wrap=True)
