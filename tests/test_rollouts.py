@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -392,3 +394,37 @@ def test_cli_run_show_compare_export(
     assert code != 0 and "use jsonl, parquet or chat" in err
     code, _, err = cli("rollout", "show", "missing-id")
     assert code != 0 and "no rollout 'missing-id'" in err
+
+
+# --- a simulated three-node cluster ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_three_node_cluster_spreads_episodes_and_survives_losing_a_node(
+    store_url: str, namespace: str, tmp_path: Path, slow_agents: Path, log: EventLog
+) -> None:
+    spec = {
+        **SPEC,
+        "agents": str(slow_agents),
+        "variants": [{"name": "baseline"}],
+        "repeats": 6,
+        "run": {"in_flight": 9, "supervisors": 3, "retries": 4},
+    }
+    path = write_spec(tmp_path, spec)
+    script = Path(__file__).parent / "cluster_rollout.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(path), store_url, namespace, "--remove-node"],
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    rows = [Row.model_validate(r) for r in report["rows"]]
+    assert report["removed"] and report["nodes_alive"] == 2
+    assert len(rows) == 18 and len({r.episode for r in rows}) == 18  # none lost, none doubled
+    assert all(r.status == "done" and r.primary == 1.0 for r in rows), [r.error for r in rows]
+    assert len({r.node for r in rows}) > 1  # the supervisors were spread over the nodes
+    for r in rows:  # each episode's conversation got its message once and answered once
+        kinds = [e.kind for e in log.history(r.conversation)]
+        assert kinds.count("user_message") == 1 and kinds[-1] == "agent_reply"

@@ -1,0 +1,51 @@
+"""A rollout on a three-node Ray cluster simulated on this machine, with a node removed mid-way.
+
+Run by tests/test_rollouts.py in its own process (a test session keeps one Ray instance of its
+own): `python tests/cluster_rollout.py SPEC STORE_URL NAMESPACE` prints a JSON report.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+import ray
+from ray.cluster_utils import Cluster
+
+from p2e.rollouts.run import run_rollout
+from p2e.rollouts.store import Row
+
+
+def main(spec: str, store_url: str, namespace: str, remove: bool) -> None:
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, namespace="p2e", log_to_driver=False)
+    rows: list[Row] = []
+    removed = threading.Event()
+    started = time.monotonic()
+
+    def on_row(row: Row) -> None:
+        rows.append(row)
+        if remove and len(rows) == 4 and not removed.is_set():
+            removed.set()
+            threading.Thread(target=cluster.remove_node, args=(workers[0],)).start()
+
+    result = run_rollout(spec, store_url=store_url, namespace=namespace, on_row=on_row)
+    report = {
+        "rollout": result.id,
+        "seconds": time.monotonic() - started,
+        "nodes_alive": len([n for n in ray.nodes() if n["Alive"]]),
+        "removed": removed.is_set(),
+        "removed_node": workers[0].node_id,
+        "rows": [r.model_dump() for r in result.rows],
+    }
+    ray.shutdown()
+    cluster.shutdown()
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2], sys.argv[3], remove=sys.argv[4:] == ["--remove-node"])
