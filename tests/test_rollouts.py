@@ -99,6 +99,10 @@ scenarios: [{{id: a, message: hi}}]
         ({"agents": "missing.yaml"}, "missing.yaml"),
         ({"run": {"in_flight": 0}}, "in_flight"),
         ({"name": "has space"}, "name"),
+        (
+            {"variants": [{"name": "v", "overrides": {"writer": {"persona": "nosuch"}}}]},
+            "no template nosuch.j2",
+        ),
     ],
 )
 def test_bad_specs_are_named(tmp_path: Path, change: dict, expected: str) -> None:

@@ -128,7 +128,7 @@ class Coordinator:
             try:
                 await asyncio.wait_for(self.supervisors[i].health.remote(), timeout=2.0)
                 break
-            except (*_DEAD, asyncio.TimeoutError, RayTaskError):
+            except (TimeoutError, *_DEAD, RayTaskError):
                 await asyncio.sleep(0.2)
         self.down.pop(i, None)
 

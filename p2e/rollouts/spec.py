@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from p2e.agents import AgentSpec, EvaluatorConfig, TeamConfig, load_team
+from p2e.agents import AgentSpec, EvaluatorConfig, TeamConfig, load_team, render_persona
 from p2e.agents.spec import team_from_mapping
 from p2e.errors import InvalidArgument
 from p2e.events import Limits
@@ -289,13 +289,20 @@ def _check_overrides(v: Variant, team: TeamConfig, fail: Any, i: int) -> None:
             )
         if "id" in fields:
             raise fail(f"variant {v.name!r}: an override cannot change an agent's id", "variants", i)
+    specs = {}
     for agent_id, spec in team.agents.items():
         try:
-            spec.with_overrides(overrides_for(v, agent_id))
+            specs[agent_id] = spec.with_overrides(overrides_for(v, agent_id))
         except ValidationError as e:
             raise fail(
                 f"variant {v.name!r}: agent {agent_id!r}: {field_problems(e)}", "variants", i
             ) from None
+    for spec in specs.values():  # a missing or broken persona template fails now, not per episode
+        delegates = [specs[d] for d in spec.can_delegate_to if d in specs]
+        try:
+            render_persona(spec, delegates, [], team.personas_path)
+        except InvalidArgument as e:
+            raise fail(f"variant {v.name!r}: {e}", "variants", i) from None
     for agent_id in team.agents:
         for target in overrides_for(v, agent_id).get("can_delegate_to", ()):
             if target not in team.agents:
