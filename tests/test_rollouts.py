@@ -432,3 +432,9 @@ def test_three_node_cluster_spreads_episodes_and_survives_losing_a_node(
     for r in rows:  # each episode's conversation got its message once and answered once
         kinds = [e.kind for e in log.history(r.conversation)]
         assert kinds.count("user_message") == 1 and kinds[-1] == "agent_reply"
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "delegation.yaml", "judge_sweep.yaml"])
+def test_the_example_specs_are_valid(name: str) -> None:
+    resolved = load_spec(ROOT / "experiments" / name)
+    assert expand(resolved)

@@ -54,8 +54,8 @@ def plan(spec: Path = SPEC) -> None:
     episodes = expand(resolved)
     s = summarize(resolved, episodes)
     t = Table(title=f"{resolved.spec.name}: {s.episodes} episodes")
-    t.add_column("variant")
-    t.add_column("overrides")
+    t.add_column("variant", overflow="fold")
+    t.add_column("overrides", overflow="fold")
     t.add_column("episodes", justify="right")
     per = defaultdict(int)
     for e in episodes:
@@ -96,6 +96,7 @@ class _Display:
         self.live = Live(self._render(), console=console, refresh_per_second=4)
 
     def start(self, info: RolloutInfo, todo: int, total: int) -> None:
+        self.t0 = time.monotonic()
         self.progress.update(self.task, total=todo, description=f"{info.id}")
         if todo < total:
             console.print(f"resuming {info.id}: {total - todo} of {total} episodes are done already")
@@ -123,7 +124,10 @@ class _Display:
         return Group(self.progress, summary_table(summarize(self.rows), "live"))
 
     def stop(self) -> None:
-        self.live.stop()
+        if self.live.is_started:
+            self.live.stop()
+            if not console.is_terminal:
+                console.print()
 
 
 @app.command()
@@ -204,7 +208,7 @@ def summary_table(summaries: list[VariantSummary], title: str) -> Table:
         ("cost $", "right"),
         ("wall s", "right"),
     ):
-        t.add_column(col, justify=justify)  # type: ignore[arg-type]
+        t.add_column(col, justify=justify, overflow="fold", no_wrap=col == "95% CI")  # type: ignore[arg-type]
     for s in summaries:
         t.add_row(
             s.variant,

@@ -115,18 +115,19 @@ def run_rollout(
 ) -> RolloutResult:
     """Run (or resume) a rollout to the end and return its result.
 
-    `on_start(info, to_run, total)` and `on_row(row)` let a caller show progress. Ctrl-C stops
+    `on_start(info, to_run, total)` (once the actors are up) and `on_row(row)` let a caller show
+    progress. Ctrl-C stops
     the episodes in flight and marks the rollout `interrupted`; `resume=<id>` runs what is left.
     """
     resolved = spec if isinstance(spec, Resolved) else load_spec(spec)
     log = connect(store_url, namespace)
     store = RolloutStore(log)
     info, todo = plan(resolved, store, resume)
-    if on_start is not None:
-        on_start(info, len(todo), info.episodes)
     try:
         if todo:
-            _execute(resolved, log, store, info, todo, address, store_url, on_row, ray_options)
+            _execute(resolved, log, store, info, todo, address, store_url, on_start, on_row, ray_options)
+        elif on_start is not None:
+            on_start(info, 0, info.episodes)
     except BaseException:
         store.update(info.id, status="interrupted")
         raise
@@ -143,6 +144,7 @@ def _execute(
     todo: list[Episode],
     address: str | None,
     store_url: str | None,
+    on_start: Callable[[RolloutInfo, int, int], None] | None,
     on_row: Callable[[Row], None] | None,
     ray_options: dict[str, Any],
 ) -> None:
@@ -173,6 +175,8 @@ def _execute(
             retries=spec.run.retries,
             on_row=on_row,
         )
+        if on_start is not None:  # the actors are up: the clock of the first episode starts now
+            on_start(info, len(todo), info.episodes)
         asyncio.run(coordinator.run(todo))
     finally:
         if actors is not None:

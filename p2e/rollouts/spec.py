@@ -109,7 +109,7 @@ class Grid(_Strict):
             for key, value in zip(keys, combo, strict=True):
                 agent, _, fld = key.partition(".")
                 overrides.setdefault(agent, {})[fld] = value
-                parts.append(f"{'all' if agent == '*' else agent}.{fld}={_short(value)}")
+                parts.append(f"{'' if agent == '*' else agent + '.'}{fld}-{_short(value)}")
             out.append(Variant(name=_safe_name(",".join(parts)), overrides=overrides))
         return out
 
@@ -241,6 +241,7 @@ def resolve(spec: RolloutSpec, base: Path, where: str = "<spec>", lines: dict | 
         limits = Limits.model_validate({**team_config.limits.model_dump(), **spec.limits})
     except ValidationError as e:
         raise InvalidArgument(f"{where}: limits: {field_problems(e)}") from None
+    spec = spec.model_copy(update={"evaluators": tuple(_with_paths(e, base) for e in spec.evaluators)})
     _check_evaluators(spec, team_config, fail)
     return Resolved(
         spec=spec,
@@ -312,6 +313,23 @@ def _check_overrides(v: Variant, team: TeamConfig, fail: Any, i: int) -> None:
 def overrides_for(v: Variant, agent_id: str) -> dict[str, Any]:
     """What variant `v` changes for one agent: its `"*"` overrides, then its own."""
     return {**v.overrides.get("*", {}), **v.overrides.get(agent_id, {})}
+
+
+PATH_PARAMS = ("rubric", "template")
+"""Evaluator parameters that name files: relative to the spec, like every other path in it."""
+
+
+def _with_paths(cfg: EvaluatorConfig, base: Path) -> EvaluatorConfig:
+    params = dict(cfg.params)
+    for key in PATH_PARAMS:
+        value = params.get(key)
+        if (
+            isinstance(value, str)
+            and value.endswith((".yaml", ".yml", ".j2"))
+            and not Path(value).is_absolute()
+        ):
+            params[key] = str((base / value).resolve())
+    return cfg.model_copy(update={"params": params})
 
 
 def _check_evaluators(spec: RolloutSpec, team: TeamConfig, fail: Any) -> None:

@@ -58,9 +58,12 @@ class Comparison(BaseModel):
 
 
 def summarize(rows: Iterable[Row]) -> list[VariantSummary]:
+    """One summary per variant; per `team/variant` when the rollout has several teams."""
+    rows = list(rows)
+    several = len({r.team for r in rows}) > 1
     by_variant: dict[str, list[Row]] = defaultdict(list)
     for r in rows:
-        by_variant[r.variant].append(r)
+        by_variant[f"{r.team}/{r.variant}" if several else r.variant].append(r)
     out = []
     for variant in sorted(by_variant):
         rs = by_variant[variant]
