@@ -42,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/store_bench.py
 	$(BIN)/python bench/runtime_bench.py
 	$(BIN)/python bench/eval_bench.py
+	$(BIN)/python bench/rollout_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -50,7 +50,17 @@ class Conversation:
         )
         handle(INITIAL, start)  # reject a bad team before creating anything
         info = log.create_conversation(root, name, cid=cid)
-        conv = cls(log, info, log.branch(info.id, info.active), INITIAL)
+        # the new branch is known without reading it back: empty, no parent, no lineage
+        main = BranchInfo(
+            conversation=info.id,
+            name=info.active,
+            parent=None,
+            fork_at=0,
+            length=0,
+            created=info.created,
+            lineage=[],
+        )
+        conv = cls(log, info, main, INITIAL)
         conv.submit(start)
         return conv
 
