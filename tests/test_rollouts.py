@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -438,3 +441,42 @@ def test_three_node_cluster_spreads_episodes_and_survives_losing_a_node(
 def test_the_example_specs_are_valid(name: str) -> None:
     resolved = load_spec(ROOT / "experiments" / name)
     assert expand(resolved)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_and_resume_finishes(
+    ray_session: None, store_env: dict[str, str], tmp_path: Path, slow_agents: Path, log: EventLog
+) -> None:
+    spec = {**SPEC, "agents": str(slow_agents), "variants": [{"name": "baseline"}], "repeats": 8}
+    path = write_spec(tmp_path, {**spec, "run": {"in_flight": 4}})
+    env = {**os.environ, **store_env}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2e.cli", "rollout", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    store = RolloutStore(log)
+    deadline = time.monotonic() + 120
+    rid = None
+    while time.monotonic() < deadline:  # wait until some episodes are done, then press Ctrl-C
+        ids = store.ids()
+        if ids and store.r.hlen(store.rows_key(ids[0])) >= 3:
+            rid = ids[0]
+            break
+        time.sleep(0.1)
+    assert rid is not None, proc.communicate(timeout=10)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert f"--resume {rid}" in out
+    info = store.get(rid)
+    done_before = store.done_episodes(rid)
+    assert info.status == "interrupted" and 3 <= len(done_before) < 24
+    result = run_rollout(
+        path, store_url=store_env["P2E_REDIS_URL"], namespace=store_env["P2E_NAMESPACE"], resume=rid
+    )
+    assert len(result.rows) == 24 and all(r.status == "done" for r in result.rows)
+    assert done_before <= {r.episode for r in result.rows} and result.info.status == "done"
