@@ -63,8 +63,12 @@ async def evaluate_targets(
     providers: Providers | None = None,
     concurrency: int = 64,
     skip_done: bool = True,
+    mark_pending: bool = True,
 ) -> list[Score]:
-    """Score the given steps of a branch (None: the branch as an episode) with each evaluator."""
+    """Score the given steps of a branch (None: the branch as an episode) with each evaluator.
+
+    `mark_pending`: store a `pending` score for each job first, so watchers see the work queued
+    (a caller that waits for the outcome anyway, like a rollout, can skip the write)."""
     store = ScoreStore(log)
     existing = (
         {(s.evaluator, s.target.ref): s for s in await asyncio.to_thread(store.all, info.conversation)}
@@ -82,7 +86,8 @@ async def evaluate_targets(
             jobs.append((ev, ctx))
     if not jobs:
         return []
-    await asyncio.to_thread(store.put, [Score.pending(ev.id, ev.version, ctx.target) for ev, ctx in jobs])
+    if mark_pending:
+        await asyncio.to_thread(store.put, [Score.pending(ev.id, ev.version, ctx.target) for ev, ctx in jobs])
     running = _Batcher(store)
     gate = asyncio.Semaphore(concurrency)
     loop = asyncio.get_running_loop()

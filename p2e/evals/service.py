@@ -40,11 +40,27 @@ class EvalService:
         if self.step:
             seqs: list[int | None] = list(step_seqs(history))
             scores += await evaluate_targets(
-                self.log, info, history, self.step, seqs, reference, self.providers, skip_done=False
+                self.log,
+                info,
+                history,
+                self.step,
+                seqs,
+                reference,
+                self.providers,
+                skip_done=False,
+                mark_pending=False,
             )
         if self.episode:
             scores += await evaluate_targets(
-                self.log, info, history, self.episode, [None], reference, self.providers, skip_done=False
+                self.log,
+                info,
+                history,
+                self.episode,
+                [None],
+                reference,
+                self.providers,
+                skip_done=False,
+                mark_pending=False,
             )
         return scores
 

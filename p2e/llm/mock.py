@@ -258,6 +258,8 @@ def _tokens(text: str) -> int:
 
 def _render(value: Any, ctx: dict[str, Any]) -> Any:
     if isinstance(value, str):
+        if "{" not in value:  # plain text: a Jinja context costs more than the rest of a reply
+            return value
         return _template(value).render(ctx)
     if isinstance(value, dict):
         return {k: _render(v, ctx) for k, v in value.items()}
@@ -292,14 +294,22 @@ class MockProvider:
             )
         self._inline = {name: parse_rules(data, f"settings rules[{name!r}]") for name, data in inline.items()}
         self._files: dict[Path, tuple[int, RulesFile]] = {}
+        self._paths: dict[str, Path] = {}
 
     def rules_for(self, model: str) -> tuple[str, RulesFile]:
         """(label, rules set) for a model named `mock/<name>`; files reload when they change."""
         name = split_model(model)[1]
         if name in self._inline:
             return f"settings rules[{name!r}]", self._inline[name]
-        path = self._find(name)
-        mtime = path.stat().st_mtime_ns
+        path = self._paths.get(name)
+        try:
+            if path is None:
+                path = self._paths[name] = self._find(name)
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:  # moved or deleted since: look again (and say so if it is gone)
+            self._paths.pop(name, None)
+            path = self._paths[name] = self._find(name)
+            mtime = path.stat().st_mtime_ns
         cached = self._files.get(path)
         if cached is None or cached[0] != mtime:
             cached = (mtime, load_rules(path))
