@@ -102,6 +102,7 @@ def spawn(
             for i in range(spec.replicas)
         ]
         for spec in team.agents.values()
+        if spec.placement == "actor"
     }
     evals = [
         EvaluatorActor.options(

@@ -15,7 +15,8 @@ import ray
 
 from p2e.agents import TeamConfig
 from p2e.events import Limits, ToolResult
-from p2e.runtime.driver import Driver, TurnResult
+from p2e.runtime.agent import AgentRunner
+from p2e.runtime.driver import AgentHandle, Driver, TurnResult
 from p2e.runtime.metrics import RayMeter
 from p2e.runtime.steps import TOOL_RESULTS, EpisodeRequest, StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
@@ -87,12 +88,15 @@ class SupervisorActor:
             observer = RayEvaluators([ray.get_actor(n, namespace=RAY_NAMESPACE) for n in names])
         log = EventLog(store_url, namespace)
         self.driver = Driver(log, GroupCommit(store_url, namespace), self._agent, observer, RayMeter())
-        self._agents: dict[str, RayAgent] = {}
+        self._agents: dict[str, AgentHandle] = {}
         self.node = ray.get_runtime_context().get_node_id()
 
-    def _agent(self, agent_id: str) -> RayAgent:
+    def _agent(self, agent_id: str) -> AgentHandle:
         if agent_id not in self._agents:
             spec = self.team.agent(agent_id)
+            if spec.placement == "supervisor":  # runs here: no Ray call per step
+                self._agents[agent_id] = AgentRunner(agent_id, self.team, store=self.driver.log)
+                return self._agents[agent_id]
             handles = [
                 ray.get_actor(agent_actor_name(self.prefix, agent_id, i), namespace=RAY_NAMESPACE)
                 for i in range(spec.replicas)

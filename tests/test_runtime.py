@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import ray
+import yaml
 from openai_server import OpenAIServer, Reply
 
 import p2e.api
@@ -321,6 +322,29 @@ def test_the_same_team_runs_offline_on_the_mock_provider(
     finally:
         rt.shutdown()
     assert result.status == "idle" and result.answer is not None and "Lisbon" in result.answer
+
+
+def test_agents_placed_in_the_supervisor_run_without_an_actor(
+    ray_session: None, store_url: str, namespace: str, tmp_path: Path
+) -> None:
+    team = yaml.safe_load(Path("experiments/agents.yaml").read_text())
+    for spec in team["agents"].values():
+        spec["placement"] = "supervisor"
+    team["agents"]["writer"]["placement"] = "actor"  # a mix: the writer keeps its actor
+    team["personas_dir"] = str(Path("experiments/personas").resolve())
+    team["providers"]["mock"]["rules_dirs"] = [str(Path("experiments/mock").resolve())]
+    (tmp_path / "agents.yaml").write_text(yaml.safe_dump(team))
+    rt = p2e.api.init(agents=tmp_path / "agents.yaml", store_url=store_url, namespace=namespace)
+    try:
+        names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+        assert f"{namespace}:agent:writer:0" in names and f"{namespace}:agent:planner:0" not in names
+        chat = rt.chat("planner", "in-process")
+        result = chat.send("What is the weather in Lisbon?")
+        agents = [e.agent for e in chat.history() if isinstance(e, AgentReply)]
+    finally:
+        rt.shutdown()
+    assert result.status == "idle" and result.answer is not None and "Lisbon" in result.answer
+    assert agents == ["planner", "researcher", "researcher", "planner", "writer", "planner"]
 
 
 def test_actors_are_named_and_replicas_share_the_steps(

@@ -1,0 +1,86 @@
+"""The Wallet actor: one per agent (party), the only holder of that party's ledger identity.
+
+It hosts a `p2e.ledger.Wallet` for its owner, so every payment it makes leaves from the owner's
+wallet and passes the owner's spending policy (read from the store on each payment, so a policy
+change applies at once). The agent tools find it by name (`{ns}:wallet:{agent}`) and send their
+payments here; without it they run the same `Wallet` code in process.
+
+A payment carries a command id, so Ray may retry it (`max_task_retries`) and restart the actor
+(`max_restarts=-1`) freely: the ledger applies a command id once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray.util import metrics
+
+from actors.supervisor import RAY_NAMESPACE
+from p2e.ledger import Ledger, PayRequest, PolicyStore, Wallet, open_ledger_on, wallet_actor_name
+from p2e.ledger.wallet import ENTRIES
+from p2e.store import EventLog
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, concurrency_groups={"control": 1})
+class WalletActor:
+    def __init__(self, owner: str, store_url: str, namespace: str):
+        self.owner = owner
+        self.store = EventLog(store_url, namespace)
+        self.ledger: Ledger = open_ledger_on(self.store)
+        self.ledger.open_wallet(owner)
+        policies = PolicyStore(self.store.r, namespace)
+        self.wallet = Wallet(self.ledger, owner, lambda: policies.get(owner))
+        self.payments = 0
+        self.refused = 0
+        self._paid = metrics.Counter(
+            "p2e_wallet_payments", "payments made by a wallet", tag_keys=("wallet", "outcome")
+        )
+        self._balance = metrics.Gauge(
+            "p2e_wallet_balance_minor", "wallet balance, minor units", tag_keys=("wallet",)
+        )
+
+    # Requests and receipts cross as JSON bytes (pydantic), like the other actors' messages.
+
+    def pay(self, req: bytes) -> bytes:
+        try:
+            receipt = self.wallet.pay(PayRequest.model_validate_json(req))
+        except Exception:
+            self.refused += 1
+            self._paid.inc(tags={"wallet": self.owner, "outcome": "refused"})
+            raise
+        self.payments += 1
+        self._paid.inc(tags={"wallet": self.owner, "outcome": "replayed" if receipt.replayed else "paid"})
+        after = receipt.entry.after(self.owner)
+        if after is not None:
+            self._balance.set(after, tags={"wallet": self.owner})
+        return receipt.model_dump_json().encode()
+
+    def balance(self) -> int:
+        return self.wallet.balance()
+
+    def history(self, limit: int = 20) -> bytes:
+        return ENTRIES.dump_json(self.wallet.history(limit))
+
+    @ray.method(concurrency_group="control")
+    def health(self) -> dict[str, Any]:
+        """Who this is and what it did since it (re)started."""
+        return {
+            "wallet": self.owner,
+            "backend": self.ledger.backend,
+            "payments": self.payments,
+            "refused": self.refused,
+        }
+
+
+def spawn_wallets(agents: list[str], store_url: str, namespace: str) -> dict[str, Any]:
+    """Create (or find, by name) a Wallet actor per agent and wait until each answers; each
+    opens its owner's wallet if it is not open yet."""
+    handles = {
+        a: WalletActor.options(
+            name=wallet_actor_name(namespace, a), namespace=RAY_NAMESPACE, get_if_exists=True
+        ).remote(a, store_url, namespace)
+        for a in agents
+    }
+    ray.get([h.health.remote() for h in handles.values()])
+    return handles
