@@ -208,9 +208,13 @@ def delete_ns(r: redis.Redis, ns: str) -> int:
     return len(keys)
 
 
-def write_team(d: Path) -> Path:
+def write_team(d: Path, placement: str = "actor") -> Path:
+    """The team; with placement `supervisor` both agents run inside the supervisor process."""
+    text = AGENTS
+    if placement != "actor":
+        text = text.replace("    model: mock/bench\n", f"    model: mock/bench\n    placement: {placement}\n")
     path = d / "agents.yaml"
-    path.write_text(AGENTS)
+    path.write_text(text)
     return path
 
 
@@ -228,8 +232,10 @@ def actor_pids() -> dict[str, int]:
 def processes(ns: str, supervisors: int, store_pid: int | None) -> dict[str, psutil.Process]:
     pids = actor_pids()
     out = {f"supervisor{i}": pids[supervisor_actor_name(ns, i)] for i in range(supervisors)}
-    out["agent_supervisor"] = pids[agent_actor_name(ns, "supervisor", 0)]
-    out["agent_worker"] = pids[agent_actor_name(ns, "worker", 0)]
+    for agent in ("supervisor", "worker"):  # absent when the agents run inside the supervisor
+        name = agent_actor_name(ns, agent, 0)
+        if name in pids:
+            out[f"agent_{agent}"] = pids[name]
     out["driver"] = os.getpid()
     if store_pid:
         out["store"] = store_pid
@@ -365,7 +371,9 @@ def bench_idle_cpu(ns: str, store_pid: int | None, seconds: float = 2.0) -> dict
 
 def bench_rtt(rt: p2e.api.Runtime, n: int) -> dict[str, object]:
     out: dict[str, object] = {}
-    targets = {"supervisor": rt.supervisors[0], "agent": rt.agents["worker"][0]}
+    targets = {"supervisor": rt.supervisors[0]}
+    if "worker" in rt.agents:  # not when the agents run inside the supervisor
+        targets["agent"] = rt.agents["worker"][0]
     for name, h in targets.items():
         ray.get([h.health.remote() for _ in range(50)])
         lat = []
@@ -557,11 +565,10 @@ def bench_profile(
     if not exe or seconds <= 0:
         return {"profile": "skipped" if seconds <= 0 else "py-spy not found"}
     pids = actor_pids()
-    targets = {
-        "supervisor": pids[supervisor_actor_name(ns, 0)],
-        "agent_supervisor": pids[agent_actor_name(ns, "supervisor", 0)],
-        "agent_worker": pids[agent_actor_name(ns, "worker", 0)],
-    }
+    targets = {"supervisor": pids[supervisor_actor_name(ns, 0)]}
+    for agent in ("supervisor", "worker"):
+        if agent_actor_name(ns, agent, 0) in pids:
+            targets[f"agent_{agent}"] = pids[agent_actor_name(ns, agent, 0)]
     tmp = Path(tempfile.mkdtemp(prefix="p2e-pyspy-"))
     procs = {}
     for name, pid in targets.items():
@@ -766,7 +773,7 @@ def run(url: str, store_pid: int | None, args: argparse.Namespace, sizes: dict[s
     tag = uuid.uuid4().hex[:8]
     ns1, ns2, ns_local = f"rtbench-{tag}", f"rtbench-{tag}-s2", f"rtbench-{tag}-local"
     tmp = Path(tempfile.mkdtemp(prefix="p2e-runtime-bench-team-"))
-    team = write_team(tmp)
+    team = write_team(tmp, args.placement)
     r = redis.Redis.from_url(url)
     out: dict[str, Any] = {"bench": "p2e_runtime", "namespace": ns1, **server_info(r)}
     try:
@@ -824,6 +831,12 @@ def main() -> None:
     ap.add_argument("--floor", default=FLOOR, help="path of ray_redis_floor.py")
     ap.add_argument("--floor-episodes", type=int, help="N for the floor (default 500)")
     ap.add_argument("--no-floor", action="store_true", help="do not run the floor")
+    ap.add_argument(
+        "--placement",
+        choices=["actor", "supervisor"],
+        default="actor",
+        help="where the agents run: their own actors (default) or inside the supervisor",
+    )
     args = ap.parse_args()
     sizes = dict(QUICK if args.quick else FULL)
     for k, v in (
@@ -841,6 +854,7 @@ def main() -> None:
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "quick": args.quick,
+            "placement": args.placement,
             "store": source,
             "python": platform.python_version(),
             "ray": ray.__version__,
