@@ -158,9 +158,12 @@ class Driver:
         (or a failure), then released so a long rollout holds nothing per finished episode."""
         t0 = time.monotonic()
         cid = await self.create(req.root, req.graph, req.limits, req.name, req.overrides, req.cid)
+        h = self.hosted[cid]  # just created here: no need to ask the store where it stands
         try:
-            turn = await self.send(cid, req.message)
-            state = self.hosted[cid].conv.state
+            async with h.lock:
+                await self._drive(h, await self._submit(h, UserMessage(text=req.message)))
+                turn = self._result(h)
+            state = h.conv.state
         finally:
             self.release(cid)
         wall = time.monotonic() - t0
