@@ -10,8 +10,9 @@ import sys
 import typer
 from rich.console import Console
 
-from p2e.cli import agent, artifact, chat, conversation, eval, rollout, store
+from p2e.cli import agent, artifact, chat, conversation, eval, rollout, store, view
 from p2e.errors import P2EError
+from p2e.obs.logs import configure_logging
 
 app = typer.Typer(
     name="p2e",
@@ -27,12 +28,15 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(eval.app, name="eval")
 app.add_typer(rollout.app, name="rollout")
 app.command("chat")(chat.chat)
+app.command("view")(view.view)
+app.command("observe")(view.observe_cmd)
 
 err = Console(stderr=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
+        configure_logging()  # P2E_LOG_LEVEL, P2E_LOG_FORMAT=json; ids on every record; secrets masked
         code = app(args=argv, standalone_mode=False)
     except P2EError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)

@@ -139,3 +139,24 @@ def replay(conv: str = CONV, branch: str | None = BRANCH, agents: str = AGENTS) 
     for d in report.differences[:20]:
         console.print(f"  seq {d.seq}:\n    recorded {d.recorded}\n    replayed {d.replayed}")
     raise typer.Exit(1)
+
+
+@app.command()
+def watch(
+    conv: str = CONV,
+    branch: str | None = BRANCH,
+    once: bool = typer.Option(False, "--once", help="print one frame and exit (scripts, tests)"),
+    last: int = typer.Option(12, "--last", "-n", min=1, help="how many of the last events to show"),
+    interval: float = typer.Option(0.25, "--interval", min=0.02, help="seconds between polls of the store"),
+    until_idle: bool = typer.Option(False, "--until-idle", help="also stop once the root agent has answered"),
+) -> None:
+    """Follow a conversation live: the stack, the last messages and tool calls, the scores.
+
+    Stops when the conversation finishes or fails (exit 1 if it failed), or on Ctrl-C.
+    Example: p2e conversation watch demo --until-idle
+    """
+    from p2e.cli.watch import watch as follow
+
+    code = follow(open_log(), conv, branch, once=once, last=last, interval=interval, until_idle=until_idle)
+    if code:
+        raise typer.Exit(code)
