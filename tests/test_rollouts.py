@@ -18,6 +18,7 @@ import pytest
 import ray
 import yaml
 from conftest import Cli
+from test_obs_rerun import read_rrd, verify
 
 from p2e.errors import InvalidArgument, NotFound
 from p2e.rollouts.export import write_jsonl, write_parquet, write_trajectories
@@ -377,14 +378,25 @@ def test_cli_validate_and_plan(tmp_path: Path, cli: Cli) -> None:
 
 
 def test_cli_run_show_compare_export(
-    ray_session: None, store_env: dict[str, str], tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+    ray_session: None,
+    store_env: dict[str, str],
+    tmp_path: Path,
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+    log: EventLog,
 ) -> None:
     monkeypatch.chdir(tmp_path)
     path = write_spec(tmp_path, {**SPEC, "scenarios": SPEC["scenarios"][:2], "repeats": 1})
-    code, out, err = cli("rollout", "run", str(path), "--follow")
+    code, out, err = cli("rollout", "run", str(path), "--follow", "--rerun-save", "run.rrd")
     assert code == 0, err
     assert "baseline" in out and "terse" in out and "4 episodes, 0 failed" in out
     rid = out.split("p2e rollout show ")[1].split()[0]
+    assert f"recording: p2e view {rid}" in out
+    verify(tmp_path / "run.rrd")  # `rerun rrd verify`
+    entities = read_rrd(tmp_path / "run.rrd")
+    names = {log.conversation(r.conversation).name for r in RolloutStore(log).rows(rid)}
+    assert f"rollouts/{rid}/leaderboard" in entities  # the rows: leaderboard and per-variant scalars
+    assert all(f"conversations/{n}/main/log" in entities for n in names)  # and every conversation
     code, out, _ = cli("rollout", "list")
     assert code == 0 and rid in out and "done" in out
     code, out, _ = cli("rollout", "show", rid, "--rows")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -14,7 +15,10 @@ from rich.table import Table
 
 from p2e.cli._common import console, open_log
 from p2e.cli.render import clip
+from p2e.cli.rerun_flags import RERUN, RERUN_CONNECT, RERUN_SAVE
 from p2e.errors import InvalidArgument
+from p2e.obs.recording import Observation, RerunOptions, observe
+from p2e.obs.viewer import recording_path
 from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
 from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
 
@@ -138,14 +142,25 @@ def run(
     ),
     resume: str | None = typer.Option(None, "--resume", help="finish rollout ID: skip its done episodes"),
     follow: bool = typer.Option(False, "--follow", "-f", help="show a live table per variant"),
+    rerun: bool = RERUN,
+    rerun_connect: str | None = RERUN_CONNECT,
+    rerun_save: Path | None = RERUN_SAVE,
+    no_recording: bool = typer.Option(
+        False, "--no-recording", help="keep no Rerun recording of the rows (saved by default)"
+    ),
 ) -> None:
     """Run every episode of a spec (or what is left of one) and print the variant summary.
 
     Ctrl-C stops cleanly; the episodes that finished keep their rows, and `--resume ID` runs
     the rest. On a cluster the store must be a Redis every node reaches (P2E_REDIS_URL).
 
+    A Rerun recording of the rows (leaderboard, scores, cost per variant) is kept in
+    $P2E_HOME/recordings (`p2e view ID` opens it); --rerun, --rerun-connect or --rerun-save add
+    every episode's conversation to it, live.
+
     Examples:
       p2e rollout run experiments/quickstart.yaml
+      p2e rollout run experiments/quickstart.yaml --rerun-save sweep.rrd
       p2e rollout run experiments/quickstart.yaml --resume quickstart-1a2b3c
       ray job submit -- p2e rollout run experiments/sweep.yaml --address auto
     """
@@ -153,22 +168,39 @@ def run(
     from p2e.rollouts.spec import load_spec
 
     resolved = load_spec(spec)
+    opts = RerunOptions.from_flags(rerun, rerun_connect, rerun_save)
     display = _Display(follow)
     rid: list[str] = []
+    recording = contextlib.ExitStack()
+    observations: list[Observation] = []
 
     def on_start(info: RolloutInfo, todo: int, total: int) -> None:
         rid.append(info.id)
+        if opts.enabled or not no_recording:
+            # the rows (leaderboard, scores, cost) always; every conversation only when asked,
+            # since following them all costs the rollout CPU (docs/observability.md)
+            saved = opts.with_default_save(recording_path("rollout", info.id))
+            obs = recording.enter_context(
+                observe(saved, open_log(), new_only=True, follow=opts.enabled, rollout=info.id)
+            )
+            observations.append(obs)
         display.start(info, todo, total)
 
+    def on_row(row: Row) -> None:
+        display.row(row)
+        for obs in observations:
+            obs.rollout_rows([row], row.rollout)
+
     try:
-        result = run_rollout(
-            resolved,
-            address=address,
-            resume=resume,
-            on_start=on_start,
-            on_row=display.row,
-            **_ray_opts(address),
-        )
+        with recording:
+            result = run_rollout(
+                resolved,
+                address=address,
+                resume=resume,
+                on_start=on_start,
+                on_row=on_row,
+                **_ray_opts(address),
+            )
     except KeyboardInterrupt:
         display.stop()
         if rid:
@@ -180,6 +212,8 @@ def run(
         display.stop()
     failed = sum(r.status == "failed" for r in result.rows)
     console.print(summary_table(result.summary(), result.id))
+    if observations and observations[0].active:
+        console.print(f"recording: p2e view {result.id}", soft_wrap=True)
     console.print(
         f"{len(result.rows)} episodes, {failed} failed. Next: p2e rollout show {result.id} | "
         f"p2e rollout compare {result.id} | p2e rollout export {result.id} --format parquet",
