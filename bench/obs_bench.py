@@ -351,7 +351,7 @@ def run_feed_cost(url: str, script: list[str], seconds: float) -> dict[str, Any]
 
 
 def run_redact(script: list[str], n: int = 20000) -> dict[str, Any]:
-    from p2e.obs.redact import Redactor
+    from p2e.redact import Redactor
 
     r = Redactor()
     raws = [s.encode() for s in script]

@@ -13,7 +13,7 @@ import pytest
 from p2e.errors import InvalidArgument
 from p2e.events import AgentReply, ToolCall, encode, event_adapter
 from p2e.obs import bind, configure_logging, log_context
-from p2e.obs.redact import MASK, RedactingFilter, Redactor, refresh_secrets
+from p2e.redact import MASK, RedactingFilter, Redactor, refresh_secrets
 
 KEY = "sk-proj-AbCdEf0123456789GhIjKlMnOp"
 ENV_SECRET = "tok_9f8e7d6c5b4a3210"

@@ -1171,3 +1171,20 @@ def test_the_server_dying_mid_append_loses_nothing_acknowledged(private_home: Pa
         assert after.append_to(cid, "main", said("still works")) == length
     finally:
         after.close()
+
+
+def test_secrets_are_masked_before_they_are_stored(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    from p2e.redact import MASK, refresh_secrets
+
+    monkeypatch.setenv("ACME_API_KEY", "acme-secret-value-123")
+    refresh_secrets()
+    try:
+        info = log.create_conversation("lead")
+        leaked = "my key is sk-proj-ABCDEFGHIJKLMNOPQRSTUV and acme-secret-value-123"
+        log.append_to(info.id, "main", [Started(root="lead", team={"lead": ()}), UserMessage(text=leaked)])
+        stored = log.history(info.id)[1].text  # type: ignore[union-attr]
+        assert "sk-proj-ABCD" not in stored and "acme-secret" not in stored
+        assert stored == f"my key is {MASK} and {MASK}"
+    finally:
+        monkeypatch.delenv("ACME_API_KEY")
+        refresh_secrets()

@@ -19,9 +19,9 @@ from p2e.obs.recording import (
     record_rows,
     start_recording,
 )
-from p2e.obs.redact import Redactor, default_redactor, redact, refresh_secrets, register_secret
 from p2e.obs.rows import RolloutRow, leaderboard, matrix
 from p2e.obs.viewer import ViewerUnavailable, recording_path, recordings_dir
+from p2e.redact import Redactor, default_redactor, redact, refresh_secrets, register_secret
 
 if TYPE_CHECKING:
     from p2e.obs.recorder import Recorder, blueprint

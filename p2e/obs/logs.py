@@ -5,7 +5,7 @@ context variable, so asyncio tasks started inside inherit them, and concurrent c
 one event loop do not mix); `bind(logger, ...)` fixes them on a logger instead. The handler that
 `configure_logging` installs writes them as `key=value` suffixes, or as JSON lines when
 `P2E_LOG_FORMAT=json` (one object per line, for log shippers), and masks secrets
-(`p2e.obs.redact`).
+(`p2e.redact`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import IO, Any, Literal
 
 from p2e.errors import InvalidArgument
-from p2e.obs.redact import RedactingFilter
+from p2e.redact import RedactingFilter
 
 ID_FIELDS: tuple[str, ...] = ("rollout", "episode", "conversation", "branch", "agent")
 """The ids a record can carry, in the order the text format shows them."""

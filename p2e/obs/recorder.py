@@ -51,8 +51,8 @@ from p2e.evals.score import Score
 from p2e.events import AgentReply, Failed, Finished, Started, ToolResult, UserMessage
 from p2e.machine import State
 from p2e.obs.follow import BranchBatch, ScoreBatch, Step, Update
-from p2e.obs.redact import Redactor, default_redactor
 from p2e.obs.rows import RolloutRow, leaderboard, leaderboard_markdown, matrix, matrix_markdown
+from p2e.redact import Redactor, default_redactor
 
 STEP, TIME, EPISODE = "step", "time", "episode"
 Detail = Literal["full", "compact"]

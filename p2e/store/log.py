@@ -28,6 +28,7 @@ from p2e.errors import (
     UnknownConversation,
 )
 from p2e.events import Event, encode, event_adapter, event_agent, events_adapter
+from p2e.redact import default_redactor
 from p2e.store.keys import NAME_RE, Keys
 
 
@@ -484,8 +485,9 @@ def append_call(
 ) -> tuple[list[str], list[object]]:
     """KEYS and ARGV of the append script (shared by the sync log and the async group commit)."""
     args: list[object] = ["" if expected is None else expected, keys.index_prefix(cid), branch]
+    mask = default_redactor().data  # an API key echoed by a model or a tool is never stored
     for e in events:
-        args += [encode(e), e.kind, event_agent(e) or ""]
+        args += [mask(encode(e)), e.kind, event_agent(e) or ""]
     return [keys.branch(cid, branch), keys.events(cid, branch), keys.conv(cid)], args
 
 
