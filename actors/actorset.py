@@ -79,11 +79,13 @@ def spawn(
     eval_team: TeamConfig | None = None,
     observe: bool = True,
     spread: bool = False,
+    score_in_supervisors: bool = False,
 ) -> ActorSet:
     """Create (or find, by name) the actor set and wait until every actor answers.
 
     `eval_team`: the config the evaluators score with (default `team`); `observe`: supervisors
-    hand each step to the evaluators as it is stored (a rollout scores whole episodes instead).
+    hand each step to the evaluators as it is stored (a rollout scores whole episodes instead);
+    `score_in_supervisors`: the supervisors score rollout episodes with `eval_team` themselves.
     """
     prefix = prefix or namespace
     nodes = itertools.cycle(alive_nodes()) if spread else None
@@ -113,7 +115,13 @@ def spawn(
     ray.get([e.health.remote() for e in evals])  # they exist before a supervisor looks them up
     sups = [
         SupervisorActor.options(**opts(supervisor_actor_name(prefix, i))).remote(
-            i, team, store_url, namespace, len(evals) if observe else 0, prefix
+            i,
+            team,
+            store_url,
+            namespace,
+            len(evals) if observe else 0,
+            prefix,
+            (eval_team or team) if score_in_supervisors else None,
         )
         for i in range(supervisors)
     ]

@@ -14,10 +14,11 @@ from typing import Any
 import ray
 
 from p2e.agents import TeamConfig
+from p2e.evals.service import EvalService
 from p2e.events import Limits, ToolResult
 from p2e.runtime.agent import AgentRunner
 from p2e.runtime.driver import AgentHandle, Driver, TurnResult
-from p2e.runtime.metrics import RayMeter
+from p2e.runtime.metrics import RayMeter, ScoreMeter
 from p2e.runtime.steps import TOOL_RESULTS, EpisodeRequest, StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
 from p2e.store.aio import GroupCommit
@@ -76,9 +77,11 @@ class SupervisorActor:
         namespace: str,
         evaluators: int = 0,
         prefix: str | None = None,
+        scoring: TeamConfig | None = None,
     ):
         """`prefix` starts the names of the actors this one looks up (default: the store
-        namespace; a rollout uses its own, so its actor set is separate)."""
+        namespace; a rollout uses its own, so its actor set is separate). `scoring`: the config
+        whose evaluators score each rollout episode here, right after it ends (no actor hop)."""
         self.index = index
         self.team = team
         self.prefix = prefix or namespace
@@ -90,6 +93,8 @@ class SupervisorActor:
         self.driver = Driver(log, GroupCommit(store_url, namespace), self._agent, observer, RayMeter())
         self._agents: dict[str, AgentHandle] = {}
         self.node = ray.get_runtime_context().get_node_id()
+        self.scorer = EvalService(log, scoring) if scoring is not None else None
+        self.score_meter = ScoreMeter() if scoring is not None else None
 
     def _agent(self, agent_id: str) -> AgentHandle:
         if agent_id not in self._agents:
@@ -124,8 +129,15 @@ class SupervisorActor:
 
     async def run_episode(self, req: bytes) -> bytes:
         """A rollout episode (an `EpisodeRequest` as JSON); its `EpisodeOutcome` as JSON."""
-        outcome = await self.driver.episode(EpisodeRequest.model_validate_json(req))
-        return outcome.model_copy(update={"node": self.node}).model_dump_json().encode()
+        request = EpisodeRequest.model_validate_json(req)
+        outcome = await self.driver.episode(request)
+        update: dict[str, Any] = {"node": self.node}
+        if request.score and self.scorer is not None:
+            scores = await self.scorer.score(outcome.conversation, outcome.branch, request.reference)
+            for s in scores:
+                self.score_meter.score(s.evaluator, s.value)  # type: ignore[union-attr]
+            update["scores"] = scores
+        return outcome.model_copy(update=update).model_dump_json().encode()
 
     async def release(self, conv: str) -> None:
         self.driver.release(conv)

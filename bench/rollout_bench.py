@@ -59,7 +59,9 @@ RULES = {
 }
 
 
-def write_spec(tmp: Path, episodes: int, in_flight: int, latency_ms: int, supervisors: int) -> Path:
+def write_spec(
+    tmp: Path, episodes: int, in_flight: int, latency_ms: int, supervisors: int, placement: str = "actor"
+) -> Path:
     (tmp / "mock").mkdir(exist_ok=True)
     (tmp / "mock" / "bench.yaml").write_text(yaml.safe_dump({**RULES, "latency_ms": latency_ms}))
     agents = {
@@ -74,6 +76,8 @@ def write_spec(tmp: Path, episodes: int, in_flight: int, latency_ms: int, superv
         },
         "providers": {"mock": {"rules_dirs": [str(tmp / "mock")]}},
     }
+    for a in agents["agents"].values():
+        a["placement"] = placement
     (tmp / "agents.yaml").write_text(yaml.safe_dump(agents))
     scenarios = 20
     spec = {
@@ -141,6 +145,12 @@ def main() -> None:
     ap.add_argument("--scaling-episodes", type=int, default=600)
     ap.add_argument("--per-node", type=int, default=64)
     ap.add_argument("--url", default=None)
+    ap.add_argument(
+        "--placement",
+        choices=["actor", "supervisor"],
+        default="actor",
+        help="where the agents run (agents file)",
+    )
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="p2e-bench-"))
@@ -157,12 +167,15 @@ def main() -> None:
         tmp = home / "spec"
         tmp.mkdir()
         if args.episodes:
-            spec = write_spec(tmp, args.episodes, args.in_flight, args.latency_ms, args.supervisors)
+            spec = write_spec(
+                tmp, args.episodes, args.in_flight, args.latency_ms, args.supervisors, args.placement
+            )
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="p2e")
             out["latency"] = {
                 "in_flight": args.in_flight,
                 "latency_ms": args.latency_ms,
                 "supervisors": args.supervisors,
+                "placement": args.placement,
                 **one_run(spec, url, ns, args.latency_ms, args.in_flight),
             }
             ray.shutdown()
@@ -179,7 +192,7 @@ def main() -> None:
                 cluster.wait_for_nodes()
                 ray.init(address=cluster.address, namespace="p2e", log_to_driver=False)
                 flight = args.per_node * n
-                spec = write_spec(tmp, args.scaling_episodes, flight, args.latency_ms, n)
+                spec = write_spec(tmp, args.scaling_episodes, flight, args.latency_ms, n, args.placement)
                 r = one_run(spec, url, ns, args.latency_ms, flight)
                 out["scaling"].append({"nodes": n, "in_flight": flight, **r})
                 ray.shutdown()

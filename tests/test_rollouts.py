@@ -103,6 +103,7 @@ scenarios: [{{id: a, message: hi}}]
         ({"agents": "missing.yaml"}, "missing.yaml"),
         ({"run": {"in_flight": 0}}, "in_flight"),
         ({"name": "has space"}, "name"),
+        ({"variants": [{"name": "v", "overrides": {"*": {"replicas": 2}}}]}, "cannot change replicas"),
         (
             {"variants": [{"name": "v", "overrides": {"writer": {"persona": "nosuch"}}}]},
             "no template nosuch.j2",
@@ -386,7 +387,9 @@ def test_cli_run_show_compare_export(
     log: EventLog,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    path = write_spec(tmp_path, {**SPEC, "scenarios": SPEC["scenarios"][:2], "repeats": 1})
+    # scored by an Evaluator actor here (the other tests score in the supervisors, the default)
+    run = {"in_flight": 4, "scoring": "evaluators"}
+    path = write_spec(tmp_path, {**SPEC, "scenarios": SPEC["scenarios"][:2], "repeats": 1, "run": run})
     code, out, err = cli("rollout", "run", str(path), "--follow", "--rerun-save", "run.rrd")
     assert code == 0, err
     assert "baseline" in out and "terse" in out and "4 episodes, 0 failed" in out

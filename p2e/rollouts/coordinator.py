@@ -62,6 +62,7 @@ class Coordinator:
         retries: int,
         on_row: Callable[[Row], None] | None = None,
         ledger_hook: Any = None,
+        score_in_supervisors: bool = False,
     ):
         self.rid = rid
         self.store = store
@@ -76,6 +77,7 @@ class Coordinator:
         self.retries = retries
         self.on_row = on_row
         self.ledger_hook = ledger_hook
+        self.score_in_supervisors = score_in_supervisors
         self._refs: set[ray.ObjectRef] = set()
 
     async def run(self, episodes: list[Episode]) -> None:
@@ -150,6 +152,8 @@ class Coordinator:
                 limits=ep.limits,
                 overrides=ep.overrides,
                 message=ep.message,
+                reference=ep.reference,
+                score=self.score_in_supervisors,
             )
             i = await self._pick()
             self.load[i] += 1
@@ -169,7 +173,9 @@ class Coordinator:
             finally:
                 self.load[i] -= 1
         scores: dict[str, float | None] = {}
-        if outcome is not None and self.evaluators:
+        if outcome is not None and outcome.scores:
+            scores = row_scores(outcome.scores)
+        elif outcome is not None and self.evaluators:
             scores = await self._score(outcome, ep.reference)
         after = await self._ledger("after", ep)
         row = Row(

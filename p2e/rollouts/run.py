@@ -152,6 +152,7 @@ def _execute(
     started = connect_ray(address, bool(store_url or configured_url()), **ray_options)
     team = resolved.team_config.model_copy(update={"evaluators": ()})
     eval_team = resolved.team_config.model_copy(update={"evaluators": spec.evaluators})
+    in_supervisor = bool(spec.evaluators) and spec.run.scoring == "supervisor"
     actors = None
     try:
         actors = spawn(
@@ -160,10 +161,11 @@ def _execute(
             log.keys.ns,
             prefix=f"{log.keys.ns}:{info.id}",
             supervisors=spec.run.supervisors,
-            evaluators=spec.run.evaluators if spec.evaluators else 0,
+            evaluators=spec.run.evaluators if spec.evaluators and not in_supervisor else 0,
             eval_team=eval_team,
             observe=False,
             spread=True,
+            score_in_supervisors=in_supervisor,
         )
         coordinator = Coordinator(
             info.id,
@@ -171,6 +173,7 @@ def _execute(
             actors.supervisors,
             actors.evaluators,
             primary=spec.primary_metric,
+            score_in_supervisors=in_supervisor,
             in_flight=spec.run.in_flight,
             retries=spec.run.retries,
             on_row=on_row,

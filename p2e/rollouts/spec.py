@@ -27,7 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -132,6 +132,9 @@ class RunSettings(_Strict):
     evaluators: int = Field(1, ge=1, le=256)
     retries: int = Field(2, ge=0, le=20)
     """Attempts after the first for an episode whose actor or node died."""
+    scoring: Literal["supervisor", "evaluators"] = "supervisor"
+    """Who scores an episode: the supervisor that ran it, right after (one Ray call less per
+    episode), or a pool of `evaluators` Evaluator actors (isolated, scaled on their own)."""
 
 
 class RolloutSpec(_Strict):
@@ -288,8 +291,13 @@ def _check_overrides(v: Variant, team: TeamConfig, fail: Any, i: int) -> None:
                 "variants",
                 i,
             )
-        if "id" in fields:
-            raise fail(f"variant {v.name!r}: an override cannot change an agent's id", "variants", i)
+        fixed = sorted({"id", "placement", "replicas"} & set(fields))
+        if fixed:  # they shape the actor set, which every variant of a rollout shares
+            raise fail(
+                f"variant {v.name!r}: an override cannot change {', '.join(fixed)} (agents file only)",
+                "variants",
+                i,
+            )
     specs = {}
     for agent_id, spec in team.agents.items():
         try:

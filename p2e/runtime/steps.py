@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter
 
+from p2e.evals.score import Score
 from p2e.events import AgentReply, Limits, ToolCall, ToolResult
 from p2e.llm.base import Message
 
@@ -65,6 +66,10 @@ class EpisodeRequest(BaseModel):
     limits: Limits
     overrides: dict[str, dict[str, Any]] = {}
     message: str
+    reference: str | None = None
+    """The scenario's expected answer, for the evaluators."""
+    score: bool = False
+    """Score the episode before answering (the supervisor hosts the rollout's evaluators)."""
 
 
 class EpisodeOutcome(BaseModel):
@@ -80,3 +85,4 @@ class EpisodeOutcome(BaseModel):
     cost_usd: float
     wall_s: float
     node: str = ""
+    scores: list[Score] = []
