@@ -44,6 +44,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/eval_bench.py
 	$(BIN)/python bench/rollout_bench.py
 	$(BIN)/python bench/obs_bench.py
+	$(BIN)/python bench/ledger_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

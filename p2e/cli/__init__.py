@@ -10,7 +10,7 @@ import sys
 import typer
 from rich.console import Console
 
-from p2e.cli import agent, artifact, chat, conversation, eval, rollout, store, view
+from p2e.cli import agent, artifact, chat, conversation, eval, ledger, rollout, store, view
 from p2e.errors import P2EError
 from p2e.obs.logs import configure_logging
 
@@ -26,6 +26,7 @@ app.add_typer(artifact.app, name="artifact")
 app.add_typer(store.app, name="store")
 app.add_typer(agent.app, name="agent")
 app.add_typer(eval.app, name="eval")
+app.add_typer(ledger.app, name="ledger")
 app.add_typer(rollout.app, name="rollout")
 app.command("chat")(chat.chat)
 app.command("view")(view.view)

@@ -1,0 +1,137 @@
+"""Agent tools for money: check_balance, transfer, reward, transaction_history.
+
+The payer is always the calling agent, `ctx.agent`, set by the runtime: no tool takes a payer
+or a wallet to spend from, so no model output, and no message in the conversation asking the
+agent to "pay from bob's wallet", can move another agent's money (an extra argument such as
+`payer` is refused by the schema). Payments go through the agent's Wallet actor under Ray, else
+through an in-process `Wallet`: the same spending-policy code either way.
+
+Each payment's command id is derived from the conversation, branch and tool call, so a retried
+call (an Agent actor restarted mid-step) pays once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from typing import Annotated
+
+from pydantic import BaseModel, Field
+
+from p2e.ledger.amount import format_amount, parse_amount
+from p2e.ledger.base import COMMAND_ID_RE, Entry
+from p2e.ledger.wallet import PayRequest, WalletAccess, wallet_for
+from p2e.tools.registry import REGISTRY, ToolContext, tool
+
+LEDGER_TOOLS = ("check_balance", "transfer", "reward", "transaction_history")
+
+
+def _wallet(ctx: ToolContext) -> WalletAccess:
+    if ctx.store is None:
+        raise RuntimeError(
+            "the ledger tools need the store, and this run has none; run the agent with a store"
+        )
+    return wallet_for(ctx.store, ctx.agent)
+
+
+def command_id(ctx: ToolContext, tool_name: str) -> str:
+    """Stable for one tool call (so a retry pays once), distinct across calls and branches."""
+    call = ctx.call_id or uuid.uuid4().hex
+    cid = f"tool:{ctx.conversation}:{ctx.branch}:{call}"
+    if not COMMAND_ID_RE.fullmatch(cid):
+        cid = f"tool:{hashlib.sha256(cid.encode()).hexdigest()[:40]}"
+    return cid if tool_name == "transfer" else f"{cid}:{tool_name}"
+
+
+class Balance(BaseModel):
+    wallet: str
+    balance: str
+
+
+class Payment(BaseModel):
+    paid: str
+    to: str
+    balance: str
+    """The payer's balance after the payment."""
+    entry: int
+    already_done: bool = False
+    """True when this call had been applied before (a retry): nothing moved this time."""
+
+
+AMOUNT = Field(description="how much, as a decimal string such as '12.5' (at most 10 decimals)")
+
+
+def _pay(ctx: ToolContext, to: str, amount: int | str, reason: str, tool_name: str) -> Payment:
+    minor = parse_amount(amount)
+    wallet = _wallet(ctx)
+    receipt = wallet.pay(
+        PayRequest(
+            payee=to,
+            amount=minor,
+            reason=reason,
+            command_id=command_id(ctx, tool_name),
+            episode=ctx.conversation,
+        )
+    )
+    after = receipt.entry.after(ctx.agent)
+    return Payment(
+        paid=format_amount(minor),
+        to=to,
+        balance=format_amount(after if after is not None else wallet.balance()),
+        entry=receipt.entry.seq,
+        already_done=receipt.replayed,
+    )
+
+
+@REGISTRY.register
+@tool(side_effect_free=True)
+def check_balance(ctx: ToolContext) -> Balance:
+    """The balance of your own wallet."""
+    return Balance(wallet=ctx.agent, balance=format_amount(_wallet(ctx).balance()))
+
+
+@REGISTRY.register
+@tool
+def transfer(
+    to: Annotated[str, Field(description="the agent to pay (its id)", min_length=1, max_length=64)],
+    amount: Annotated[int | str, AMOUNT],
+    reason: Annotated[str, Field(description="what the payment is for", max_length=200)],
+    ctx: ToolContext,
+) -> Payment:
+    """Pay another agent from your own wallet. You can only ever spend your own money."""
+    return _pay(ctx, to, amount, reason, "transfer")
+
+
+@REGISTRY.register
+@tool
+def reward(
+    agent: Annotated[
+        str, Field(description="the agent whose work you reward (its id)", min_length=1, max_length=64)
+    ],
+    amount: Annotated[int | str, AMOUNT],
+    ctx: ToolContext,
+    work: Annotated[str, Field(description="the work you are paying for", max_length=200)] = "",
+) -> Payment:
+    """Pay another agent for its work, from your own wallet."""
+    return _pay(ctx, agent, amount, f"reward: {work}" if work else "reward", "reward")
+
+
+@REGISTRY.register
+@tool(side_effect_free=True)
+def transaction_history(
+    ctx: ToolContext,
+    limit: Annotated[int, Field(description="how many of the latest transactions", ge=1, le=50)] = 10,
+) -> str:
+    """The latest transactions of your own wallet, oldest first, with your balance after each."""
+    entries = _wallet(ctx).history(limit)
+    if not entries:
+        return "no transactions yet"
+    return "\n".join(_line(e, ctx.agent) for e in entries)
+
+
+def _line(e: Entry, wallet: str) -> str:
+    after = e.after(wallet)
+    balance = f"; balance {format_amount(after)}" if after is not None else ""
+    delta = e.delta(wallet)
+    change = f" ({format_amount(delta, signed=True)})" if delta else ""
+    return f"#{e.seq} {e.describe()}{change}{balance}"
