@@ -452,7 +452,9 @@ def test_three_node_cluster_spreads_episodes_and_survives_losing_a_node(
         assert kinds.count("user_message") == 1 and kinds[-1] == "agent_reply"
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "delegation.yaml", "judge_sweep.yaml"])
+@pytest.mark.parametrize(
+    "name", ["quickstart.yaml", "delegation.yaml", "judge_sweep.yaml", "payment_sweep.yaml"]
+)
 def test_the_example_specs_are_valid(name: str) -> None:
     resolved = load_spec(ROOT / "experiments" / name)
     assert expand(resolved)
@@ -495,3 +497,38 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(
     )
     assert len(result.rows) == 24 and all(r.status == "done" for r in result.rows)
     assert done_before <= {r.episode for r in result.rows} and result.info.status == "done"
+
+
+def test_payment_sweep_moves_money_per_episode_and_pays_the_bounty_once(
+    ray_session: None, store_url: str, namespace: str, log: EventLog
+) -> None:
+    from p2e.ledger import open_ledger_on, units
+
+    spec = ROOT / "experiments" / "payment_sweep.yaml"
+    result = run_rollout(spec, store_url=store_url, namespace=namespace)
+    rows = result.rows
+    assert len(rows) == 12 and all(r.status == "done" for r in rows)
+    for r in rows:  # each row holds its own episode's advance, not the others' (they ran at once)
+        fee = "2" if r.variant == "baseline" else "5"
+        assert r.ledger_deltas == {"planner": f"-{fee}", "writer": f"+{fee}"}
+    money = result.info.ledger
+    assert money["payout"]["winners"] == ["baseline"] and money["payout"]["paid"] == {
+        "planner": "15",
+        "writer": "15",
+    }
+    ledger = open_ledger_on(log)
+    try:
+        expected = {"planner": 100 - 6 * 2 - 6 * 5 + 15, "writer": 100 + 6 * 2 + 6 * 5 + 15, "sponsor": 0}
+        assert {w: ledger.balance(w) for w in expected} == {
+            w: units(str(v)) if v else 0 for w, v in expected.items()
+        }
+        assert ledger.verify().ok
+        # resuming the finished rollout funds nothing and pays nothing again
+        again = run_rollout(spec, store_url=store_url, namespace=namespace, resume=result.id)
+        assert {w: ledger.balance(w) for w in expected} == {
+            w: units(str(v)) if v else 0 for w, v in expected.items()
+        }
+        assert again.info.ledger["balances_after"] == money["balances_after"]
+        assert ledger.verify().ok
+    finally:
+        ledger.close()

@@ -292,6 +292,8 @@ def show(
         soft_wrap=True,
     )
     console.print(summary_table(summarize(all_rows), "variants"))
+    if info.ledger:
+        console.print(ledger_lines(info.ledger), soft_wrap=True)
     if rows:
         t = Table()
         for col in (
@@ -319,6 +321,22 @@ def show(
                 r.conversation,
             )
         console.print(t)
+
+
+def ledger_lines(ledger: dict) -> str:
+    """The rollout's money: balances before and after, and where the bounty went."""
+    out = []
+    before, after = ledger.get("balances_before", {}), ledger.get("balances_after", {})
+    for w in sorted(set(before) | set(after)):
+        out.append(f"  {w}: {before.get(w, '-')} -> {after.get(w, '-')}")
+    payout = ledger.get("payout")
+    if payout:
+        if payout["refunded"]:
+            out.append(f"  bounty {payout['escrow']}: refunded to the sponsor")
+        else:
+            paid = ", ".join(f"{w} {a}" for w, a in payout["paid"].items())
+            out.append(f"  bounty {payout['escrow']}: best {', '.join(payout['winners'])}; paid {paid}")
+    return "ledger:\n" + "\n".join(out)
 
 
 @app.command("compare")

@@ -61,7 +61,7 @@ class Coordinator:
         in_flight: int,
         retries: int,
         on_row: Callable[[Row], None] | None = None,
-        ledger_hook: Any = None,
+        ledger_deltas: Callable[[str, str], dict[str, str]] | None = None,
         score_in_supervisors: bool = False,
     ):
         self.rid = rid
@@ -76,7 +76,7 @@ class Coordinator:
         self.in_flight = in_flight
         self.retries = retries
         self.on_row = on_row
-        self.ledger_hook = ledger_hook
+        self.ledger_deltas = ledger_deltas
         self.score_in_supervisors = score_in_supervisors
         self._refs: set[ray.ObjectRef] = set()
 
@@ -140,7 +140,6 @@ class Coordinator:
         outcome: EpisodeOutcome | None = None
         error: str | None = None
         attempts = 0
-        before = await self._ledger("before", ep)
         while outcome is None and error is None:
             attempts += 1
             n = await asyncio.to_thread(self.store.next_attempt, self.rid, ep.id)
@@ -177,7 +176,9 @@ class Coordinator:
             scores = row_scores(outcome.scores)
         elif outcome is not None and self.evaluators:
             scores = await self._score(outcome, ep.reference)
-        after = await self._ledger("after", ep)
+        deltas: dict[str, str] = {}
+        if outcome is not None and self.ledger_deltas is not None:
+            deltas = await asyncio.to_thread(self.ledger_deltas, outcome.conversation, outcome.branch)
         row = Row(
             rollout=self.rid,
             episode=ep.id,
@@ -199,7 +200,7 @@ class Coordinator:
             branch="main" if outcome is None else outcome.branch,
             attempts=attempts,
             abandoned=abandoned,
-            ledger_deltas=_deltas(before, after),
+            ledger_deltas=deltas,
             node="" if outcome is None else outcome.node,
             finished=time.time(),
         )
@@ -225,18 +226,3 @@ class Coordinator:
                     "scoring %s failed (attempt %d): %s", outcome.conversation, attempt + 1, _cause(e)
                 )
         return {}
-
-    async def _ledger(self, when: str, ep: Episode) -> dict[str, int] | None:
-        if self.ledger_hook is None:
-            return None
-        try:
-            return await asyncio.to_thread(self.ledger_hook.balances, ep)
-        except P2EError as e:
-            log.warning("ledger snapshot %s episode %s failed: %s", when, ep.id, e)
-            return None
-
-
-def _deltas(before: dict[str, int] | None, after: dict[str, int] | None) -> dict[str, str]:
-    if not before or not after:
-        return {}
-    return {p: str(after.get(p, 0) - before.get(p, 0)) for p in sorted(set(before) | set(after))}

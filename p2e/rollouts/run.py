@@ -24,9 +24,12 @@ from typing import Any
 import ray
 
 from actors.actorset import connect_ray, spawn
+from actors.wallet import spawn_wallets
 from p2e.errors import InvalidArgument
+from p2e.ledger.amount import format_amount
 from p2e.rollouts.coordinator import Coordinator
 from p2e.rollouts.export import flat, write_jsonl, write_parquet
+from p2e.rollouts.ledger import RolloutMoney
 from p2e.rollouts.plan import Episode, expand
 from p2e.rollouts.spec import Resolved, load_spec
 from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
@@ -123,14 +126,30 @@ def run_rollout(
     log = connect(store_url, namespace)
     store = RolloutStore(log)
     info, todo = plan(resolved, store, resume)
+    money = None
+    if resolved.spec.ledger is not None:
+        money = RolloutMoney(log, resolved.spec.ledger, info.id, expand(resolved))
+        before = money.setup()  # idempotent: a resumed rollout funds nothing twice
+        if "balances_before" not in info.ledger:
+            info = store.update(
+                info.id, ledger={"balances_before": {w: format_amount(v) for w, v in before.items()}}
+            )
     try:
         if todo:
-            _execute(resolved, log, store, info, todo, address, store_url, on_start, on_row, ray_options)
+            _execute(
+                resolved, log, store, info, todo, address, store_url, on_start, on_row, ray_options, money
+            )
         elif on_start is not None:
             on_start(info, 0, info.episodes)
+        if money is not None:  # every episode has its row: pay the bounty (once)
+            settled = money.settle(store.rows(info.id))
+            info = store.update(info.id, ledger={**info.ledger, **settled})
     except BaseException:
         store.update(info.id, status="interrupted")
         raise
+    finally:
+        if money is not None:
+            money.close()
     info = store.update(info.id, status="done")
     baseline = resolved.variants[0].name if resolved.variants else None
     return RolloutResult(info, store.rows(info.id), baseline)
@@ -147,6 +166,7 @@ def _execute(
     on_start: Callable[[RolloutInfo, int, int], None] | None,
     on_row: Callable[[Row], None] | None,
     ray_options: dict[str, Any],
+    money: RolloutMoney | None = None,
 ) -> None:
     spec = resolved.spec
     started = connect_ray(address, bool(store_url or configured_url()), **ray_options)
@@ -154,7 +174,10 @@ def _execute(
     eval_team = resolved.team_config.model_copy(update={"evaluators": spec.evaluators})
     in_supervisor = bool(spec.evaluators) and spec.run.scoring == "supervisor"
     actors = None
+    wallets: dict[str, Any] = {}
     try:
+        if money is not None:  # each agent's wallet actor: the only holder of its identity
+            wallets = spawn_wallets(money.agents, log.url, log.keys.ns)
         actors = spawn(
             team,
             log.url,
@@ -177,6 +200,7 @@ def _execute(
             in_flight=spec.run.in_flight,
             retries=spec.run.retries,
             on_row=on_row,
+            ledger_deltas=money.deltas if money is not None else None,
         )
         if on_start is not None:  # the actors are up: the clock of the first episode starts now
             on_start(info, len(todo), info.episodes)
@@ -184,5 +208,7 @@ def _execute(
     finally:
         if actors is not None:
             actors.kill()
+        for handle in wallets.values():
+            ray.kill(handle)
         if started:
             ray.shutdown()

@@ -35,6 +35,7 @@ from p2e.agents import AgentSpec, EvaluatorConfig, TeamConfig, load_team, render
 from p2e.agents.spec import team_from_mapping
 from p2e.errors import InvalidArgument
 from p2e.events import Limits
+from p2e.ledger.rollout import LedgerConfig
 from p2e.store.keys import NAME_RE
 from p2e.yamlfile import field_problems, read_yaml_lines
 
@@ -151,6 +152,9 @@ class RolloutSpec(_Strict):
     """Per-episode limits over the agents file's: max_steps, max_depth, deadline_s,
     max_tokens, max_cost_usd, max_tool_calls_per_turn."""
     run: RunSettings = RunSettings()
+    ledger: LedgerConfig | None = None
+    """Wallets for the agents: starting balances, spending policies, a bounty paid to the best
+    variant's agents (p2e/ledger/rollout.py)."""
 
     _name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
 
@@ -175,6 +179,9 @@ class RolloutSpec(_Strict):
                 raise ValueError(f"{what} ids must be unique; repeated: {', '.join(dup)}")
         if self.primary is not None and self.primary not in {e.id for e in self.evaluators}:
             raise ValueError(f"primary {self.primary!r} is not one of the evaluators")
+        metric = self.ledger.payout.metric if self.ledger else None
+        if metric is not None and metric not in {e.id for e in self.evaluators}:
+            raise ValueError(f"ledger.payout.metric {metric!r} is not one of the evaluators")
         return self
 
     @property

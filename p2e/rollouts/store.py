@@ -50,7 +50,7 @@ class Row(BaseModel):
     abandoned: list[str] = []
     """Conversations of earlier attempts that died with their actor or node (kept, not scored)."""
     ledger_deltas: dict[str, str] = {}
-    """Party -> change in balance over the episode, as a decimal string."""
+    """Wallet -> net change from the episode's own payments, as signed decimal text."""
     node: str = ""
     """The Ray node whose supervisor ran the episode."""
     finished: float = 0.0
@@ -66,6 +66,8 @@ class RolloutInfo(BaseModel):
     status: RolloutStatus = "running"
     episodes: int = 0
     note: str = ""
+    ledger: dict = {}
+    """With a `ledger:` section: balances before and after, and the bounty's payout."""
 
 
 class RolloutStore:
