@@ -22,6 +22,7 @@ Prints ONE JSON line.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -36,8 +37,9 @@ import ray
 import redis
 import yaml
 
+from p2e.obs.recording import RerunOptions, observe
 from p2e.rollouts.run import run_rollout
-from p2e.rollouts.store import Row
+from p2e.rollouts.store import RolloutInfo, Row
 from p2e.store.server import ensure_embedded, stop_embedded
 
 CALLS = 5
@@ -97,21 +99,39 @@ def write_spec(
     return path
 
 
-def one_run(spec: Path, url: str, ns: str, latency_ms: int, in_flight: int, **ray_opts: object) -> dict:
+def one_run(
+    spec: Path,
+    url: str,
+    ns: str,
+    latency_ms: int,
+    in_flight: int,
+    record: Path | None = None,
+    **ray_opts: object,
+) -> dict:
+    """One rollout; with `record`, the rows go to a Rerun recording as they land (what `p2e
+    rollout run` does by default)."""
     proc = psutil.Process()
+    recording = contextlib.ExitStack()
+    observations: list = []
     rss: list[int] = []
     done = [0]
     total = [0]
 
-    def on_start(info: object, todo: int, all_: int) -> None:
+    def on_start(info: RolloutInfo, todo: int, all_: int) -> None:
         total[0] = todo
+        if record is not None:
+            opts = RerunOptions(save=record)
+            observations.append(recording.enter_context(observe(opts, None, follow=False, rollout=info.id)))
 
     def on_row(row: Row) -> None:
+        for obs in observations:
+            obs.rollout_rows([row], row.rollout)
         done[0] += 1
         if done[0] % max(1, total[0] // 10) == 0:
             rss.append(proc.memory_info().rss)
 
-    result = run_rollout(spec, store_url=url, namespace=ns, on_start=on_start, on_row=on_row, **ray_opts)
+    with recording:
+        result = run_rollout(spec, store_url=url, namespace=ns, on_start=on_start, on_row=on_row, **ray_opts)
     rows = result.rows
     # from the first episode sent to the last row stored (actor start-up is not counted)
     first_sent = min(r.finished - r.wall_s for r in rows)
@@ -132,6 +152,7 @@ def one_run(spec: Path, url: str, ns: str, latency_ms: int, in_flight: int, **ra
         "episodes_per_s": round(len(rows) / wall, 1),
         "model_calls_per_s": round(len(rows) * CALLS / wall, 1),
         "driver_rss_mb": [round(x / 2**20, 1) for x in rss],
+        "recorded": record is not None,
     }
 
 
@@ -145,6 +166,9 @@ def main() -> None:
     ap.add_argument("--scaling-episodes", type=int, default=600)
     ap.add_argument("--per-node", type=int, default=64)
     ap.add_argument("--url", default=None)
+    ap.add_argument(
+        "--record", action="store_true", help="also record the rows to Rerun, as `p2e rollout run` does"
+    )
     ap.add_argument(
         "--placement",
         choices=["actor", "supervisor"],
@@ -176,7 +200,9 @@ def main() -> None:
                 "latency_ms": args.latency_ms,
                 "supervisors": args.supervisors,
                 "placement": args.placement,
-                **one_run(spec, url, ns, args.latency_ms, args.in_flight),
+                **one_run(
+                    spec, url, ns, args.latency_ms, args.in_flight, tmp / "rows.rrd" if args.record else None
+                ),
             }
             ray.shutdown()
         if args.nodes:
