@@ -16,7 +16,8 @@ from p2e.obs.logs import configure_logging
 
 app = typer.Typer(
     name="p2e",
-    help="Build, run and inspect multi-agent conversations: branching event logs and interaction stacks.",
+    help="Build, run and evaluate multi-agent systems: conversations on branching event logs, rollouts, "
+    "evaluation, wallets, live views. Start with `p2e rollout run experiments/quickstart.yaml`.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -162,7 +162,7 @@ def run(
       p2e rollout run experiments/quickstart.yaml
       p2e rollout run experiments/quickstart.yaml --rerun-save sweep.rrd
       p2e rollout run experiments/quickstart.yaml --resume quickstart-1a2b3c
-      ray job submit -- p2e rollout run experiments/sweep.yaml --address auto
+      ray job submit -- p2e rollout run experiments/judge_sweep.yaml --address auto
     """
     from p2e.rollouts.run import run_rollout
     from p2e.rollouts.spec import load_spec
