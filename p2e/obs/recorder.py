@@ -62,6 +62,9 @@ one text log per branch instead of one per speaker, one delegation graph for all
 event, and calls are what recording costs. Any one conversation can still be recorded in full
 from the store afterwards (`p2e view CONV`)."""
 TEXT_MAX = 4000
+SUMMARY_EVERY_S = 1.0
+"""A rollout's leaderboard and matrix cover every row so far: redrawn at most this often (and
+at `flush`), so logging rows stays cheap however many there are."""
 """Longer texts are cut in the text log (the full text stays in the store and in artifacts)."""
 
 USER, AGENT, TOOL = 0x50C8FFFF, 0x78DC78FF, 0xF0C850FF
@@ -148,6 +151,9 @@ class Recorder:
         self._graphs: dict[tuple[str, str], _Graph] = {}
         self._last_seq: dict[tuple[str, str], int] = {}
         self._rows: dict[str, list[RolloutRow]] = {}
+        self._summarized: dict[str, float] = {}
+        self._row_columns: dict[tuple[str, type], _Columns] = {}
+        self._stale: set[str] = set()
         self._styled: set[str] = set()
         self.events = 0
         self.rows = 0
@@ -315,9 +321,6 @@ class Recorder:
                 n = len(seen)
                 seen.append(r)
                 ts = r.finished if r.finished else time.time()  # 0 or None: not known
-                self.rec.reset_time()
-                self.rec.set_time(EPISODE, sequence=n)
-                self.rec.set_time(TIME, timestamp=ts)
                 score = "-" if r.primary is None else f"{r.primary:.3f}"
                 level = "INFO" if r.status == "done" else "ERROR"
                 where = f" ({r.conversation}/{r.branch})" if r.conversation else ""
@@ -325,39 +328,62 @@ class Recorder:
                     f"{r.variant} x {r.scenario} #{r.repeat}: {r.status}, score {score}, "
                     f"{r.steps} steps, {r.tokens} tokens, ${r.cost_usd:.4f}, {r.wall_s:.2f}s{where}"
                 )
-                self.rec.log(path("rollouts", rollout, "episodes"), rr.TextLog(self._t(text), level=level))
+                # queued, and sent as columns with the summaries: one call per entity and batch
+                episodes = self._queued(path("rollouts", rollout, "episodes"), rr.TextLog)
+                episodes.add(n, ts, text=self._t(text), level=level)
                 values = {"score": r.primary, "cost_usd": r.cost_usd, "tokens": r.tokens, "wall_s": r.wall_s}
                 values["steps"] = r.steps
                 for metric, v in values.items():
                     if v is not None and math.isfinite(v):
                         self._series(path("rollouts", rollout, metric, r.variant), r.variant)
-                        self.rec.log(path("rollouts", rollout, metric, r.variant), rr.Scalars(float(v)))
+                        self._queued(path("rollouts", rollout, metric, r.variant), rr.Scalars).add(
+                            n, ts, scalars=float(v)
+                        )
                 for ev, v in r.scores.items():
                     if v is not None and math.isfinite(v):
                         entity = path("rollouts", rollout, "scores", ev, r.variant)
                         self._series(entity, r.variant)
-                        self.rec.log(entity, rr.Scalars(float(v)))
+                        self._queued(entity, rr.Scalars).add(n, ts, scalars=float(v))
             self.rows += len(new)
-            board = leaderboard(seen)
-            by_name = sorted(board, key=lambda s: s.variant)
-            self.rec.log(
-                path("rollouts", rollout, "leaderboard"),
-                rr.BarChart([s.primary.mean or 0.0 for s in by_name]),
-            )
-            bars = "bars, left to right: " + ", ".join(s.variant for s in by_name)
-            table = self._t(leaderboard_markdown(board) + "\n\n" + bars)
-            self.rec.log(
-                path("rollouts", rollout, "leaderboard", "table"),
-                rr.TextDocument(table, media_type="text/markdown"),
-            )
-            self.rec.log(
-                path("rollouts", rollout, "matrix"),
-                rr.TextDocument(self._t(matrix_markdown(*matrix(seen))), media_type="text/markdown"),
-            )
+            now = time.monotonic()
+            if now - self._summarized.get(rollout, -math.inf) >= SUMMARY_EVERY_S:
+                self._summarize(rollout)
+                self._summarized[rollout] = now
+            else:
+                self._stale.add(rollout)
+
+    def _queued(self, entity: str, kind: type) -> _Columns:
+        return self._row_columns.setdefault((entity, kind), _Columns())
+
+    def _summarize(self, rollout: str) -> None:
+        """The rows queued so far, then the leaderboard and the variant x scenario matrix over
+        every row."""
+        queued, self._row_columns = self._row_columns, {}
+        for (entity, kind), c in queued.items():
+            self._send(entity, kind, c, EPISODE)
+        self._stale.discard(rollout)
+        seen = self._rows[rollout]
+        board = leaderboard(seen)
+        by_name = sorted(board, key=lambda s: s.variant)
+        self.rec.log(
+            path("rollouts", rollout, "leaderboard"),
+            rr.BarChart([s.primary.mean or 0.0 for s in by_name]),
+        )
+        bars = "bars, left to right: " + ", ".join(s.variant for s in by_name)
+        table = self._t(leaderboard_markdown(board) + "\n\n" + bars)
+        self.rec.log(
+            path("rollouts", rollout, "leaderboard", "table"),
+            rr.TextDocument(table, media_type="text/markdown"),
+        )
+        self.rec.log(
+            path("rollouts", rollout, "matrix"),
+            rr.TextDocument(self._t(matrix_markdown(*matrix(seen))), media_type="text/markdown"),
+        )
 
     def _series(self, entity: str, name: str) -> None:
         """Per-episode values read better as points than as a line across unrelated scenarios."""
-        self._style(entity, rr.SeriesPoints(names=self._t(name)))
+        if entity not in self._styled:  # build the style only when it is logged: once per entity
+            self._style(entity, rr.SeriesPoints(names=self._t(name)))
 
     def _style(self, entity: str, style: Any) -> None:
         """Log a series style once per entity (static: it holds on every timeline)."""
@@ -385,27 +411,32 @@ class Recorder:
 
     # --- sending -------------------------------------------------------------------------------
 
-    def _at(self, seq: int, ts: float) -> None:
+    def _at(self, seq: int, ts: float, timeline: str = STEP) -> None:
         self.rec.reset_time()
-        self.rec.set_time(STEP, sequence=seq)
+        self.rec.set_time(timeline, sequence=seq)
         self.rec.set_time(TIME, timestamp=ts)
 
-    def _send(self, entity: str, kind: type, c: _Columns) -> None:
+    def _send(self, entity: str, kind: type, c: _Columns, timeline: str = STEP) -> None:
         if len(c.seqs) < COLUMNS_FROM:
             for i, (seq, ts) in enumerate(zip(c.seqs, c.times, strict=True)):
-                self._at(seq, ts)
+                self._at(seq, ts, timeline)
                 self.rec.log(entity, kind(**{k: v[i] for k, v in c.values.items()}))
             return
         self.rec.send_columns(
             entity,
             indexes=[
-                rr.TimeColumn(STEP, sequence=np.asarray(c.seqs, dtype=np.int64)),
+                rr.TimeColumn(timeline, sequence=np.asarray(c.seqs, dtype=np.int64)),
                 rr.TimeColumn(TIME, timestamp=np.asarray(c.times, dtype=np.float64)),
             ],
             columns=kind.columns(**c.values),  # type: ignore[attr-defined]
         )
 
     def flush(self) -> None:
+        """Draw the rollout summaries that rows arrived for since they were last drawn, then
+        flush the recording."""
+        with self._lock:
+            for rollout in sorted(self._stale):
+                self._summarize(rollout)
         self.rec.flush()
 
 

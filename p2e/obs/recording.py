@@ -239,6 +239,7 @@ class Observation:
             if self.error is None and self.follower is not None:
                 self._take(self.follower.poll())  # what was stored since the last poll
         if self.recorder is not None:
+            self.recorder.flush()  # the last summaries, over every row
             finish_recording(self.recorder.rec)
 
     def __enter__(self) -> Observation:
@@ -326,5 +327,6 @@ def record_rows(rows: Iterable[RolloutRow | BaseModel | Mapping[str, Any]], roll
     rec = start_recording(RerunOptions(save=file), f"rollout {rollout}", blueprint=blueprint((), rollout))
     recorder = Recorder(rec)
     recorder.rollout_rows(rows, rollout)
+    recorder.flush()
     finish_recording(rec)
     return recorder.rows
