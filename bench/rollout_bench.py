@@ -62,7 +62,13 @@ RULES = {
 
 
 def write_spec(
-    tmp: Path, episodes: int, in_flight: int, latency_ms: int, supervisors: int, placement: str = "actor"
+    tmp: Path,
+    episodes: int,
+    in_flight: int,
+    latency_ms: int,
+    supervisors: int,
+    placement: str = "actor",
+    ramp_s: float = 1.0,
 ) -> Path:
     (tmp / "mock").mkdir(exist_ok=True)
     (tmp / "mock" / "bench.yaml").write_text(yaml.safe_dump({**RULES, "latency_ms": latency_ms}))
@@ -92,7 +98,7 @@ def write_spec(
         "repeats": max(1, episodes // scenarios),
         "evaluators": [{"id": "contains", "per": "episode"}],
         "limits": {"max_steps": 10},
-        "run": {"in_flight": in_flight, "supervisors": supervisors, "retries": 2},
+        "run": {"in_flight": in_flight, "supervisors": supervisors, "retries": 2, "ramp_s": ramp_s},
     }
     path = tmp / f"spec-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -166,6 +172,7 @@ def main() -> None:
     ap.add_argument("--scaling-episodes", type=int, default=600)
     ap.add_argument("--per-node", type=int, default=64)
     ap.add_argument("--url", default=None)
+    ap.add_argument("--ramp-s", type=float, default=1.0, help="run.ramp_s of the spec (0: all start at once)")
     ap.add_argument(
         "--record", action="store_true", help="also record the rows to Rerun, as `p2e rollout run` does"
     )
@@ -200,6 +207,7 @@ def main() -> None:
                 "latency_ms": args.latency_ms,
                 "supervisors": args.supervisors,
                 "placement": args.placement,
+                "ramp_s": args.ramp_s,
                 **one_run(
                     spec, url, ns, args.latency_ms, args.in_flight, tmp / "rows.rrd" if args.record else None
                 ),
@@ -218,7 +226,9 @@ def main() -> None:
                 cluster.wait_for_nodes()
                 ray.init(address=cluster.address, namespace="p2e", log_to_driver=False)
                 flight = args.per_node * n
-                spec = write_spec(tmp, args.scaling_episodes, flight, args.latency_ms, n, args.placement)
+                spec = write_spec(
+                    tmp, args.scaling_episodes, flight, args.latency_ms, n, args.placement, args.ramp_s
+                )
                 r = one_run(spec, url, ns, args.latency_ms, flight)
                 out["scaling"].append({"nodes": n, "in_flight": flight, **r})
                 ray.shutdown()

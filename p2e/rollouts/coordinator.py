@@ -63,6 +63,7 @@ class Coordinator:
         on_row: Callable[[Row], None] | None = None,
         ledger_deltas: Callable[[str, str], dict[str, str]] | None = None,
         score_in_supervisors: bool = False,
+        ramp_s: float = 0.0,
     ):
         self.rid = rid
         self.store = store
@@ -78,6 +79,7 @@ class Coordinator:
         self.on_row = on_row
         self.ledger_deltas = ledger_deltas
         self.score_in_supervisors = score_in_supervisors
+        self.ramp_s = ramp_s
         self._refs: set[ray.ObjectRef] = set()
 
     async def run(self, episodes: list[Episode]) -> None:
@@ -87,11 +89,16 @@ class Coordinator:
         for e in episodes:
             queue.put_nowait(e)
 
-        async def worker() -> None:
+        n = min(self.in_flight, len(episodes))
+
+        async def worker(i: int) -> None:
+            # slot i starts i/n of the ramp late: episodes that all start (and then call their
+            # models) at the same instant keep doing so, and each burst queues behind itself
+            await asyncio.sleep(self.ramp_s * i / n)
             while not queue.empty():
                 await self._episode(queue.get_nowait())
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.in_flight, len(episodes)))]
+        workers = [asyncio.create_task(worker(i)) for i in range(n)]
         try:
             await asyncio.gather(*workers)
         except BaseException:

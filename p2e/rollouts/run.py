@@ -197,6 +197,7 @@ def _execute(
             actors.evaluators,
             primary=spec.primary_metric,
             score_in_supervisors=in_supervisor,
+            ramp_s=spec.run.ramp_s,
             in_flight=spec.run.in_flight,
             retries=spec.run.retries,
             on_row=on_row,

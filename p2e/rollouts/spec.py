@@ -133,6 +133,9 @@ class RunSettings(_Strict):
     evaluators: int = Field(1, ge=1, le=256)
     retries: int = Field(2, ge=0, le=20)
     """Attempts after the first for an episode whose actor or node died."""
+    ramp_s: float = Field(1.0, ge=0, le=3600)
+    """The first `in_flight` episodes start spread over this many seconds instead of all at
+    once, so their model calls (and rate limits) do not come in lockstep bursts."""
     scoring: Literal["supervisor", "evaluators"] = "supervisor"
     """Who scores an episode: the supervisor that ran it, right after (one Ray call less per
     episode), or a pool of `evaluators` Evaluator actors (isolated, scaled on their own)."""
