@@ -532,3 +532,20 @@ def test_payment_sweep_moves_money_per_episode_and_pays_the_bounty_once(
         assert ledger.verify().ok
     finally:
         ledger.close()
+
+
+def test_a_recorded_payment_sweep_has_balances_over_time(
+    ray_session: None, store_env: dict[str, str], tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    spec = ROOT / "experiments" / "payment_sweep.yaml"
+    code, out, err = cli("rollout", "run", str(spec), "--rerun-save", "pay.rrd")
+    assert code == 0, err
+    code, out, _ = cli("rollout", "show", out.split("p2e rollout show ")[1].split()[0])
+    assert "planner: 100 -> 73" in out and "paid planner 15, writer 15" in out
+    verify(tmp_path / "pay.rrd")
+    entities = read_rrd(tmp_path / "pay.rrd")
+    writer = [r for r in entities["ledger/writer"] if not r["static"]]
+    # the starting balance, one point per paid episode, and the balance after the payout
+    assert len(writer) == 1 + 12 + 1
+    assert writer[0]["Scalars:scalars"] == 100 and writer[-1]["Scalars:scalars"] == 157

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
+from decimal import Decimal
 from pathlib import Path
 
 import typer
@@ -173,6 +174,7 @@ def run(
     rid: list[str] = []
     recording = contextlib.ExitStack()
     observations: list[Observation] = []
+    balances: dict[str, Decimal] = {}
 
     def on_start(info: RolloutInfo, todo: int, total: int) -> None:
         rid.append(info.id)
@@ -184,12 +186,19 @@ def run(
                 observe(saved, open_log(), new_only=True, follow=opts.enabled, rollout=info.id)
             )
             observations.append(obs)
+            balances.update({w: Decimal(v) for w, v in info.ledger.get("balances_before", {}).items()})
+            if balances:
+                obs.ledger(balances)
         display.start(info, todo, total)
 
     def on_row(row: Row) -> None:
         display.row(row)
+        for w, d in row.ledger_deltas.items():  # balances over time, from each episode's payments
+            balances[w] = balances.get(w, Decimal(0)) + Decimal(d)
         for obs in observations:
             obs.rollout_rows([row], row.rollout)
+            if row.ledger_deltas:
+                obs.ledger(balances)
 
     try:
         with recording:
@@ -201,6 +210,10 @@ def run(
                 on_row=on_row,
                 **_ray_opts(address),
             )
+            after = result.info.ledger.get("balances_after")
+            for obs in observations:  # after the bounty's payout
+                if after:
+                    obs.ledger(after)
     except KeyboardInterrupt:
         display.stop()
         if rid:

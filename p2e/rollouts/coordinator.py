@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -41,6 +42,21 @@ def row_scores(scores: list[Score]) -> dict[str, float | None]:
         if s.value is not None:
             values.setdefault(s.evaluator, []).append(s.value)
     return {e: (sum(values[e]) / len(values[e]) if e in values else None) for e in sorted(seen)}
+
+
+def _on_ctrl_c(task: asyncio.Task[Any] | None) -> Callable[[], bool]:
+    """Ctrl-C cancels `task` (the run), whatever SIGINT handler Ray or others installed before;
+    the returned function says whether it happened."""
+    hit: list[bool] = []
+
+    def on_sigint() -> None:
+        hit.append(True)
+        if task is not None:
+            task.cancel()
+
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGINT, on_sigint)
+    return lambda: bool(hit)
 
 
 def _cause(e: BaseException) -> str:
@@ -99,14 +115,20 @@ class Coordinator:
                 await self._episode(queue.get_nowait())
 
         workers = [asyncio.create_task(worker(i)) for i in range(n)]
+        interrupted = _on_ctrl_c(asyncio.current_task())
         try:
             await asyncio.gather(*workers)
-        except BaseException:
+        except BaseException as e:
             for w in workers:
                 w.cancel()
             for ref in list(self._refs):
                 ray.cancel(ref)
+            if isinstance(e, asyncio.CancelledError) and interrupted():
+                raise KeyboardInterrupt from None
             raise
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
 
     async def _call(self, ref: ray.ObjectRef) -> Any:
         self._refs.add(ref)
@@ -141,8 +163,9 @@ class Coordinator:
                 await asyncio.sleep(0.2)
         self.down.pop(i, None)
 
-    async def _episode(self, ep: Episode) -> None:
-        t0 = time.monotonic()
+    async def _attempts(self, ep: Episode) -> tuple[EpisodeOutcome | None, str | None, int, list[str]]:
+        """Run an episode, again on another supervisor (up to `retries` times) when the one
+        running it dies: (outcome, error, attempts, conversations of the abandoned attempts)."""
         abandoned: list[str] = []
         outcome: EpisodeOutcome | None = None
         error: str | None = None
@@ -178,6 +201,11 @@ class Coordinator:
                 error = _cause(e)
             finally:
                 self.load[i] -= 1
+        return outcome, error, attempts, abandoned
+
+    async def _episode(self, ep: Episode) -> None:
+        t0 = time.monotonic()
+        outcome, error, attempts, abandoned = await self._attempts(ep)
         scores: dict[str, float | None] = {}
         if outcome is not None and outcome.scores:
             scores = row_scores(outcome.scores)
