@@ -94,7 +94,7 @@ class SupervisorActor:
         self._agents: dict[str, AgentHandle] = {}
         self.node = ray.get_runtime_context().get_node_id()
         self.scorer = EvalService(log, scoring) if scoring is not None else None
-        self.score_meter = ScoreMeter() if scoring is not None else None
+        self.score_meter = ScoreMeter()
 
     def _agent(self, agent_id: str) -> AgentHandle:
         if agent_id not in self._agents:
@@ -135,7 +135,7 @@ class SupervisorActor:
         if request.score and self.scorer is not None:
             scores = await self.scorer.score(outcome.conversation, outcome.branch, request.reference)
             for s in scores:
-                self.score_meter.score(s.evaluator, s.value)  # type: ignore[union-attr]
+                self.score_meter.score(s.evaluator, s.value)
             update["scores"] = scores
         return outcome.model_copy(update=update).model_dump_json().encode()
 

@@ -480,7 +480,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(
     rid = None
     while time.monotonic() < deadline:  # wait until some episodes are done, then press Ctrl-C
         ids = store.ids()
-        if ids and store.r.hlen(store.rows_key(ids[0])) >= 3:
+        if ids and store.count(ids[0]) >= 3:
             rid = ids[0]
             break
         time.sleep(0.1)

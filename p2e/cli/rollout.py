@@ -80,6 +80,9 @@ def plan(spec: Path = SPEC) -> None:
     console.print(f"in flight {r.in_flight}, supervisors {r.supervisors}, retries {r.retries}")
 
 
+TABLE_EVERY_S = 1.0
+
+
 class _Display:
     """The progress bar (and with --follow, a live table per variant) fed by finished rows."""
 
@@ -98,6 +101,7 @@ class _Display:
         self.failed = self.tokens = 0
         self.cost = 0.0
         self.t0 = time.monotonic()
+        self.table_at = -TABLE_EVERY_S
         self.live = Live(self._render(), console=console, refresh_per_second=4)
 
     def start(self, info: RolloutInfo, todo: int, total: int) -> None:
@@ -115,21 +119,23 @@ class _Display:
             self.rows.append(row)
         done = int(self.progress.tasks[0].completed) + 1
         rate = done / max(time.monotonic() - self.t0, 1e-9)
-        stats = (
-            f"failed {self.failed}  {rate:.1f} ep/s  tokens {self.tokens:,}  ${self.cost:.4f}"
-            if self.failed
-            else f"{rate:.1f} ep/s  tokens {self.tokens:,}  ${self.cost:.4f}"
-        )
+        failed = f"failed {self.failed}  " if self.failed else ""
+        stats = f"{failed}{rate:.1f} ep/s  tokens {self.tokens:,}  ${self.cost:.4f}"
         self.progress.update(self.task, advance=1, stats=stats)
-        self.live.update(self._render())
+        # the live table bootstraps intervals over every row: redrawn at most once a second, as
+        # this runs on the coordinator's loop (the progress bar refreshes by itself)
+        if self.follow and time.monotonic() - self.table_at >= TABLE_EVERY_S:
+            self.live.update(self._render())
 
     def _render(self) -> Group | Progress:
         if not self.follow:
             return self.progress
+        self.table_at = time.monotonic()
         return Group(self.progress, summary_table(summarize(self.rows), "live"))
 
     def stop(self) -> None:
         if self.live.is_started:
+            self.live.update(self._render())  # the last rows too
             self.live.stop()
             if not console.is_terminal:
                 console.print()
@@ -282,7 +288,7 @@ def list_() -> None:
     for col in ("id", "status", "episodes", "rows", "spec", "created"):
         t.add_column(col)
     for info in store.list():
-        n = store.r.hlen(store.rows_key(info.id))
+        n = store.count(info.id)
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
         t.add_row(info.id, info.status, str(info.episodes), str(n), info.spec_path, created)
     console.print(t)

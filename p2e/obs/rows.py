@@ -79,7 +79,8 @@ def leaderboard(rows: Iterable[RolloutRow]) -> list[VariantSummary]:
             variant=v,
             episodes=len(rs),
             failed=sum(r.status != "done" for r in rs),
-            primary=Mean.of(r.primary for r in rs),
+            # as `p2e rollout show` counts: failed episodes are failures, never scores
+            primary=Mean.of(r.primary for r in rs if r.status == "done"),
             cost_usd=statistics.fmean(r.cost_usd for r in rs),
             tokens=statistics.fmean(r.tokens for r in rs),
             wall_s=statistics.fmean(r.wall_s for r in rs),

@@ -46,9 +46,8 @@ def write_parquet(rows: Sequence[Row], path: Path) -> int:
     records = [flat(r) for r in rows]
     columns = sorted({k for r in records for k in r}, key=lambda k: (k.startswith("score."), k))
     table = pa.table({c: [r.get(c) for r in records] for c in columns})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    with _atomic(path, "wb") as f:
+        pq.write_table(table, f)
     return len(records)
 
 
@@ -88,12 +87,13 @@ def write_trajectories(log: EventLog, rows: Iterable[Row], path: Path, min_score
 class _atomic:
     """Write to `path.tmp`, rename over `path` only on success: no half-written exports."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, mode: str = "w"):
         self.path = path
+        self.mode = mode
         self.tmp = path.with_name(path.name + ".tmp")
 
     def __enter__(self) -> Any:
-        self.f = self.tmp.open("w")
+        self.f = self.tmp.open(self.mode)
         return self.f
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:

@@ -78,9 +78,12 @@ class RolloutResult:
         return pd.DataFrame([flat(r) for r in self.rows])
 
 
-def plan(resolved: Resolved, store: RolloutStore, resume: str | None) -> tuple[RolloutInfo, list[Episode]]:
-    """The rollout record (new, or the one resumed) and the episodes still to run."""
-    episodes = expand(resolved)
+def plan(
+    resolved: Resolved, store: RolloutStore, resume: str | None, episodes: list[Episode] | None = None
+) -> tuple[RolloutInfo, list[Episode]]:
+    """The rollout record (new, or the one resumed) and the episodes still to run (of
+    `episodes`, the spec's expansion, computed here if not given)."""
+    episodes = expand(resolved) if episodes is None else episodes
     if resume is None:
         now = time.time()
         info = RolloutInfo(
@@ -125,10 +128,11 @@ def run_rollout(
     resolved = spec if isinstance(spec, Resolved) else load_spec(spec)
     log = connect(store_url, namespace)
     store = RolloutStore(log)
-    info, todo = plan(resolved, store, resume)
+    episodes = expand(resolved)
+    info, todo = plan(resolved, store, resume, episodes)
     money = None
     if resolved.spec.ledger is not None:
-        money = RolloutMoney(log, resolved.spec.ledger, info.id, expand(resolved))
+        money = RolloutMoney(log, resolved.spec.ledger, info.id, episodes)
         before = money.setup()  # idempotent: a resumed rollout funds nothing twice
         if "balances_before" not in info.ledger:
             info = store.update(

@@ -121,6 +121,10 @@ class RolloutStore:
     def put_row(self, row: Row) -> None:
         self.r.hset(self.rows_key(row.rollout), row.episode, row.model_dump_json())
 
+    def count(self, rid: str) -> int:
+        """How many episodes of the rollout have a row."""
+        return int(self.r.hlen(self.rows_key(rid)))
+
     def rows(self, rid: str) -> list[Row]:
         self.get(rid)
         out = []

@@ -138,11 +138,12 @@ class Driver:
 
     async def send(self, conv: str, text: str, branch: str | None = None) -> TurnResult:
         """A user message, then every step it leads to, until the root answers or it fails."""
-        h = await self.host(conv, branch)
+        return await self._turn(await self.host(conv, branch), text)
+
+    async def _turn(self, h: Hosted, text: str) -> TurnResult:
         async with h.lock:
             h.answer = None
-            commands = await self._submit(h, UserMessage(text=text))
-            await self._drive(h, commands)
+            await self._drive(h, await self._submit(h, UserMessage(text=text)))
             return self._result(h)
 
     async def resume(self, conv: str, branch: str | None = None) -> TurnResult:
@@ -160,9 +161,7 @@ class Driver:
         cid = await self.create(req.root, req.graph, req.limits, req.name, req.overrides, req.cid)
         h = self.hosted[cid]  # just created here: no need to ask the store where it stands
         try:
-            async with h.lock:
-                await self._drive(h, await self._submit(h, UserMessage(text=req.message)))
-                turn = self._result(h)
+            turn = await self._turn(h, req.message)
             state = h.conv.state
         finally:
             self.release(cid)
