@@ -85,6 +85,7 @@ class Coordinator:
         self.store = store
         self.supervisors = supervisors
         self.load = [0] * len(supervisors)
+        self._turn = 0
         self.down: dict[int, asyncio.Task[None]] = {}
         """Supervisors that died, each with the task that waits for Ray to bring it back."""
         self.evaluators = evaluators
@@ -138,12 +139,15 @@ class Coordinator:
             self._refs.discard(ref)
 
     async def _pick(self) -> int:
-        """The least loaded supervisor that is up; if none is, wait for one to come back."""
+        """The least loaded supervisor that is up, ties taken in turn (so that a light load
+        still spreads over every supervisor and node); if none is up, wait for one to come back."""
         deadline = time.monotonic() + SUPERVISOR_RETURN_S
+        n = len(self.supervisors)
         while True:
-            up = [i for i in range(len(self.supervisors)) if i not in self.down]
+            up = [i for i in range(n) if i not in self.down]
             if up:
-                return min(up, key=self.load.__getitem__)
+                self._turn += 1
+                return min(up, key=lambda i: (self.load[i], (i - self._turn) % n))
             if time.monotonic() > deadline:
                 raise P2EError(f"no supervisor came back within {SUPERVISOR_RETURN_S:g}s; resume later")
             await asyncio.sleep(0.1)
