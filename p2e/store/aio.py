@@ -15,12 +15,12 @@ from importlib.resources import files
 from typing import Any
 
 import redis
-import redis.asyncio as aredis
 
 from p2e.errors import StoreUnavailable
 from p2e.events import Event
 from p2e.store.keys import Keys
 from p2e.store.log import append_call, append_error, append_outcome
+from p2e.store.resp import Pipe
 
 PIPELINE_MAX = 512
 
@@ -33,7 +33,7 @@ class GroupCommit:
     def __init__(self, url: str, namespace: str = "p2e"):
         self.url = url
         self.keys = Keys(namespace)
-        self.r = aredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+        self.r = Pipe(url, connect_timeout=5, timeout=30)
         self._lua = files("p2e.store").joinpath("lua", "append.lua").read_text()
         self._sha: str | None = None
         self._queue: list[Op] = []
@@ -99,21 +99,25 @@ class GroupCommit:
 
     async def _send(self, batch: list[Op]) -> list[object]:
         if self._sha is None:
-            self._sha = await self.r.script_load(self._lua)
+            self._sha = await self._load()
         results = await self._pipeline(batch)
         retry = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
         if retry:  # the server lost its script cache (restart, SCRIPT FLUSH): load and resend those
-            self._sha = await self.r.script_load(self._lua)
+            self._sha = await self._load()
             again = await self._pipeline([batch[i] for i in retry])
             for i, r in zip(retry, again, strict=True):
                 results[i] = r
         return results
 
+    async def _load(self) -> str:
+        (sha,) = await self.r.run([["SCRIPT", "LOAD", self._lua]])
+        if isinstance(sha, Exception):
+            raise sha
+        return sha.decode()
+
     async def _pipeline(self, batch: list[Op]) -> list[object]:
-        pipe = self.r.pipeline(transaction=False)
-        for keys, args, _ in batch:
-            if keys is None:
-                pipe.execute_command(*args)
-            else:
-                pipe.evalsha(self._sha, len(keys), *keys, *args)
-        return list(await pipe.execute(raise_on_error=False))
+        sha = self._sha
+        assert sha is not None
+        return await self.r.run(
+            [args if keys is None else ["EVALSHA", sha, len(keys), *keys, *args] for keys, args, _ in batch]
+        )
