@@ -90,7 +90,9 @@ class SupervisorActor:
             names = [evaluator_actor_name(self.prefix, i) for i in range(evaluators)]
             observer = RayEvaluators([ray.get_actor(n, namespace=RAY_NAMESPACE) for n in names])
         log = EventLog(store_url, namespace)
-        self.driver = Driver(log, GroupCommit(store_url, namespace), self._agent, observer, RayMeter())
+        self.driver = Driver(
+            log, GroupCommit(store_url, namespace), self._agent, observer, RayMeter(), team=team
+        )
         self._agents: dict[str, AgentHandle] = {}
         self.node = ray.get_runtime_context().get_node_id()
         self.scorer = EvalService(log, scoring) if scoring is not None else None

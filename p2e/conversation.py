@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from p2e.errors import CorruptData, EventRejected, InvalidArgument, SequenceOutOfRange
-from p2e.events import Event, Limits, Started
+from p2e.events import Event, Limits, Reflection, Started
 from p2e.machine import INITIAL, Command, State, fold, handle, handle_all
 from p2e.store import BranchInfo, ConversationInfo, EventLog
 
@@ -40,6 +40,7 @@ class Conversation:
         name: str | None = None,
         cid: str | None = None,
         overrides: dict[str, dict[str, Any]] | None = None,
+        reflection: dict[str, Reflection] | None = None,
     ) -> Conversation:
         """Create a conversation and record its `started` event (validated before anything is stored)."""
         start = Started(
@@ -47,6 +48,7 @@ class Conversation:
             team={a: tuple(t) for a, t in team.items()},
             limits=limits or Limits(),
             overrides=overrides or {},
+            reflection=reflection or {},
         )
         handle(INITIAL, start)  # reject a bad team before creating anything
         info = log.create_conversation(root, name, cid=cid)

@@ -44,6 +44,18 @@ class Limits(BaseModel):
     max_cost_usd: float | None = Field(None, gt=0, allow_inf_nan=False, description="most model cost")
 
 
+class Reflection(BaseModel):
+    """An agent reviews its own final answer (or has a critic agent review it) before the answer
+    pops: up to `rounds` times, stopping early when a revision repeats the draft unchanged."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rounds: int = Field(1, ge=1, le=8, description="most reviews of one frame's answer")
+    critic: str | None = Field(
+        None, description="an agent that reviews the answer; None: the agent reviews its own"
+    )
+
+
 class Started(_Event):
     """First event of every conversation: who is at the root, who may delegate to whom, limits."""
 
@@ -57,6 +69,9 @@ class Started(_Event):
         default_factory=dict,
         description="per agent, the variant's overrides of its spec (model, temperature, ...); "
         "recorded here so that any host rebuilding the conversation runs the same variant",
+    )
+    reflection: dict[str, Reflection] = Field(
+        default_factory=dict, description="per agent, how its answers are reviewed before they pop"
     )
 
 
@@ -111,6 +126,22 @@ class ToolResult(_Event):
     name: str
     output: str
     is_error: bool = False
+    duplicate_of: str | None = None
+    """The call id of an earlier identical call (same tool, same arguments, same frame) when the
+    agent's duplicate-call policy (`penalty` or `strict`) found one; see `p2e.policies.duplicates`."""
+
+
+class Critique(_Event):
+    """A review of `agent`'s draft answer, which the agent sees before answering again: the
+    critic agent's reply (its model call, so `model`/`usage`), or, with no critic, the self-review
+    prompt (`text` empty; the transcript supplies the words)."""
+
+    kind: Literal["critique"] = "critique"
+    agent: str
+    critic: str | None = None
+    text: str = ""
+    model: str | None = None
+    usage: Usage | None = None
 
 
 class Failed(_Event):
@@ -129,10 +160,18 @@ class Finished(_Event):
 
 
 Event = Annotated[
-    Started | UserMessage | AgentReply | ToolResult | Failed | Finished,
+    Started | UserMessage | AgentReply | ToolResult | Critique | Failed | Finished,
     Field(discriminator="kind"),
 ]
-EVENT_KINDS: tuple[str, ...] = ("started", "user_message", "agent_reply", "tool_result", "failed", "finished")
+EVENT_KINDS: tuple[str, ...] = (
+    "started",
+    "user_message",
+    "agent_reply",
+    "tool_result",
+    "critique",
+    "failed",
+    "finished",
+)
 
 event_adapter: TypeAdapter[Event] = TypeAdapter(Event)
 events_adapter: TypeAdapter[list[Event]] = TypeAdapter(list[Event])

@@ -32,3 +32,13 @@ class Length:
 def broken(ctx: EvalContext) -> float:
     """Returns a value outside [0, 1], to prove that it becomes an error score."""
     return 1.5
+
+
+@evaluator(id="step_digit", version="1")
+def step_digit(ctx: EvalContext) -> float:
+    """A step's value: the largest digit in its text and tool-call arguments, over 9 (for
+    guided-search tests whose mock replies carry their seed)."""
+    step = ctx.step()
+    text = getattr(step, "text", "") + "".join(str(c.arguments) for c in getattr(step, "tool_calls", ()))
+    digits = [int(c) for c in text if c.isdigit()]
+    return max(digits, default=0) / 9

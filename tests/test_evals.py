@@ -129,7 +129,7 @@ def test_score_values_outside_unit_interval_are_refused() -> None:
 
 def test_exact_match_normalises_whitespace_and_optionally_case() -> None:
     s = score("exact_match", reference="The capital is Paris.")
-    assert (s.status, s.value, s.evaluator, s.version) == ("done", 1.0, "exact_match", "1")
+    assert (s.status, s.value, s.evaluator, s.version) == ("done", 1.0, "exact_match", "2")
     assert s.target == Target(conversation=CONV)
     assert score("exact_match", reference="the capital is paris.").value == 0.0
     assert score("exact_match", reference="the capital is paris.", ignore_case=True).value == 1.0
@@ -144,13 +144,20 @@ def test_contains() -> None:
     assert score("contains", reference="Lyon").value == 0.0
 
 
-def test_answer_matchers_read_the_final_root_answer_only() -> None:
+def test_answer_matchers_read_the_final_root_answer_of_an_episode() -> None:
     """The researcher said "Paris", but the root never answered: that is a 0, and it says why."""
     s = score("contains", events=episode(answer=None), reference="Paris")
     assert (s.status, s.value, s.metrics) == ("done", 0.0, {"answered": 0.0})
     assert "no final answer" in s.rationale
-    # a step target sees only the events up to it: at seq 5 the root has not answered yet
-    assert score("contains", seq=5, reference="Paris").value == 0.0
+
+
+def test_answer_matchers_read_a_step_targets_own_reply() -> None:
+    """A step is judged on what that reply says (a delegate's answer, for guided search), not on
+    the root's answer: seq 5 is the researcher's reply naming Paris."""
+    events = episode(answer=None)
+    assert score("contains", events=events, seq=5, reference="Paris").value == 1.0
+    assert score("contains", events=events, seq=5, reference="Lyon").value == 0.0
+    assert score("regex", events=events, seq=5, pattern="Par.s").value == 1.0
 
 
 def test_answer_matchers_without_a_reference_are_errors_not_zeros() -> None:
@@ -239,7 +246,7 @@ def test_registry_errors() -> None:
         r.register(impostor)
     r.register(impostor, replace=True)
     assert r.get("contains").version == "9"
-    assert builtin_registry().get("contains").version == "1"  # registries are independent
+    assert builtin_registry().get("contains").version == "2"  # registries are independent
 
     with pytest.raises(InvalidArgument, match="not an evaluator"):
         r.register(lambda ctx: 1.0)
@@ -259,8 +266,8 @@ def test_load_module_errors() -> None:
 
 def test_custom_evaluators_from_a_module() -> None:
     r = builtin_registry()
-    assert r.load_module("evaluators_for_tests") == ["shouty", "length", "broken"]
-    assert r.load_module("evaluators_for_tests") == ["shouty", "length", "broken"]  # idempotent
+    assert r.load_module("evaluators_for_tests") == ["shouty", "length", "broken", "step_digit"]
+    assert r.load_module("evaluators_for_tests") == ["shouty", "length", "broken", "step_digit"]  # idempotent
     events = numbered(Started(root="a", team={"a": ()}), AgentReply(agent="a", text="HELLO there"))
     ctx = EvalContext.for_target(events, Target(conversation=CONV))
 
@@ -330,7 +337,7 @@ def test_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_default_registry_loads_named_modules() -> None:
     r = default_registry(["evaluators_for_tests"], entry_points=False)
-    assert "length" in r and len(r) == 11
+    assert "length" in r and len(r) == 13  # 9 built-ins + 4 from the module
 
 
 # --- the judge ----------------------------------------------------------------------------------

@@ -10,10 +10,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from p2e.errors import InvalidArgument
-from p2e.events import Limits
+from p2e.events import Limits, Reflection
+from p2e.policies.context import ContextPolicy
+from p2e.policies.duplicates import DuplicatePolicy
+from p2e.policies.guide import GuidePolicy
 from p2e.store.keys import NAME_RE
 from p2e.yamlfile import field_problems, read_yaml
 
@@ -38,12 +49,36 @@ class AgentSpec(BaseModel):
     """`actor`: its own Agent actor(s), restartable and replicable (the default). `supervisor`:
     run inside each supervisor process, without a Ray call per step: lower latency for cheap
     agents, at the cost of isolation (a crash in a tool takes the supervisor with it)."""
+    context: ContextPolicy = ContextPolicy()
+    """What of a frame the model sees: everything (the default), the last N turns, or a token
+    budget; tool outputs cut past a size (`p2e.policies.context`)."""
+    duplicates: DuplicatePolicy = DuplicatePolicy()
+    """What a repeated tool call does: run it (the default), run and mark it, or, for a tool with
+    side effects, not run it again (`p2e.policies.duplicates`)."""
+
+    reflection: Reflection | None = None
+    """Review this agent's final answers before they pop: `{rounds: N}` for a self-review, or
+    `{critic: AGENT}` to have another agent of the team review them."""
+    guide: GuidePolicy | None = None
+    """Evaluator-guided branching at this agent's turns (best-of-n, beam, best-first)."""
 
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
         if not NAME_RE.fullmatch(v):
             raise ValueError("use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return v
+
+    @field_validator("guide")
+    @classmethod
+    def _guide(cls, v: GuidePolicy | None, info: ValidationInfo) -> GuidePolicy | None:
+        """Every child must be a valid agent: check the candidates against the other fields."""
+        if v is not None:
+            for i, (_, overrides) in enumerate(v.children()):
+                try:
+                    AgentSpec.model_validate({**info.data, **overrides})
+                except ValidationError as e:
+                    raise ValueError(f"candidates[{i}]: {field_problems(e)}") from None
         return v
 
     @field_validator("model")
@@ -115,8 +150,11 @@ class TeamConfig(BaseModel):
             a = todo.pop()
             if a in team:
                 continue
-            team[a] = self.agents[a].can_delegate_to
+            spec = self.agents[a]
+            team[a] = spec.can_delegate_to
             todo += list(team[a])
+            if spec.reflection is not None and spec.reflection.critic is not None:
+                todo.append(spec.reflection.critic)  # a critic is in the team, reachable by none
         return team
 
     @property
@@ -160,6 +198,13 @@ def team_from_mapping(raw: Any, base: Path, where: str) -> TeamConfig:
         if unknown:
             raise InvalidArgument(
                 f"{where}: agent {a.id!r}: field 'can_delegate_to': unknown agents {unknown}; "
+                f"the agents are: {', '.join(sorted(agents))}"
+            )
+        critic = a.reflection.critic if a.reflection is not None else None
+        if critic is not None and (critic not in agents or critic == a.id):
+            raise InvalidArgument(
+                f"{where}: agent {a.id!r}: field 'reflection.critic': {critic!r} must be another "
+                f"agent of the file (or leave it out for a self-review); "
                 f"the agents are: {', '.join(sorted(agents))}"
             )
     return team

@@ -1,4 +1,4 @@
-"""`p2e conversation ...`: list, show, stack, branches, rewind, checkout."""
+"""`p2e conversation ...`: list, show, stack, branches, tree, rewind, checkout, replay."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from rich.table import Table
 
 from p2e.agents import load_team
 from p2e.cli._common import AGENTS, console, open_log
-from p2e.cli.render import branch_tree, events_table, stack_table, state_line, when
+from p2e.cli.render import branch_tree, events_table, search_tree, stack_table, state_line, when
 from p2e.conversation import Conversation, rebuild
 from p2e.errors import CorruptData, SequenceOutOfRange
+from p2e.runtime.guide import read_tree
 
 app = typer.Typer(
     help="Inspect and steer conversations: history, interaction stack, branches.", no_args_is_help=True
@@ -83,6 +84,22 @@ def branches(conv: str = CONV) -> None:
     """Show the branches as a tree of forks, with the checked-out one marked."""
     log = open_log()
     console.print(branch_tree(log.conversation(conv), log.branches(conv)))
+
+
+@app.command()
+def tree(conv: str = CONV) -> None:
+    """Show the guided-search tree: every child a search forked (agents with `guide:`), its
+    value and visits, and the path the conversation continued on.
+
+    Each node is a branch: `p2e conversation show CONV -b g3` shows one child's events, and
+    `p2e eval show CONV` its score.
+    """
+    log = open_log()
+    nodes = read_tree(log, conv)
+    if not nodes:
+        console.print(f"{conv} has no guided-search nodes (no agent of it has a `guide:` policy)")
+        return
+    console.print(search_tree(log.conversation(conv), nodes))
 
 
 @app.command()

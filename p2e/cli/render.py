@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from p2e.events import AgentReply, Event, Failed, Finished, Started, ToolResult, UserMessage
+from p2e.events import AgentReply, Critique, Event, Failed, Finished, Started, ToolResult, UserMessage
 from p2e.machine import State, trace
+from p2e.runtime.guide import Node
 from p2e.store import BranchInfo, ConversationInfo
 
 KIND_STYLE = {
@@ -17,6 +19,7 @@ KIND_STYLE = {
     "user_message": "bold cyan",
     "agent_reply": "green",
     "tool_result": "yellow",
+    "critique": "magenta",
     "failed": "bold red",
     "finished": "bold blue",
 }
@@ -53,6 +56,8 @@ def summary(event: Event) -> str:
     if isinstance(event, ToolResult):
         mark = "error " if event.is_error else ""
         return f"{event.name} {mark}-> {clip(event.output, 60)}"
+    if isinstance(event, Critique):
+        return f"review by {event.critic}: {clip(event.text)}" if event.critic else "self-review"
     if isinstance(event, Failed):
         return f"{event.code}: {event.message}"
     if isinstance(event, Finished):
@@ -126,4 +131,32 @@ def branch_tree(conv: ConversationInfo, branches: list[BranchInfo]) -> Tree:
             add(nodes[b.name], b.name)
 
     add(tree, None)
+    return tree
+
+
+def search_tree(conv: ConversationInfo, nodes: list[Node]) -> Tree:
+    """Guided-search nodes as a tree under the branches they were forked from: label, value,
+    visits, and the path the conversation continued on."""
+    tree = Tree(f"[bold]{conv.name}[/] ({conv.id}): guided search, {len(nodes)} nodes")
+    children: dict[str, list[Node]] = {}
+    for n in nodes:
+        children.setdefault(n.parent, []).append(n)
+    placed = {n.branch for n in nodes}
+
+    def label(n: Node) -> str:
+        value = f"{n.value:.3f}" if n.value is not None else f"[red]no value[/] ({clip(n.error or '', 50)})"
+        chosen = " [bold green]chosen[/]" if n.chosen else ""
+        end = " (frame over)" if n.terminal else ""
+        return (
+            f"[bold]{n.branch}[/] {n.agent} {escape('[' + n.label + ']')} value {value}, visits {n.visits}, "
+            f"{n.tokens} tokens{end}{chosen}"
+        )
+
+    def add(node: Tree, parent: str) -> None:
+        for n in children.get(parent, []):
+            add(node.add(label(n)), n.branch)
+
+    for root in sorted({n.parent for n in nodes} - placed):
+        first = children[root][0]
+        add(tree.add(f"[bold]{root}[/] at seq {first.fork_at}"), root)
     return tree

@@ -1,4 +1,5 @@
-"""The built-in evaluators that need no model: answer matching, tool use, steps, cost, latency.
+"""The built-in evaluators that need no model: answer matching, tool use, steps, cost, latency,
+duplicate tool calls.
 
 Answer matchers (`exact_match`, `regex`, `contains`) read the final root answer: the root
 agent's last reply without tool calls in the events up to the target. A conversation that never
@@ -21,8 +22,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from p2e.errors import InvalidArgument
+from p2e.errors import EventRejected, InvalidArgument
 from p2e.evals.registry import EvalContext, EvalFailed, Verdict, evaluator
+from p2e.events import AgentReply, ToolResult
+from p2e.machine import INITIAL, apply
+from p2e.policies.duplicates import call_key
 
 
 def normalise(text: str, *, ignore_case: bool = False, collapse_whitespace: bool = True) -> str:
@@ -36,7 +40,7 @@ def normalise(text: str, *, ignore_case: bool = False, collapse_whitespace: bool
 def _answer_and_reference(ctx: EvalContext, what: str) -> tuple[str | None, str]:
     if ctx.reference is None:
         raise EvalFailed(f"{what} needs the scenario's reference answer, and this target has none")
-    answer = ctx.final_answer()
+    answer = ctx.answer()
     return (answer.text if answer is not None else None), ctx.reference
 
 
@@ -46,9 +50,10 @@ def _no_answer(ctx: EvalContext) -> Verdict:
     )
 
 
-@evaluator(id="exact_match", version="1")
+@evaluator(id="exact_match", version="2")
 def exact_match(ctx: EvalContext, ignore_case: bool = False, collapse_whitespace: bool = True) -> Verdict:
-    """1 when the final root answer equals the reference (after normalisation), else 0."""
+    """1 when the answer (the final root answer; for a step, that reply) equals the reference
+    (after normalisation), else 0."""
     answer, reference = _answer_and_reference(ctx, "exact_match")
     if answer is None:
         return _no_answer(ctx)
@@ -61,9 +66,10 @@ def exact_match(ctx: EvalContext, ignore_case: bool = False, collapse_whitespace
     )
 
 
-@evaluator(id="contains", version="1")
+@evaluator(id="contains", version="2")
 def contains(ctx: EvalContext, ignore_case: bool = False, collapse_whitespace: bool = True) -> Verdict:
-    """1 when the final root answer contains the reference (after normalisation), else 0."""
+    """1 when the answer (the final root answer; for a step, that reply) contains the reference
+    (after normalisation), else 0."""
     answer, reference = _answer_and_reference(ctx, "contains")
     if answer is None:
         return _no_answer(ctx)
@@ -76,9 +82,10 @@ def contains(ctx: EvalContext, ignore_case: bool = False, collapse_whitespace: b
     )
 
 
-@evaluator(id="regex", version="1")
+@evaluator(id="regex", version="2")
 class Regex:
-    """1 when the final root answer matches a pattern: `pattern`, else the reference as a pattern.
+    """1 when the answer (the final root answer; for a step, that reply) matches a pattern:
+    `pattern`, else the reference as a pattern.
 
     `full=True` needs the whole (stripped) answer to match; by default a match anywhere counts.
     """
@@ -105,7 +112,7 @@ class Regex:
                 compiled = self._compile(ctx.reference, "the reference answer")
             except InvalidArgument as e:
                 raise EvalFailed(str(e)) from None
-        answer = ctx.final_answer()
+        answer = ctx.answer()
         if answer is None:
             return _no_answer(ctx)
         text = answer.text.strip()
@@ -190,4 +197,67 @@ def latency(ctx: EvalContext, budget_ms: Annotated[float, Field(gt=0, allow_inf_
     return _against_budget(ctx, "latency_ms", budget_ms, "0 ms", "{:.1f} ms")
 
 
-BUILTINS: tuple[Any, ...] = (exact_match, contains, Regex, tool_called, max_steps, cost, latency)
+@evaluator(id="duplicate_calls", version="1")
+def duplicate_calls(ctx: EvalContext, agent: str | None = None) -> Verdict:
+    """1 minus the fraction of the target's tool calls that repeat an earlier one (1 with no calls).
+
+    A call repeats when the same frame already called the same tool with the same arguments
+    (canonical JSON) and that call did not fail, or when the same reply makes it twice: the rule
+    the duplicate-call policy marks `duplicate_of` by (`p2e.policies.duplicates`). It is found
+    from the calls themselves, so it scores runs under any policy, `none` included. Delegations
+    do not count. `agent` limits it to one agent's calls.
+    """
+    target = ctx.target.seq
+    state = INITIAL
+    succeeded: dict[tuple[str, int], set[tuple[str, str]]] = {}  # frame -> keys that succeeded
+    pending: dict[str, tuple[tuple[str, int], tuple[str, str]]] = {}  # call id -> (frame, key)
+    calls = repeats = 0
+    try:
+        for i, e in enumerate(ctx.events):
+            if isinstance(e, AgentReply) and state.stack:
+                top = state.stack[-1]
+                frame = (top.agent, top.start)
+                done = succeeded.setdefault(frame, set())
+                at = e.seq if e.seq is not None else i
+                counted = (target is None or at == target) and (agent is None or e.agent == agent)
+                here: set[tuple[str, str]] = set()
+                for c in e.tool_calls:
+                    key = call_key(c)
+                    if key is None:
+                        continue
+                    pending[c.id] = (frame, key)
+                    if counted:
+                        calls += 1
+                        repeats += key in done or key in here
+                    here.add(key)
+            elif isinstance(e, ToolResult) and not e.is_error and e.call_id in pending:
+                frame, key = pending.pop(e.call_id)
+                succeeded.setdefault(frame, set()).add(key)
+            state = apply(state, e)
+    except EventRejected as err:
+        raise EvalFailed(f"duplicate_calls could not follow the branch's events: {err}") from None
+    whose = f" by {agent}" if agent is not None else ""
+    if not calls:
+        return Verdict(
+            value=1.0,
+            metrics={"duplicates": 0.0, "calls": 0.0, "duplicate_fraction": 0.0},
+            rationale=f"no tool calls{whose}",
+        )
+    fraction = repeats / calls
+    return Verdict(
+        value=1.0 - fraction,
+        metrics={"duplicates": float(repeats), "calls": float(calls), "duplicate_fraction": fraction},
+        rationale=f"{repeats} of {calls} tool call(s){whose} repeated an earlier identical call",
+    )
+
+
+BUILTINS: tuple[Any, ...] = (
+    exact_match,
+    contains,
+    Regex,
+    tool_called,
+    max_steps,
+    cost,
+    latency,
+    duplicate_calls,
+)

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from p2e.errors import InvalidArgument
 from p2e.evals.registry import EvalContext, EvalFailed, Verdict, evaluator
 from p2e.evals.score import add_usage
-from p2e.events import AgentReply, Event, Failed, Finished, ToolResult, Usage, UserMessage
+from p2e.events import AgentReply, Critique, Event, Failed, Finished, ToolResult, Usage, UserMessage
 from p2e.llm.base import Message, ModelError, ModelRequest
 from p2e.yamlfile import field_problems, read_yaml
 
@@ -188,6 +188,9 @@ def render_event(event: Event, limit: int = 2000) -> str:
     if isinstance(event, ToolResult):
         status = " (error)" if event.is_error else ""
         return f"{head}{event.name} result{status} for {event.agent}: {cut(event.output)}"
+    if isinstance(event, Critique):
+        by = event.critic or f"{event.agent} itself"
+        return f"{head}review of {event.agent}'s answer by {by}: {cut(event.text) or '(self-review prompt)'}"
     if isinstance(event, Failed):
         return f"{head}conversation failed ({event.code}): {event.message}"
     if isinstance(event, Finished):

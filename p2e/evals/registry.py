@@ -125,6 +125,14 @@ class EvalContext:
                 return e
         return None
 
+    def answer(self) -> AgentReply | None:
+        """The reply an answer-checking evaluator judges: a step target's own reply, or for an
+        episode the root's final answer."""
+        if self.target.seq is not None:
+            step = self.step()
+            return step if isinstance(step, AgentReply) else None
+        return self.final_answer()
+
     def replies(self) -> list[AgentReply]:
         """The target's replies: the step itself, or every reply of the episode."""
         if self.target.seq is not None:

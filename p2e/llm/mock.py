@@ -21,9 +21,9 @@ default: "Nothing scripted for {{ agent }} (turn {{ turn }})."   # or {text, too
 ```
 
 Answers are Jinja templates (text, delegate agent/task, and every string inside tool-call
-arguments) over: `last` (last message content), `agent`, `turn`, `task` (first user message of
-the frame), `role` (of the last message), `results` (contents of the trailing tool messages;
-the `fromjson` filter parses one),
+arguments) over: `last` (last message content), `agent`, `turn`, `seed` (the request's sampling
+seed, or None), `task` (first user message of the frame), `role` (of the last message),
+`results` (contents of the trailing tool messages; the `fromjson` filter parses one),
 `match` (the regex match: `match[0]`, `match[1]`, `match.name`; empty without `match`).
 """
 
@@ -351,6 +351,7 @@ class MockProvider:
             "role": last.role if last else "",
             "agent": request.agent,
             "turn": request.turn,
+            "seed": request.seed,
             "task": next((x.content for x in messages if x.role == "user"), ""),
             "results": _trailing_results(messages),
             "match": _match_vars(m),

@@ -3,8 +3,9 @@ conversation can be re-run exactly (same texts, same tool calls and ids, same us
 model, e.g. to re-score it, to re-drive it through a changed interpreter, or to fork it later.
 
 A request is answered by the event at `request.seq` of the source branch: it must be an
-`AgentReply` by `request.agent`. Anything else means the new run left the recording, and that is
-a `NotRecorded` error that says what was asked and what the recording holds there.
+`AgentReply` by `request.agent` (or a `Critique` written by `request.agent` as a critic).
+Anything else means the new run left the recording, and that is a `NotRecorded` error that says
+what was asked and what the recording holds there.
 
 Settings: `url` (store URL; default: the same resolution as `p2e.store.connect()`), `namespace`
 (default `P2E_NAMESPACE` or `p2e`), `source: {conversation, branch}` (branch: the checked-out one
@@ -21,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from p2e.errors import InvalidArgument, P2EError
-from p2e.events import AgentReply, event_agent
+from p2e.events import AgentReply, Critique, event_agent
 from p2e.llm.base import ModelRequest, ModelResponse, split_model
 from p2e.store import BranchInfo, EventLog, connect
 
@@ -107,6 +108,12 @@ class ReplayProvider:
                 "the run went past the recorded history (use a live model from here)"
             )
         event = self._store().read(info, request.seq, request.seq + 1)[0]
+        if isinstance(event, Critique) and event.critic is not None and event.critic == request.agent:
+            return ModelResponse(
+                text=event.text,
+                model=event.model or request.model,
+                usage=event.usage or ModelResponse().usage,
+            )
         if not isinstance(event, AgentReply) or event.agent != request.agent:
             agent = event_agent(event)
             what = f"a {event.kind} event" + (f" of {agent!r}" if agent else "")

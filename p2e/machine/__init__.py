@@ -1,6 +1,6 @@
 """The interaction-stack machine: pure, no I/O. See `machine.py` for the rules."""
 
-from p2e.machine.commands import CallAgent, Command, Fail, RejectCalls, Reply, RunTools
+from p2e.machine.commands import CallAgent, Command, Fail, RejectCalls, Reply, Review, RunTools
 from p2e.machine.machine import INITIAL, apply, fold, handle, handle_all, pending, trace
 from p2e.machine.state import Frame, Rejection, State, Violation
 
@@ -13,6 +13,7 @@ __all__ = [
     "RejectCalls",
     "Rejection",
     "Reply",
+    "Review",
     "RunTools",
     "State",
     "Violation",

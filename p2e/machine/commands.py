@@ -38,6 +38,16 @@ class RejectCalls(_Command):
     rejections: tuple[Rejection, ...]
 
 
+class Review(_Command):
+    """Have `frame.agent`'s draft answer reviewed (by `critic`, or by the agent itself when None);
+    answer with a `Critique` event."""
+
+    kind: Literal["review"] = "review"
+    frame: Frame
+    depth: int
+    critic: str | None = None
+
+
 class Reply(_Command):
     """The root agent answered the user; the conversation now waits for the next message."""
 
@@ -54,4 +64,4 @@ class Fail(_Command):
     message: str
 
 
-Command = CallAgent | RunTools | RejectCalls | Reply | Fail
+Command = CallAgent | RunTools | RejectCalls | Review | Reply | Fail

@@ -11,15 +11,20 @@ Rules: a reply whose tool calls include `delegate(agent, task)` pushes a frame f
 (only toward agents in the caller's team entry); the delegate's final reply (no tool calls) pops
 it and is the result of the caller's call; the caller is then asked again, with the answer.
 Ordinary tool calls of one reply run together first; delegations then run one after another.
+An agent with a `Reflection` rule has its final answer reviewed before it pops: the frame waits
+for a `Critique`, then asks its agent again, until the rounds are spent or a revision repeats
+the draft.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 
 from p2e.errors import EventRejected
 from p2e.events import (
     AgentReply,
+    Critique,
     Event,
     Failed,
     Finished,
@@ -28,7 +33,7 @@ from p2e.events import (
     ToolResult,
     UserMessage,
 )
-from p2e.machine.commands import CallAgent, Command, Fail, RejectCalls, Reply, RunTools
+from p2e.machine.commands import CallAgent, Command, Fail, RejectCalls, Reply, Review, RunTools
 from p2e.machine.state import Frame, Rejection, State, Violation
 
 INITIAL = State()
@@ -78,13 +83,13 @@ def apply(state: State, event: Event) -> State:
     ):
         msg = f"deadline of {limits.deadline_s:g}s passed"
         new = new.model_copy(update={"violation": Violation(code="deadline", message=msg)})
-    if isinstance(event, AgentReply) and event.usage is not None:
+    if isinstance(event, AgentReply | Critique) and event.usage is not None:
         new = _spend(new, event)
     return new
 
 
-def _spend(state: State, reply: AgentReply) -> State:
-    """Count a reply's tokens and cost; passing a budget is a violation like a step limit."""
+def _spend(state: State, reply: AgentReply | Critique) -> State:
+    """Count a model call's tokens and cost; passing a budget is a violation like a step limit."""
     u = reply.usage
     assert u is not None
     tokens = state.tokens + u.prompt_tokens + u.completion_tokens
@@ -110,6 +115,9 @@ def pending(state: State) -> list[Command]:
         return []
     if top.phase == "agent":
         return [CallAgent(frame=top, depth=state.depth)]
+    if top.phase == "review":
+        rule = state.reflection[top.agent]
+        return [Review(frame=top, depth=state.depth, critic=rule.critic)]
     if top.phase == "tools":
         waiting = set(top.waiting)
         refused = {r.call.id for r in top.rejections}
@@ -172,6 +180,8 @@ def _transition(state: State, event: Event) -> State:
         return _reply(state, event)
     if isinstance(event, ToolResult):
         return _tool_result(state, event)
+    if isinstance(event, Critique):
+        return _critique(state, event)
     if isinstance(event, Finished):
         if state.status != "idle":
             raise EventRejected(f"only an idle conversation can finish; it is {state.status}")
@@ -190,6 +200,13 @@ def _start(state: State, event: Started) -> State:
         unknown = [t for t in targets if t not in event.team]
         if unknown:
             raise EventRejected(f"{agent!r} may delegate to unknown agents {unknown}", state.length)
+    for agent, rule in event.reflection.items():
+        if agent not in event.team:
+            raise EventRejected(f"a reflection rule for {agent!r}, who is not in the team", state.length)
+        if rule.critic is not None and (rule.critic not in event.team or rule.critic == agent):
+            raise EventRejected(
+                f"{agent!r}'s critic {rule.critic!r} must be another agent of the team", state.length
+            )
     root = Frame(agent=event.root, start=state.length + 1, phase="user")
     return state.model_copy(
         update={
@@ -197,6 +214,7 @@ def _start(state: State, event: Started) -> State:
             "root": event.root,
             "team": dict(event.team),
             "limits": event.limits,
+            "reflection": dict(event.reflection),
             "started_ts": event.ts,
             "stack": (root,),
         }
@@ -229,7 +247,7 @@ def _reply(state: State, event: AgentReply) -> State:
         )
         return state.model_copy(update={"violation": Violation(code="max_tool_calls", message=msg)})
     if not calls:
-        return _answer(state, event.text)
+        return _draft(state, event.text)
     queue: list[ToolCall] = []
     rejections: list[Rejection] = []
     for call in calls:
@@ -269,11 +287,48 @@ def _tool_result(state: State, event: ToolResult) -> State:
     return state if waiting else _next_delegation(state)
 
 
-def _answer(state: State, text: str) -> State:
+def _draft(state: State, text: str) -> State:
+    """A reply without tool calls: the frame's answer, unless its agent's reflection rule wants
+    it reviewed first (rounds left, and the text is not the previous draft repeated)."""
+    top = state.top
+    assert top is not None
+    rule = state.reflection.get(top.agent)
+    if rule is not None:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+        if top.reviews < rule.rounds and not (top.reviews and digest == top.draft):
+            frame = top.model_copy(
+                update={"phase": "review", "draft": digest, "calls": (), "waiting": (), "rejections": ()}
+            )
+            return _replace_top(state, frame)
+    return _answer(state)
+
+
+def _critique(state: State, event: Critique) -> State:
+    top = state.top
+    assert top is not None
+    if state.status != "running" or top.phase != "review":
+        raise EventRejected(f"no critique is due (the top frame of {top.agent!r} waits for {top.phase})")
+    if event.agent != top.agent:
+        raise EventRejected(f"a critique of {event.agent!r}, but {top.agent!r} is on top of the stack")
+    critic = state.reflection[top.agent].critic
+    if event.critic != critic:
+        raise EventRejected(f"a critique by {event.critic!r}, but {top.agent!r}'s critic is {critic!r}")
+    return _replace_top(state, top.model_copy(update={"phase": "agent", "reviews": top.reviews + 1}))
+
+
+def _answer(state: State) -> State:
     """The top frame's agent answered without tool calls: pop it, or hand the answer to the user."""
     if state.depth == 1:
         root = state.stack[0].model_copy(
-            update={"phase": "user", "calls": (), "waiting": (), "rejections": (), "queue": ()}
+            update={
+                "phase": "user",
+                "calls": (),
+                "waiting": (),
+                "rejections": (),
+                "queue": (),
+                "reviews": 0,
+                "draft": "",
+            }
         )
         return state.model_copy(update={"status": "idle", "stack": (root,)})
     state = state.model_copy(update={"stack": state.stack[:-1], "pops": state.pops + 1})

@@ -10,11 +10,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from p2e.events import Limits, ToolCall
+from p2e.events import Limits, Reflection, ToolCall
 
-Phase = Literal["user", "agent", "tools", "delegating"]
+Phase = Literal["user", "agent", "tools", "delegating", "review"]
 """What a frame waits for: a user message (root only), its agent's reply, the results of its
-tool calls, or the delegate above it to answer."""
+tool calls, the delegate above it to answer, or a critique of its draft answer."""
 
 Status = Literal["new", "running", "idle", "finished", "failed"]
 
@@ -56,6 +56,11 @@ class Frame(BaseModel):
     """Delegations of the last reply not yet started; they run one after another."""
     calls: tuple[ToolCall, ...] = ()
     """Every tool call of the frame's last reply, so results can be matched to names."""
+    reviews: int = 0
+    """Critiques this frame's agent has been given (see `Reflection`)."""
+    draft: str = ""
+    """A digest of the last draft answer under review (not its text: frames stay small), so an
+    unchanged revision ends the reviews early."""
 
 
 class State(BaseModel):
@@ -68,6 +73,7 @@ class State(BaseModel):
     root: str = ""
     team: dict[str, tuple[str, ...]] = {}
     limits: Limits = Limits()
+    reflection: dict[str, Reflection] = {}
     started_ts: float = 0.0
     stack: tuple[Frame, ...] = ()
     steps: int = 0

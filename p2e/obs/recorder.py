@@ -48,7 +48,7 @@ from pydantic import BaseModel
 
 from p2e.errors import InvalidArgument
 from p2e.evals.score import Score
-from p2e.events import AgentReply, Failed, Finished, Started, ToolResult, UserMessage
+from p2e.events import AgentReply, Critique, Failed, Finished, Started, ToolResult, UserMessage
 from p2e.machine import State
 from p2e.obs.follow import BranchBatch, ScoreBatch, Step, Update
 from p2e.obs.rows import RolloutRow, leaderboard, leaderboard_markdown, matrix, matrix_markdown
@@ -462,6 +462,11 @@ def _lines(step: Step) -> list[tuple[str, str, str]]:
         if e.is_error:
             return [(e.agent, f"{e.name} ✗ {e.output}", "WARN")]
         return [(e.agent, f"{e.name} → {e.output}", "DEBUG")]
+    if isinstance(e, Critique):
+        by = e.critic or "self-review"
+        return [
+            (e.critic or e.agent, f"{by} on {e.agent}'s answer: {e.text or '(review your answer)'}", "INFO")
+        ]
     if isinstance(e, Failed):
         return [("system", f"failed: {e.code}: {e.message}", "ERROR")]
     if isinstance(e, Finished):

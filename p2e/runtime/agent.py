@@ -15,6 +15,8 @@ from p2e.agents import AgentSpec, TeamConfig, render_persona
 from p2e.errors import InvalidArgument
 from p2e.events import DELEGATE, AgentReply, ToolCall, ToolResult
 from p2e.llm import Message, ModelRequest, Providers, ToolSpec
+from p2e.policies.context import apply_context
+from p2e.policies.duplicates import run_calls_with_policy
 from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
 from p2e.tools import REGISTRY, Registry, ToolContext, run_calls
@@ -79,9 +81,12 @@ class AgentRunner:
 
     async def step(self, req: StepRequest) -> StepResult:
         spec, system, tools = self.prepare(req.overrides)
+        messages: tuple[Message, ...] = (system, *req.messages)
+        if not spec.context.is_noop:  # the default shows the whole frame: nothing to do
+            messages = apply_context(spec.context, messages)
         request = ModelRequest(
             model=spec.model,
-            messages=(system, *req.messages),
+            messages=messages,
             tools=tools,
             temperature=spec.temperature,
             seed=spec.seed,
@@ -104,7 +109,7 @@ class AgentRunner:
         ordinary = [c for c in reply.tool_calls if not c.is_delegation]
         if not ordinary or len(reply.tool_calls) > req.max_tool_calls:
             return StepResult(reply=reply)  # over the limit the machine fails the turn: run nothing
-        results = await self._run(req.conversation, req.branch, ordinary, spec)
+        results = await self._run(req.conversation, req.branch, ordinary, spec, req.messages)
         return StepResult(reply=reply, results=tuple(results))
 
     async def run_tools(self, req: ToolsRequest) -> list[ToolResult]:
@@ -113,10 +118,21 @@ class AgentRunner:
         )
 
     async def _run(
-        self, conversation: str, branch: str, calls: Sequence[ToolCall], spec: AgentSpec
+        self,
+        conversation: str,
+        branch: str,
+        calls: Sequence[ToolCall],
+        spec: AgentSpec,
+        history: Sequence[Message] = (),
     ) -> list[ToolResult]:
+        """Run the calls; `history` (the frame's messages before them) is what the duplicate-call
+        policy compares them with."""
         ctx = ToolContext(conversation=conversation, branch=branch, agent=spec.id, store=self.store)
-        return await run_calls(self.registry, calls, ctx, allowed=spec.tools)
+        if spec.duplicates.is_noop:
+            return await run_calls(self.registry, calls, ctx, allowed=spec.tools)
+        return await run_calls_with_policy(
+            spec.duplicates, self.registry, calls, ctx, spec.tools, history=history
+        )
 
 
 def import_tool_modules(modules: Sequence[str]) -> None:

@@ -13,6 +13,7 @@ is stored once, since nothing acts before its append is acknowledged.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,10 +21,33 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
+from p2e.agents import AgentSpec, TeamConfig
 from p2e.conversation import Conversation
 from p2e.errors import Conflict, P2EError
-from p2e.events import AgentReply, Event, Failed, Limits, Started, ToolResult, UserMessage
-from p2e.machine import CallAgent, Command, Fail, RejectCalls, Reply, RunTools, handle_all, pending
+from p2e.events import (
+    AgentReply,
+    Critique,
+    Event,
+    Failed,
+    Limits,
+    Reflection,
+    Started,
+    ToolResult,
+    UserMessage,
+)
+from p2e.llm.base import Message
+from p2e.machine import (
+    CallAgent,
+    Command,
+    Fail,
+    RejectCalls,
+    Reply,
+    Review,
+    RunTools,
+    handle_all,
+    pending,
+)
+from p2e.policies.guide import GuidePolicy
 from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest, StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
 from p2e.store.aio import GroupCommit
@@ -74,6 +98,25 @@ class Hosted:
         self.overrides = overrides
         self.lock = asyncio.Lock()
         self.answer: str | None = None
+        self.reference: str | None = None
+        """The scenario's expected answer (a rollout episode), for guided search's evaluators."""
+        self.forced: dict[str, dict[str, Any]] = {}
+        """A guided-search child's overrides of the searched agent (they win over `overrides`)."""
+        self.child = False
+        """A guided-search child: its steps are not searched again (no nested searches)."""
+        self.search_tokens = 0
+        self.search_cost_usd = 0.0
+        """What guided searches spent on children that were not chosen (not on this branch)."""
+
+    def fork(self, conv: Conversation) -> Hosted:
+        """A child on `conv` (a fresh fork of this branch at its current length)."""
+        h = Hosted(conv, self.transcript.copy(), self.overrides)
+        h.reference, h.child = self.reference, True
+        return h
+
+    def adopt(self, child: Hosted) -> None:
+        """Continue on a child's branch (the search chose it)."""
+        self.conv, self.transcript, self.answer = child.conv, child.transcript, child.answer
 
 
 class Driver:
@@ -84,13 +127,47 @@ class Driver:
         agents: Agents,
         observer: Observer | None = None,
         meter: Meter | None = None,
+        team: TeamConfig | None = None,
     ):
+        """`team`: the agents' config, for the policies the supervisor applies (reflection,
+        guided search); without it conversations run plain."""
         self.log = log_
         self.writer = writer
         self.agents = agents
         self.observer = observer
         self.meter = meter
+        self.team = team
         self.hosted: dict[str, Hosted] = {}
+        self._specs: dict[tuple[str, str], AgentSpec] = {}
+        self.valuers: dict[str, Any] = {}
+        """Guided search's evaluators, made once (see `p2e.runtime.guide.Valuer`)."""
+
+    def spec(self, agent: str, overrides: dict[str, Any] | None) -> AgentSpec | None:
+        """`agent`'s spec under a variant's overrides (cached), or None without a team config."""
+        if self.team is None:
+            return None
+        key = (agent, json.dumps(overrides, sort_keys=True, default=str) if overrides else "")
+        spec = self._specs.get(key)
+        if spec is None:
+            spec = self._specs[key] = self.team.agent(agent).with_overrides(overrides or {})
+        return spec
+
+    def reflection(
+        self, graph: dict[str, tuple[str, ...]], overrides: dict[str, dict[str, Any]]
+    ) -> dict[str, Reflection]:
+        """The reflection rules of a conversation's agents, for its `started` event."""
+        rules = {}
+        for agent in graph:
+            spec = self.spec(agent, overrides.get(agent))
+            if spec is not None and spec.reflection is not None:
+                rules[agent] = spec.reflection
+        return rules
+
+    def guide(self, h: Hosted, agent: str) -> GuidePolicy | None:
+        if h.child:
+            return None
+        spec = self.spec(agent, h.overrides.get(agent))
+        return spec.guide if spec is not None else None
 
     # --- conversations -------------------------------------------------------------------------
 
@@ -104,7 +181,15 @@ class Driver:
         cid: str | None = None,
     ) -> str:
         conv = await asyncio.to_thread(
-            Conversation.create, self.log, root, team, limits, name, cid, overrides
+            Conversation.create,
+            self.log,
+            root,
+            team,
+            limits,
+            name,
+            cid,
+            overrides,
+            self.reflection(team, overrides or {}),
         )
         self.hosted[conv.id] = Hosted(conv, Transcript.opened(conv.state), overrides or {})
         return conv.id
@@ -160,6 +245,7 @@ class Driver:
         t0 = time.monotonic()
         cid = await self.create(req.root, req.graph, req.limits, req.name, req.overrides, req.cid)
         h = self.hosted[cid]  # just created here: no need to ask the store where it stands
+        h.reference = req.reference
         try:
             turn = await self._turn(h, req.message)
             state = h.conv.state
@@ -176,8 +262,8 @@ class Driver:
             answer=turn.answer,
             error=(turn.error or "the root agent gave no answer") if status == "failed" else None,
             steps=turn.steps,
-            tokens=state.tokens,
-            cost_usd=state.cost_usd,
+            tokens=state.tokens + h.search_tokens,
+            cost_usd=state.cost_usd + h.search_cost_usd,
             wall_s=wall,
         )
 
@@ -205,22 +291,14 @@ class Driver:
     async def _perform(self, h: Hosted, cmd: Command) -> list[Command]:
         c = h.conv
         if isinstance(cmd, CallAgent):
-            agent = cmd.frame.agent
-            req = StepRequest(
-                conversation=c.id,
-                branch=c.branch.name,
-                seq=c.state.length,
-                agent=agent,
-                turn=sum(1 for m in h.transcript.frames[-1] if m.role == "assistant"),
-                depth=cmd.depth,
-                messages=tuple(h.transcript.messages()),
-                overrides=h.overrides.get(agent, {}),
-                max_tool_calls=c.state.limits.max_tool_calls_per_turn,
-            )
-            result = await self._guarded(h, f"agent {agent!r}", self.agents(agent).step(req))
-            if result is None:
-                return []
-            return await self._submit(h, result.reply, *result.results)
+            guide = self.guide(h, cmd.frame.agent)
+            if guide is not None:
+                from p2e.runtime.guide import GuidedSearch  # the search drives this driver
+
+                return await GuidedSearch(self, h, cmd, guide).run()
+            return await self.call_agent(h, cmd)
+        if isinstance(cmd, Review):
+            return await self._review(h, cmd)
         if isinstance(cmd, RunTools):
             treq = ToolsRequest(
                 conversation=c.id,
@@ -250,10 +328,75 @@ class Driver:
             return await self._submit(h, Failed(code=cmd.code, message=cmd.message))
         raise TypeError(f"unknown command {cmd!r}")  # pragma: no cover
 
+    async def call_agent(self, h: Hosted, cmd: CallAgent) -> list[Command]:
+        """Ask the top frame's agent for its reply (the variant's overrides, or a search child's)."""
+        c = h.conv
+        agent = cmd.frame.agent
+        req = StepRequest(
+            conversation=c.id,
+            branch=c.branch.name,
+            seq=c.state.length,
+            agent=agent,
+            turn=sum(1 for m in h.transcript.frames[-1] if m.role == "assistant"),
+            depth=cmd.depth,
+            messages=tuple(h.transcript.messages()),
+            overrides=h.forced.get(agent) or h.overrides.get(agent, {}),
+            max_tool_calls=c.state.limits.max_tool_calls_per_turn,
+        )
+        result = await self._guarded(h, f"agent {agent!r}", self.agents(agent).step(req))
+        if result is None:
+            return []
+        return await self._submit(h, result.reply, *result.results)
+
+    async def _review(self, h: Hosted, cmd: Review) -> list[Command]:
+        """A draft answer under review: the self-review prompt, or the critic agent's verdict on
+        the task and the draft (a model call of its own, stored in the `critique` event)."""
+        agent = cmd.frame.agent
+        if cmd.critic is None:
+            return await self._submit(h, Critique(agent=agent))
+        drafts = [m for m in h.transcript.frames[-1] if m.role == "assistant"]
+        request = (
+            f"Task given to {agent}:\n{h.transcript.tasks[-1]}\n\n"
+            f"{agent}'s answer:\n{drafts[-1].content if drafts else ''}\n\n"
+            "Review the answer: say what is wrong or missing, or that it is correct."
+        )
+        c = h.conv
+        req = StepRequest(
+            conversation=c.id,
+            branch=c.branch.name,
+            seq=c.state.length,
+            agent=cmd.critic,
+            turn=0,
+            depth=cmd.depth + 1,
+            messages=(Message(role="user", content=request),),
+            overrides=h.overrides.get(cmd.critic, {}),
+            max_tool_calls=0,  # a critic answers in words; tools it asks for are not run
+        )
+        result = await self._guarded(h, f"critic {cmd.critic!r}", self.agents(cmd.critic).step(req))
+        if result is None:
+            return []
+        reply = result.reply
+        critique = Critique(
+            agent=agent, critic=cmd.critic, text=reply.text, model=reply.model, usage=reply.usage
+        )
+        return await self._submit(h, critique)
+
     async def _guarded(self, h: Hosted, what: str, call: Awaitable[Any]) -> Any:
-        """Await an agent; if it fails for good, end the conversation with a `failed` event."""
+        """Await an agent; if it fails for good, or the conversation's deadline passes while it
+        works, end the conversation with a `failed` event."""
+        s = h.conv.state
+        deadline = s.limits.deadline_s
         try:
-            return await call
+            if deadline is None:
+                return await call
+            end = s.started_ts + deadline
+            try:
+                return await asyncio.wait_for(call, max(end - time.time(), 0.0))
+            except TimeoutError:
+                if time.time() < end:
+                    raise  # a timeout of the agent's own, not the deadline
+            msg = f"deadline of {deadline:g}s passed while waiting for {what}"
+            await self._submit(h, Failed(code="deadline", message=msg))
         except P2EError as e:
             await self._submit(h, Failed(code="agent_error", message=f"{what}: {e}"))
         except Exception as e:  # an actor that died for good, a bug in a tool wrapper, ...

@@ -21,4 +21,4 @@ def local_driver(log: EventLog, team: TeamConfig) -> Driver:
             runners[agent_id] = AgentRunner(agent_id, team, store=log)
         return runners[agent_id]
 
-    return Driver(log, GroupCommit(log.url, log.keys.ns), agent)
+    return Driver(log, GroupCommit(log.url, log.keys.ns), agent, team=team)

@@ -54,7 +54,9 @@ async def replay_branch(
             "source": {"conversation": info.id, "branch": b.name},
         },
     }
-    replay_team = team.model_copy(update={"providers": providers})
+    # the recording holds the steps a guided search chose: replay them, do not search again
+    agents = {a: s.model_copy(update={"guide": None}) for a, s in team.agents.items()}
+    replay_team = team.model_copy(update={"providers": providers, "agents": agents})
     driver = local_driver(log, replay_team)
     name = log.free_name(f"{info.name}-replay")
     cid = await driver.create(start.root, start.team, start.limits, name, overrides=models)

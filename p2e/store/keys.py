@@ -17,6 +17,7 @@ projects or test runs can share a server). With `ns` the namespace, `cid` a conv
 | `ns:conv:cid:ix:agent:A` | list | refs `b:seq` of the events of agent A |
 | `ns:conv:cid:notes` | list | the `notes` tool's notes (per conversation, not per branch) |
 | `ns:conv:cid:scores` | hash | `evaluator@target-ref` -> score (JSON); a step's target is its canonical ref |
+| `ns:conv:cid:tree` | hash | guided search nodes: child branch -> node (JSON); `#next` -> node counter |
 | `ns:embedded` | string | marker set by the embedded server manager (its data dir) |
 
 A branch stores only its own events. `lineage` lists the segments of history it inherits,
@@ -78,6 +79,9 @@ class Keys:
 
     def scores(self, cid: str) -> str:
         return f"{self.ns}:conv:{cid}:scores"
+
+    def tree(self, cid: str) -> str:
+        return f"{self.ns}:conv:{cid}:tree"
 
     def all_of(self, cid: str) -> str:
         """Pattern matching every key of one conversation (for SCAN)."""

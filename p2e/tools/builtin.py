@@ -158,7 +158,7 @@ def calculator(
 
 
 @REGISTRY.register
-@tool(side_effect_free=True, inline=True)
+@tool(side_effect_free=True, cacheable=False, inline=True)  # reads only, but its answer changes
 def clock() -> str:
     """The current date and time in UTC, ISO-8601 (e.g. 2025-01-31T14:05:09+00:00)."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")

@@ -84,14 +84,14 @@ def _pay(ctx: ToolContext, to: str, amount: int | str, reason: str, tool_name: s
 
 
 @REGISTRY.register
-@tool(side_effect_free=True)
+@tool(side_effect_free=True, cacheable=False)  # a read, but payments change it
 def check_balance(ctx: ToolContext) -> Balance:
     """The balance of your own wallet."""
     return Balance(wallet=ctx.agent, balance=format_amount(_wallet(ctx).balance()))
 
 
 @REGISTRY.register
-@tool
+@tool(side_effect_free=False)  # moves money: a strict duplicate-call policy never repeats it
 def transfer(
     to: Annotated[str, Field(description="the agent to pay (its id)", min_length=1, max_length=64)],
     amount: Annotated[int | str, AMOUNT],
@@ -103,7 +103,7 @@ def transfer(
 
 
 @REGISTRY.register
-@tool
+@tool(side_effect_free=False)  # moves money: a strict duplicate-call policy never repeats it
 def reward(
     agent: Annotated[
         str, Field(description="the agent whose work you reward (its id)", min_length=1, max_length=64)
@@ -117,7 +117,7 @@ def reward(
 
 
 @REGISTRY.register
-@tool(side_effect_free=True)
+@tool(side_effect_free=True, cacheable=False)  # a read, but payments change it
 def transaction_history(
     ctx: ToolContext,
     limit: Annotated[int, Field(description="how many of the latest transactions", ge=1, le=50)] = 10,

@@ -65,6 +65,7 @@ class Tool:
         description: str | None = None,
         timeout_s: float | None = DEFAULT_TIMEOUT_S,
         side_effect_free: bool = False,
+        cacheable: bool | None = None,
         inline: bool = False,
     ):
         self.fn = fn
@@ -78,16 +79,36 @@ class Tool:
         self.description = description if description is not None else _first_paragraph(fn)
         self.timeout_s = timeout_s
         self.side_effect_free = side_effect_free
+        """Declared by the tool's author: calling it changes nothing anywhere (reads only). The
+        default is False, the safe assumption: under the `strict` duplicate-call policy a repeated
+        call of a tool with side effects is not run again (`p2e.policies.duplicates`)."""
         self.inline = inline
         """A sync tool that returns in microseconds runs on the event loop, without a thread hop
         (its timeout then cannot interrupt it: only for small, bounded functions)."""
         self.is_async = inspect.iscoroutinefunction(fn)
         self.args_model, self._params, self.context_param = _arguments_model(fn, self.name)
+        if cacheable and not side_effect_free:
+            raise InvalidArgument(
+                f"tool {self.name!r}: cacheable=True needs side_effect_free=True "
+                "(a cached call does not run, so its side effects would not happen)"
+            )
+        self.cacheable = (
+            cacheable if cacheable is not None else side_effect_free and self.context_param is None
+        )
+        """Whether an earlier output for the same arguments may stand in for a call (the
+        duplicate-call policy's `cache_ttl_s`). By default: side-effect free tools that do not read
+        the `ToolContext` (their output depends on the arguments alone). Pass `cacheable=False`
+        for a read whose answer changes by itself, such as `clock`."""
         self._spec: ToolSpec | None = None
         functools.update_wrapper(self, fn)  # type: ignore[arg-type]
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
+
+    @property
+    def side_effects(self) -> bool:
+        """True unless the tool is declared side-effect free."""
+        return not self.side_effect_free
 
     def __repr__(self) -> str:
         return f"<tool {self.name} ({self.fn.__module__}.{self.fn.__qualname__})>"
@@ -142,6 +163,7 @@ def tool(
     description: str | None = None,
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     side_effect_free: bool = False,
+    cacheable: bool | None = None,
     inline: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
@@ -154,6 +176,7 @@ def tool(
     description: str | None = None,
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     side_effect_free: bool = False,
+    cacheable: bool | None = None,
     inline: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a typed function (sync or async) a tool: `@tool` or `@tool(name=..., timeout_s=...)`.
@@ -169,6 +192,7 @@ def tool(
             description=description,
             timeout_s=timeout_s,
             side_effect_free=side_effect_free,
+            cacheable=cacheable,
             inline=inline,
         )
 

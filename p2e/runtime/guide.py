@@ -1,0 +1,298 @@
+"""Evaluator-guided branching: the supervisor forks a conversation at an agent's turn into
+children that differ by variant or seed, runs each, scores it, and continues on the best.
+
+Every child is a real branch in the store (an O(1) fork), so the tree stays inspectable after
+the search: its nodes (branch, parent, value, visits, chosen) are kept in the conversation's
+`tree` hash (`p2e conversation tree`), and each child's score is an ordinary stored score
+(`p2e eval top`). Children run on the same driver as any conversation: write-ahead, limits,
+tools and delegation apply as usual; a child's own turns are not searched again.
+
+Searches: `best_of_n` (one level of n children), `beam` (keep the best `width` nodes per level,
+`depth` levels of one step each) and `best_first` (always expand the most valuable open node,
+until `budget` children exist or the best node is finished).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from p2e.conversation import Conversation
+from p2e.evals import default_registry
+from p2e.evals.registry import BoundEvaluator
+from p2e.evals.runner import evaluate_targets
+from p2e.events import AgentReply
+from p2e.llm import Providers
+from p2e.machine import CallAgent, Command, Fail, Reply, State, pending
+from p2e.policies.guide import GuidePolicy, GuideValue
+from p2e.store import EventLog
+
+if TYPE_CHECKING:
+    from p2e.runtime.driver import Driver, Hosted
+
+NEXT = "#next"
+"""The tree hash's node counter (not a valid branch name, so it never collides with a node)."""
+
+
+class Node(BaseModel):
+    """One child of a search: a branch forked from `parent` at `fork_at` and run by the search."""
+
+    branch: str
+    parent: str
+    fork_at: int
+    agent: str
+    search: str
+    label: str
+    overrides: dict[str, Any] = {}
+    level: int = 0
+    value: float | None = None
+    """The evaluator's score of this child (None: the evaluation failed, see `error`)."""
+    error: str | None = None
+    visits: int = 1
+    """Times the search ran this node: once when created, once more per expansion."""
+    terminal: bool = False
+    """The searched frame ended here (answered, popped or failed): nothing left to expand."""
+    chosen: bool = False
+    """On the path the conversation continued on."""
+    tokens: int = 0
+    cost_usd: float = 0.0
+    """What this child's own run spent (beyond its parent)."""
+
+
+def read_tree(log: EventLog, conv: str) -> list[Node]:
+    """Every search node of a conversation, in creation order."""
+    raw = log.r.hgetall(log.keys.tree(log.resolve(conv)))
+    nodes = [Node.model_validate_json(v) for k, v in raw.items() if k.decode() != NEXT]
+    return sorted(nodes, key=lambda n: int(n.branch[1:]) if n.branch[1:].isdigit() else 0)
+
+
+class Child:
+    def __init__(self, host: Hosted, node: Node, parent: Child | None):
+        self.host, self.node, self.parent = host, node, parent
+
+    @property
+    def rank(self) -> float:
+        return -1.0 if self.node.value is None else self.node.value
+
+
+class Valuer:
+    """The search's evaluator and the providers its judges use, made once per driver."""
+
+    def __init__(self, driver: Driver, value: GuideValue):
+        modules = driver.team.evaluator_modules if driver.team is not None else ()
+        self.evaluator: BoundEvaluator = default_registry(modules).create(value.id, **value.params)
+        self.providers = Providers(driver.team.providers if driver.team is not None else {})
+
+    @staticmethod
+    def of(driver: Driver, value: GuideValue) -> Valuer:
+        key = json.dumps(value.model_dump(), sort_keys=True, default=str)
+        v = driver.valuers.get(key)
+        if v is None:
+            v = driver.valuers[key] = Valuer(driver, value)
+        return v
+
+
+class GuidedSearch:
+    def __init__(self, driver: Driver, h: Hosted, cmd: CallAgent, guide: GuidePolicy):
+        self.d, self.h, self.guide = driver, h, guide
+        self.agent, self.depth, self.start = cmd.frame.agent, cmd.depth, cmd.frame.start
+        self.base = h.overrides.get(self.agent, {})
+        self.key = driver.log.keys.tree(h.conv.id)
+        self.valuer = Valuer.of(driver, guide.value)
+        self.children: list[Child] = []
+
+    async def run(self) -> list[Command]:
+        root = self.h.conv.state
+        if self.guide.search == "best_of_n":
+            best = self._best(await self._level([None], 0))
+        elif self.guide.search == "beam":
+            best = await self._beam()
+        else:
+            best = await self._best_first()
+        return await self._adopt(best, root)
+
+    # --- searches ------------------------------------------------------------------------------
+
+    async def _level(self, parents: list[Child | None], level: int) -> list[Child]:
+        """Expand each parent (None: the conversation itself) into one child per candidate."""
+        jobs = [(p, label, ov) for p in parents for label, ov in self.guide.children()]
+        kids = await asyncio.gather(*(self._expand(p, level, label, ov) for p, label, ov in jobs))
+        for p in parents:
+            if p is not None:
+                p.node.visits += 1
+        return list(kids)
+
+    async def _beam(self) -> Child:
+        frontier: list[Child | None] = [None]
+        kept: list[Child] = []
+        for level in range(self.guide.depth):
+            kids = await self._level(frontier, level)
+            ranked = sorted(kids, key=lambda c: -c.rank)[: self.guide.width]  # stable: ties keep order
+            kept = [c for c in kept if c.node.terminal] + ranked
+            frontier = [c for c in ranked if not c.node.terminal]
+            if not frontier or self._over_budget():
+                break
+        return self._best(kept)
+
+    async def _best_first(self) -> Child:
+        n = self.guide.n
+        await self._level([None], 0)
+        while len(self.children) + n <= self.guide.budget and not self._over_budget():
+            open_ = [c for c in self.children if not c.node.terminal]
+            best = self._best(self.children)
+            if not open_ or best.node.terminal:  # nothing left, or the best is already finished
+                break
+            node = self._best(open_)
+            await self._level([node], node.node.level + 1)
+        return self._best(self.children, prefer_deep=True)
+
+    def _best(self, children: list[Child], prefer_deep: bool = False) -> Child:
+        """The most valuable child; ties go to the earlier one (or the deeper, for best-first)."""
+        best = children[0]
+        for c in children[1:]:
+            if c.rank > best.rank or (prefer_deep and c.rank == best.rank and c.node.level > best.node.level):
+                best = c
+        return best
+
+    def _over_budget(self) -> bool:
+        """The conversation's token or cost budget, counting every child run so far."""
+        limits = self.h.conv.state.limits
+        tokens = self.h.conv.state.tokens + self.h.search_tokens + sum(c.node.tokens for c in self.children)
+        cost = (
+            self.h.conv.state.cost_usd + self.h.search_cost_usd + sum(c.node.cost_usd for c in self.children)
+        )
+        return (limits.max_tokens is not None and tokens >= limits.max_tokens) or (
+            limits.max_cost_usd is not None and cost >= limits.max_cost_usd
+        )
+
+    # --- one child -----------------------------------------------------------------------------
+
+    async def _expand(self, parent: Child | None, level: int, label: str, overrides: dict[str, Any]) -> Child:
+        source = self.h if parent is None else parent.host
+        log = self.d.log
+        n = await self.d.writer.command("HINCRBY", self.key, NEXT, 1)
+        name = f"g{int(n)}"
+        at = source.conv.state.length
+        info = await asyncio.to_thread(log.fork, source.conv.id, source.conv.branch.name, at, name, False)
+        host = source.fork(Conversation(log, source.conv.info, info, source.conv.state))
+        host.forced = {self.agent: {**self.base, **overrides}}
+        before = source.conv.state
+        terminal = await self._advance(host)
+        after = host.conv.state
+        node = Node(
+            branch=name,
+            parent=source.conv.branch.name,
+            fork_at=at,
+            agent=self.agent,
+            search=self.guide.search,
+            label=label,
+            overrides=overrides,
+            level=level,
+            terminal=terminal,
+            tokens=after.tokens - before.tokens,
+            cost_usd=after.cost_usd - before.cost_usd,
+        )
+        node.value, node.error = await self._value(host, at)
+        child = Child(host, node, parent)
+        self.children.append(child)
+        await self._save([child])
+        return child
+
+    async def _advance(self, host: Hosted) -> bool:
+        """Run a child for the search's scope; True when the searched frame is over in it."""
+        todo = pending(host.conv.state)
+        stepped = False
+        while todo:
+            cmd = todo.pop(0)
+            if isinstance(cmd, CallAgent):
+                if stepped and self.guide.scope == "step":
+                    break  # the step is done (its tool results are stored): value it here
+                stepped = stepped or self._searched(cmd)
+            todo = await self.d._perform(host, cmd) + todo
+            if self._over(host.conv.state):
+                for reply in (c for c in todo if isinstance(c, Reply)):
+                    await self.d._perform(host, reply)  # the root's answer, for the turn's result
+                break
+        return self._over(host.conv.state)
+
+    def _searched(self, cmd: CallAgent) -> bool:
+        return cmd.depth == self.depth and cmd.frame.agent == self.agent and cmd.frame.start == self.start
+
+    def _over(self, state: State) -> bool:
+        if state.status != "running":
+            return True
+        if state.depth < self.depth:
+            return True
+        frame = state.stack[self.depth - 1]
+        return (frame.agent, frame.start) != (self.agent, self.start)
+
+    async def _value(self, host: Hosted, fork_at: int) -> tuple[float | None, str | None]:
+        info = host.conv.branch
+        history = await asyncio.to_thread(self.d.log.read, info)
+        seq = None
+        if self.guide.value.per == "step":
+            mine = [
+                e.seq
+                for e in history
+                if isinstance(e, AgentReply)
+                and e.agent == self.agent
+                and e.seq is not None
+                and e.seq >= fork_at
+            ]
+            if not mine:
+                return None, f"{self.agent!r} made no step in this child to score"
+            seq = mine[-1]
+        (score,) = await evaluate_targets(
+            self.d.log,
+            info,
+            history,
+            [self.valuer.evaluator],
+            [seq],
+            host.reference,
+            self.valuer.providers,
+            skip_done=False,
+            mark_pending=False,
+        )
+        return (score.value, None) if score.status == "done" else (None, score.error)
+
+    # --- the choice ----------------------------------------------------------------------------
+
+    async def _adopt(self, best: Child, root: State) -> list[Command]:
+        """Continue the conversation on `best`; count what the other children spent."""
+        c: Child | None = best
+        while c is not None:
+            c.node.chosen = True
+            c = c.parent
+        await self._save(self.children)
+        spent_tokens = sum(c.node.tokens for c in self.children)
+        spent_cost = sum(c.node.cost_usd for c in self.children)
+        final = best.host.conv.state
+        self.h.search_tokens += spent_tokens - (final.tokens - root.tokens)
+        self.h.search_cost_usd += spent_cost - (final.cost_usd - root.cost_usd)
+        await asyncio.to_thread(self.d.log.checkout, self.h.conv.id, best.node.branch)
+        self.h.adopt(best.host)
+        state = self.h.conv.state
+        limits = state.limits
+        if state.status == "running" or state.status == "idle":
+            tokens = state.tokens + self.h.search_tokens
+            if limits.max_tokens is not None and tokens > limits.max_tokens:
+                msg = f"token budget passed, counting guided-search children: {tokens} > {limits.max_tokens}"
+                return [Fail(code="budget", message=msg)]
+            cost = state.cost_usd + self.h.search_cost_usd
+            if limits.max_cost_usd is not None and cost > limits.max_cost_usd:
+                msg = (
+                    "cost budget passed, counting guided-search children: "
+                    f"${cost:.4f} > ${limits.max_cost_usd:g}"
+                )
+                return [Fail(code="budget", message=msg)]
+        return pending(state)
+
+    async def _save(self, children: list[Child]) -> None:
+        fields: list[Any] = []
+        for c in children:
+            fields += [c.node.branch, c.node.model_dump_json()]
+        if fields:
+            await self.d.writer.command("HSET", self.key, *fields)
