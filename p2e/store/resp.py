@@ -77,7 +77,12 @@ class _Protocol(asyncio.Protocol):
                 fut.set_result(replies)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = redis.ConnectionError(f"connection to the store lost: {exc or 'closed by the server'}")
+        if isinstance(exc, redis.RedisError):  # dropped on purpose (a timeout): say why
+            self.lost = exc
+        else:
+            self.lost = redis.ConnectionError(
+                f"connection to the store lost: {exc or 'closed by the server'}"
+            )
         while self.waiting:
             _, _, fut = self.waiting.popleft()
             if not fut.done():
