@@ -8,19 +8,22 @@ instead.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from typing import Any
 
 import ray
 
 from p2e.agents import TeamConfig
+from p2e.evals.score import Score
 from p2e.evals.service import EvalService
-from p2e.events import Limits, ToolResult
+from p2e.evals.store import ScoreStore
+from p2e.events import Event, Limits, ToolResult
 from p2e.runtime.agent import AgentRunner
 from p2e.runtime.driver import AgentHandle, Driver, TurnResult
 from p2e.runtime.metrics import RayMeter, ScoreMeter
 from p2e.runtime.steps import TOOL_RESULTS, EpisodeRequest, StepRequest, StepResult, ToolsRequest
-from p2e.store import EventLog
+from p2e.store import BranchInfo, EventLog
 from p2e.store.aio import GroupCommit
 
 RAY_NAMESPACE = "p2e"
@@ -132,14 +135,29 @@ class SupervisorActor:
     async def run_episode(self, req: bytes) -> bytes:
         """A rollout episode (an `EpisodeRequest` as JSON); its `EpisodeOutcome` as JSON."""
         request = EpisodeRequest.model_validate_json(req)
-        outcome = await self.driver.episode(request)
-        update: dict[str, Any] = {"node": self.node}
-        if request.score and self.scorer is not None:
-            scores = await self.scorer.score(outcome.conversation, outcome.branch, request.reference)
-            for s in scores:
-                self.score_meter.score(s.evaluator, s.value)
-            update["scores"] = scores
-        return outcome.model_copy(update=update).model_dump_json().encode()
+        outcome = await self.driver.episode(request, self._score if self.scorer is not None else None)
+        for s in outcome.scores:
+            self.score_meter.score(s.evaluator, s.value)
+        return outcome.model_copy(update={"node": self.node}).model_dump_json().encode()
+
+    async def _score(
+        self, branch: BranchInfo, history: list[Event] | None, reference: str | None
+    ) -> list[Score]:
+        """Score an episode that just ran here, from the events the driver kept; the scores go
+        out through the group commit (no thread, no extra connection)."""
+        assert self.scorer is not None
+        return await self.scorer.score(
+            branch.conversation, branch.name, reference, info=branch, history=history, save=self._save
+        )
+
+    async def _save(self, scores: list[Score]) -> None:
+        writes = ScoreStore(self.driver.log).writes(scores)
+        await asyncio.gather(
+            *(
+                self.driver.writer.command("HSET", key, *(x for kv in fields.items() for x in kv))
+                for key, fields in writes.items()
+            )
+        )
 
     async def release(self, conv: str) -> None:
         self.driver.release(conv)

@@ -14,6 +14,8 @@ from p2e.errors import CorruptData, EventRejected, InvalidArgument, SequenceOutO
 from p2e.events import Event, Limits, Reflection, Started
 from p2e.machine import INITIAL, Command, State, fold, handle, handle_all
 from p2e.store import BranchInfo, ConversationInfo, EventLog
+from p2e.store.aio import GroupCommit
+from p2e.store.log import new_conversation
 
 SNAPSHOT_EVERY = int(os.environ.get("P2E_SNAPSHOT_EVERY", "256"))
 
@@ -43,28 +45,34 @@ class Conversation:
         reflection: dict[str, Reflection] | None = None,
     ) -> Conversation:
         """Create a conversation and record its `started` event (validated before anything is stored)."""
-        start = Started(
-            root=root,
-            team={a: tuple(t) for a, t in team.items()},
-            limits=limits or Limits(),
-            overrides=overrides or {},
-            reflection=reflection or {},
-        )
-        handle(INITIAL, start)  # reject a bad team before creating anything
+        start = _started(root, team, limits, overrides, reflection)
         info = log.create_conversation(root, name, cid=cid)
-        # the new branch is known without reading it back: empty, no parent, no lineage
-        main = BranchInfo(
-            conversation=info.id,
-            name=info.active,
-            parent=None,
-            fork_at=0,
-            length=0,
-            created=info.created,
-            lineage=[],
-        )
-        conv = cls(log, info, main, INITIAL)
+        conv = cls(log, info, _main(info), INITIAL)
         conv.submit(start)
         return conv
+
+    @classmethod
+    async def acreate(
+        cls,
+        log: EventLog,
+        writer: GroupCommit,
+        root: str,
+        team: dict[str, tuple[str, ...] | list[str]],
+        limits: Limits | None = None,
+        name: str | None = None,
+        cid: str | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        reflection: dict[str, Reflection] | None = None,
+    ) -> tuple[Conversation, Started]:
+        """`create` for async hosts: the conversation and its `started` event in one round trip
+        of the group commit, with no thread. Returns the event too (as stored, seq 0)."""
+        start = _started(root, team, limits, overrides, reflection)
+        state, _ = handle(INITIAL, start)
+        info = new_conversation(root, name, "main", cid)
+        await writer.create(info, [start])
+        conv = cls(log, info, _main(info), INITIAL)
+        conv.commit(state)
+        return conv, start.model_copy(update={"seq": 0})
 
     @classmethod
     def open(cls, log: EventLog, conv: str, branch: str | None = None) -> Conversation:
@@ -116,6 +124,39 @@ class Conversation:
         while f"b{n}" in taken:
             n += 1
         return f"b{n}"
+
+
+def _started(
+    root: str,
+    team: dict[str, tuple[str, ...] | list[str]],
+    limits: Limits | None,
+    overrides: dict[str, dict[str, Any]] | None,
+    reflection: dict[str, Reflection] | None,
+) -> Started:
+    """The `started` event of a new conversation, checked by the machine (a bad team is refused
+    before anything is stored)."""
+    start = Started(
+        root=root,
+        team={a: tuple(t) for a, t in team.items()},
+        limits=limits or Limits(),
+        overrides=overrides or {},
+        reflection=reflection or {},
+    )
+    handle(INITIAL, start)
+    return start
+
+
+def _main(info: ConversationInfo) -> BranchInfo:
+    """A new conversation's branch, known without reading it back: empty, no parent, no lineage."""
+    return BranchInfo(
+        conversation=info.id,
+        name=info.active,
+        parent=None,
+        fork_at=0,
+        length=0,
+        created=info.created,
+        lineage=[],
+    )
 
 
 def rebuild(log: EventLog, branch: BranchInfo, upto: int | None = None) -> State:

@@ -9,7 +9,7 @@ that fails is an error score, never a silent 0.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal
 
 from p2e.evals.registry import BoundEvaluator, EvalContext
@@ -64,11 +64,13 @@ async def evaluate_targets(
     concurrency: int = 64,
     skip_done: bool = True,
     mark_pending: bool = True,
+    save: Callable[[list[Score]], Awaitable[None]] | None = None,
 ) -> list[Score]:
     """Score the given steps of a branch (None: the branch as an episode) with each evaluator.
 
     `mark_pending`: store a `pending` score for each job first, so watchers see the work queued
-    (a caller that waits for the outcome anyway, like a rollout, can skip the write)."""
+    (a caller that waits for the outcome anyway, like a rollout, can skip the write). `save`
+    stores the outcomes instead of a blocking write in a thread (a supervisor's group commit)."""
     store = ScoreStore(log)
     existing = (
         {(s.evaluator, s.target.ref): s for s in await asyncio.to_thread(store.all, info.conversation)}
@@ -102,7 +104,10 @@ async def evaluate_targets(
 
     scores = await asyncio.gather(*(one(ev, ctx) for ev, ctx in jobs))
     await running.drain()
-    await asyncio.to_thread(store.put, scores)  # after the last `running` mark: outcomes win
+    if save is not None:  # after the last `running` mark: outcomes win
+        await save(list(scores))
+    else:
+        await asyncio.to_thread(store.put, scores)
     return list(scores)
 
 

@@ -5,14 +5,16 @@ the supervisor sends it work and never waits for it."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 
 from p2e.agents import TeamConfig
 from p2e.evals import default_registry
 from p2e.evals.registry import BoundEvaluator
 from p2e.evals.runner import evaluate_targets, step_seqs
 from p2e.evals.score import Score
+from p2e.events import Event
 from p2e.llm import Providers
-from p2e.store import EventLog
+from p2e.store import BranchInfo, EventLog
 
 
 class EvalService:
@@ -31,11 +33,25 @@ class EvalService:
     async def on_episode(self, conversation: str, branch: str) -> list[Score]:
         return await self._run(conversation, branch, [None], self.episode)
 
-    async def score(self, conversation: str, branch: str, reference: str | None = None) -> list[Score]:
+    async def score(
+        self,
+        conversation: str,
+        branch: str,
+        reference: str | None = None,
+        *,
+        info: BranchInfo | None = None,
+        history: Sequence[Event] | None = None,
+        save: Callable[[list[Score]], Awaitable[None]] | None = None,
+    ) -> list[Score]:
         """A finished episode, all at once: every step with the step evaluators and the branch
-        with the episode ones (against `reference`, the scenario's expected answer)."""
-        info = await asyncio.to_thread(self.log.branch, conversation, branch)
-        history = await asyncio.to_thread(self.log.read, info)
+        with the episode ones (against `reference`, the scenario's expected answer).
+
+        A host that still holds the branch (`info`) and its events (`history`, seqs set) passes
+        them and reads nothing; `save` replaces the blocking write of the scores."""
+        if info is None:
+            info = await asyncio.to_thread(self.log.branch, conversation, branch)
+        if history is None:
+            history = await asyncio.to_thread(self.log.read, info)
         scores: list[Score] = []
         if self.step:
             seqs: list[int | None] = list(step_seqs(history))
@@ -49,6 +65,7 @@ class EvalService:
                 self.providers,
                 skip_done=False,
                 mark_pending=False,
+                save=save,
             )
         if self.episode:
             scores += await evaluate_targets(
@@ -61,6 +78,7 @@ class EvalService:
                 self.providers,
                 skip_done=False,
                 mark_pending=False,
+                save=save,
             )
         return scores
 

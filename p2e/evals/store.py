@@ -25,7 +25,7 @@ class ScoreStore:
         self.log = log
 
     def put(self, scores: Iterable[Score]) -> None:
-        writes = self._writes(scores)
+        writes = self.writes(scores)
         if writes:
             with self.log.guard():
                 p = self.log.r.pipeline(transaction=False)
@@ -33,7 +33,9 @@ class ScoreStore:
                     p.hset(key, mapping=fields)
                 p.execute()
 
-    def _writes(self, scores: Iterable[Score]) -> dict[str, dict[str, bytes]]:
+    def writes(self, scores: Iterable[Score]) -> dict[str, dict[str, bytes]]:
+        """The hash fields that store these scores, per key (for callers with their own
+        connection, such as a supervisor's group commit)."""
         out: dict[str, dict[str, bytes]] = {}
         for s in scores:
             out.setdefault(self.log.keys.scores(s.target.conversation), {})[field(s)] = (

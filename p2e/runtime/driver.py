@@ -24,6 +24,7 @@ from pydantic import BaseModel
 from p2e.agents import AgentSpec, TeamConfig
 from p2e.conversation import Conversation
 from p2e.errors import Conflict, P2EError
+from p2e.evals.score import Score
 from p2e.events import (
     AgentReply,
     Critique,
@@ -49,7 +50,7 @@ from p2e.machine import (
 )
 from p2e.policies.guide import GuidePolicy
 from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest, StepRequest, StepResult, ToolsRequest
-from p2e.store import EventLog
+from p2e.store import BranchInfo, EventLog
 from p2e.store.aio import GroupCommit
 from p2e.transcript import Transcript
 
@@ -78,6 +79,10 @@ class Observer(Protocol):
     def episode(self, conversation: str, branch: str) -> None: ...
 
 
+Scorer = Callable[[BranchInfo, "list[Event] | None", "str | None"], Awaitable["list[Score]"]]
+"""Scores a finished episode: (its branch, its events if kept, the reference) -> scores."""
+
+
 class TurnResult(BaseModel):
     """How a turn ended: the root's answer, or the error that ended the conversation."""
 
@@ -104,6 +109,9 @@ class Hosted:
         """A guided-search child's overrides of the searched agent (they win over `overrides`)."""
         self.child = False
         """A guided-search child: its steps are not searched again (no nested searches)."""
+        self.record: list[Event] | None = None
+        """The branch's events as stored (seqs set), kept by an episode that is scored where it
+        ran, so scoring reads nothing back; None when not kept (or no longer complete)."""
         self.search_tokens = 0
         self.search_cost_usd = 0.0
         """What guided searches spent on children that were not chosen (not on this branch)."""
@@ -117,6 +125,7 @@ class Hosted:
     def adopt(self, child: Hosted) -> None:
         """Continue on a child's branch (the search chose it)."""
         self.conv, self.transcript, self.answer = child.conv, child.transcript, child.answer
+        self.record = None  # the child's events were not kept: read the branch when scoring
 
 
 class Driver:
@@ -179,10 +188,12 @@ class Driver:
         name: str | None = None,
         overrides: dict[str, dict[str, Any]] | None = None,
         cid: str | None = None,
+        record: bool = False,
     ) -> str:
-        conv = await asyncio.to_thread(
-            Conversation.create,
+        """A new conversation hosted here; `record`: keep its events (an episode scored here)."""
+        conv, start = await Conversation.acreate(
             self.log,
+            self.writer,
             root,
             team,
             limits,
@@ -191,7 +202,8 @@ class Driver:
             overrides,
             self.reflection(team, overrides or {}),
         )
-        self.hosted[conv.id] = Hosted(conv, Transcript.opened(conv.state), overrides or {})
+        h = self.hosted[conv.id] = Hosted(conv, Transcript.opened(conv.state), overrides or {})
+        h.record = [start] if record else None
         return conv.id
 
     async def host(self, conv: str, branch: str | None = None) -> Hosted:
@@ -239,16 +251,23 @@ class Driver:
             await self._drive(h, pending(h.conv.state))
             return self._result(h)
 
-    async def episode(self, req: EpisodeRequest) -> EpisodeOutcome:
+    async def episode(self, req: EpisodeRequest, score: Scorer | None = None) -> EpisodeOutcome:
         """A rollout episode: a new conversation, one user message, driven to the root's answer
-        (or a failure), then released so a long rollout holds nothing per finished episode."""
+        (or a failure), scored by `score` when the request asks for it (from the events kept
+        here: nothing is read back), then released so a long rollout holds nothing per finished
+        episode."""
         t0 = time.monotonic()
-        cid = await self.create(req.root, req.graph, req.limits, req.name, req.overrides, req.cid)
+        scoring = req.score and score is not None
+        cid = await self.create(req.root, req.graph, req.limits, req.name, req.overrides, req.cid, scoring)
         h = self.hosted[cid]  # just created here: no need to ask the store where it stands
         h.reference = req.reference
+        scores: list[Score] = []
         try:
             turn = await self._turn(h, req.message)
             state = h.conv.state
+            if scoring:
+                assert score is not None
+                scores = await score(h.conv.branch, h.record, req.reference)
         finally:
             self.release(cid)
         wall = time.monotonic() - t0
@@ -265,6 +284,7 @@ class Driver:
             tokens=state.tokens + h.search_tokens,
             cost_usd=state.cost_usd + h.search_cost_usd,
             wall_s=wall,
+            scores=scores,
         )
 
     def _result(self, h: Hosted) -> TurnResult:
@@ -413,6 +433,8 @@ class Driver:
         except Conflict:
             self.release(c.id)  # someone else wrote to this branch: rebuild from the store next time
             raise
+        if h.record is not None:
+            h.record += [e.model_copy(update={"seq": s.length}) for s, e in zip(states, events, strict=False)]
         for before, e, after in zip(states, events, states[1:], strict=False):
             h.transcript.update(before, e, after)
             if isinstance(e, AgentReply):

@@ -19,14 +19,23 @@ import redis
 from p2e.errors import StoreUnavailable
 from p2e.events import Event
 from p2e.store.keys import Keys
-from p2e.store.log import append_call, append_error, append_outcome
+from p2e.store.log import (
+    ConversationInfo,
+    append_call,
+    append_error,
+    append_outcome,
+    create_call,
+    create_error,
+)
 from p2e.store.resp import Pipe
 
 PIPELINE_MAX = 512
 
 
-Op = tuple[list[str] | None, list[object], "asyncio.Future[Any]"]
-"""One queued operation: (append-script KEYS, ARGV, future), or (None, a plain command, future)."""
+SCRIPTS = ("append", "create")
+
+Op = tuple[str | None, list[str], list[object], "asyncio.Future[Any]"]
+"""One queued operation: (script, KEYS, ARGV, future), or (None, [], a plain command, future)."""
 
 
 class GroupCommit:
@@ -34,8 +43,8 @@ class GroupCommit:
         self.url = url
         self.keys = Keys(namespace)
         self.r = Pipe(url, connect_timeout=5, timeout=30)
-        self._lua = files("p2e.store").joinpath("lua", "append.lua").read_text()
-        self._sha: str | None = None
+        self._lua = {name: files("p2e.store").joinpath("lua", f"{name}.lua").read_text() for name in SCRIPTS}
+        self._sha: dict[str, str] = {}
         self._queue: list[Op] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -46,21 +55,43 @@ class GroupCommit:
         self, cid: str, branch: str, events: Sequence[Event], expected: int | None = None
     ) -> int:
         """Append atomically (as `EventLog.append_to`); resolves once the server has it."""
+        return await self._append(self._append_op(cid, branch, events, expected), cid, branch, expected)
+
+    def _append_op(
+        self, cid: str, branch: str, events: Sequence[Event], expected: int | None
+    ) -> asyncio.Future[Any]:
         keys, args = append_call(self.keys, cid, branch, events, expected)
+        return self._enqueue("append", keys, args)
+
+    async def _append(self, op: asyncio.Future[Any], cid: str, branch: str, expected: int | None) -> int:
         try:
-            result = await self._enqueue(keys, args)
+            result = await op
         except redis.ResponseError as e:
             raise append_error(e, cid, branch) from e
         return append_outcome(result, cid, branch, expected)[0]
 
+    async def create(self, info: ConversationInfo, first: Sequence[Event]) -> None:
+        """Create a conversation (as `EventLog.create_conversation`) and append its first events,
+        in one round trip: the two scripts are queued back to back, so they run in order."""
+        keys, args = create_call(self.keys, info)
+        created = self._enqueue("create", keys, args)
+        appended = self._append_op(info.id, info.active, first, 0)
+        try:
+            await created
+        except redis.ResponseError as e:
+            with contextlib.suppress(Exception):
+                await appended  # failed too (no branch): collect it, report the cause
+            raise create_error(e) from e
+        await self._append(appended, info.id, info.active, 0)
+
     async def command(self, *args: object) -> Any:
         """Any other command, sent in the same pipelined round trip as the queued appends (so a
         read on every turn costs no extra round trip and no extra connection)."""
-        return await self._enqueue(None, list(args))
+        return await self._enqueue(None, [], list(args))
 
-    def _enqueue(self, keys: list[str] | None, args: list[object]) -> asyncio.Future[Any]:
+    def _enqueue(self, script: str | None, keys: list[str], args: list[object]) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append((keys, args, fut))
+        self._queue.append((script, keys, args, fut))
         self._wake.set()
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._writer())
@@ -83,13 +114,13 @@ class GroupCommit:
                     results = await self._send(batch)
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
                     err = StoreUnavailable(self.url, e)
-                    for _, _, f in batch:
+                    for *_, f in batch:
                         if not f.done():
                             f.set_exception(err)
                     continue
                 self.batches += 1
                 self.appends += len(batch)
-                for (_, _, f), res in zip(batch, results, strict=True):
+                for (*_, f), res in zip(batch, results, strict=True):
                     if f.done():
                         continue
                     if isinstance(res, Exception):
@@ -98,26 +129,29 @@ class GroupCommit:
                         f.set_result(res)
 
     async def _send(self, batch: list[Op]) -> list[object]:
-        if self._sha is None:
-            self._sha = await self._load()
+        if len(self._sha) < len(SCRIPTS):
+            await self._load()
         results = await self._pipeline(batch)
         retry = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
         if retry:  # the server lost its script cache (restart, SCRIPT FLUSH): load and resend those
-            self._sha = await self._load()
+            await self._load()
             again = await self._pipeline([batch[i] for i in retry])
             for i, r in zip(retry, again, strict=True):
                 results[i] = r
         return results
 
-    async def _load(self) -> str:
-        (sha,) = await self.r.run([["SCRIPT", "LOAD", self._lua]])
-        if isinstance(sha, Exception):
-            raise sha
-        return sha.decode()
+    async def _load(self) -> None:
+        shas = await self.r.run([["SCRIPT", "LOAD", self._lua[name]] for name in SCRIPTS])
+        for name, sha in zip(SCRIPTS, shas, strict=True):
+            if isinstance(sha, Exception):
+                raise sha
+            self._sha[name] = sha.decode()
 
     async def _pipeline(self, batch: list[Op]) -> list[object]:
         sha = self._sha
-        assert sha is not None
         return await self.r.run(
-            [args if keys is None else ["EVALSHA", sha, len(keys), *keys, *args] for keys, args, _ in batch]
+            [
+                args if script is None else ["EVALSHA", sha[script], len(keys), *keys, *args]
+                for script, keys, args, _ in batch
+            ]
         )

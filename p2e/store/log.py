@@ -131,34 +131,14 @@ class EventLog:
     ) -> ConversationInfo:
         """A new conversation with one empty branch. `cid` lets a caller choose the id up front
         (to route the conversation to a host by id); it must be unused."""
-        cid = check_name(cid, "conversation id") if cid else new_id()
-        name = check_name(name, "conversation") if name else cid
-        check_name(branch, "branch")
-        k = self.keys
-        created = time.time()
+        info = new_conversation(root, name, branch, cid)
+        keys, args = create_call(self.keys, info)
         with self.guard():
             try:
-                self._create(
-                    keys=[
-                        k.convs,
-                        k.names,
-                        k.conv(cid),
-                        k.branches(cid),
-                        k.branch(cid, branch),
-                        k.conv(name),
-                    ],
-                    args=[cid, name, root, repr(created), branch],
-                )
+                self._create(keys=keys, args=args)
             except redis.ResponseError as e:
-                if "P2E_NAME_TAKEN" in str(e):
-                    taken = str(e).split("P2E_NAME_TAKEN ", 1)[1]
-                    raise InvalidArgument(
-                        f"a conversation named (or with the id) {taken!r} exists already; pick another name"
-                    ) from e
-                raise
-        return ConversationInfo(
-            id=cid, name=name, root=root, created=created, active=branch, events=0, branches=1
-        )
+                raise create_error(e) from e
+        return info
 
     def resolve(self, conv: str) -> str:
         """A conversation id from an id or a name."""
@@ -489,6 +469,41 @@ def append_call(
     for e in events:
         args += [mask(encode(e)), e.kind, event_agent(e) or ""]
     return [keys.branch(cid, branch), keys.events(cid, branch), keys.conv(cid)], args
+
+
+def new_conversation(root: str, name: str | None, branch: str, cid: str | None) -> ConversationInfo:
+    """What a new conversation will be (names checked, an id chosen), before it is stored."""
+    cid = check_name(cid, "conversation id") if cid else new_id()
+    name = check_name(name, "conversation") if name else cid
+    check_name(branch, "branch")
+    return ConversationInfo(
+        id=cid, name=name, root=root, created=time.time(), active=branch, events=0, branches=1
+    )
+
+
+def create_call(keys: Keys, info: ConversationInfo) -> tuple[list[str], list[object]]:
+    """KEYS and ARGV of the create script (shared by the sync log and the async group commit)."""
+    cid, b = info.id, info.active
+    return (
+        [
+            keys.convs,
+            keys.names,
+            keys.conv(cid),
+            keys.branches(cid),
+            keys.branch(cid, b),
+            keys.conv(info.name),
+        ],
+        [cid, info.name, info.root, repr(info.created), b],
+    )
+
+
+def create_error(e: redis.ResponseError) -> Exception:
+    if "P2E_NAME_TAKEN" in str(e):
+        taken = str(e).split("P2E_NAME_TAKEN ", 1)[1]
+        return InvalidArgument(
+            f"a conversation named (or with the id) {taken!r} exists already; pick another name"
+        )
+    return e
 
 
 def append_outcome(result: list[int], cid: str, branch: str, expected: int | None) -> tuple[int, int]:
