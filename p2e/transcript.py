@@ -11,14 +11,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from p2e.events import AgentReply, Event, ToolResult, UserMessage
+from p2e.events import AgentReply, Critique, Event, ToolResult, UserMessage
 from p2e.llm.base import Message
 from p2e.machine import INITIAL, State, apply
+
+SELF_REVIEW = (
+    "Review your answer above critically: is it correct, complete and does it do what was asked? "
+    "If it stands, repeat it unchanged; otherwise reply with the corrected answer."
+)
+
+
+def critique_message(event: Critique) -> str:
+    """What an agent reads when its draft is reviewed (a critic's words, or the self-review)."""
+    if event.critic is None:
+        return SELF_REVIEW
+    return (
+        f"A reviewer ({event.critic}) commented on your answer:\n{event.text}\n\n"
+        "Revise your answer if the review is right; if your answer stands, repeat it unchanged."
+    )
 
 
 class Transcript:
     def __init__(self) -> None:
         self.frames: list[list[Message]] = []
+        self.tasks: list[str] = []
+        """Per frame, what it was asked: the delegated task, or the root's latest user message."""
 
     @classmethod
     def rebuild(cls, events: Iterable[Event], state: State = INITIAL) -> tuple[Transcript, State]:
@@ -35,6 +52,14 @@ class Transcript:
         """The transcript of a conversation that has only started (no read of the store)."""
         t = cls()
         t.frames = [[] for _ in state.stack]
+        t.tasks = [f.task for f in state.stack]
+        return t
+
+    def copy(self) -> Transcript:
+        """An independent copy (a forked branch's transcript goes its own way)."""
+        t = Transcript()
+        t.frames = [list(f) for f in self.frames]
+        t.tasks = list(self.tasks)
         return t
 
     def messages(self) -> list[Message]:
@@ -44,12 +69,16 @@ class Transcript:
     def update(self, before: State, event: Event, after: State) -> None:
         """Follow one event that moved the machine from `before` to `after`."""
         if not before.stack:  # `started`: the root frame opens, empty until the user speaks
-            self.frames = Transcript.opened(after).frames
+            opened = Transcript.opened(after)
+            self.frames, self.tasks = opened.frames, opened.tasks
             return
         if isinstance(event, UserMessage):
             self.frames[0].append(Message(role="user", content=event.text))
+            self.tasks[0] = event.text
         elif isinstance(event, AgentReply):
             self.frames[-1].append(Message(role="assistant", content=event.text, tool_calls=event.tool_calls))
+        elif isinstance(event, Critique):
+            self.frames[-1].append(Message(role="user", content=critique_message(event)))
         elif isinstance(event, ToolResult):
             content = f"ERROR: {event.output}" if event.is_error else event.output
             self.frames[-1].append(
@@ -59,12 +88,14 @@ class Transcript:
         if len(before.stack) > keep:  # the top frame popped: its answer is its caller's tool result
             popped = before.stack[-1]
             del self.frames[keep:]
+            del self.tasks[keep:]
             text = event.text if isinstance(event, AgentReply) else ""
             self.frames[-1].append(
                 Message(role="tool", content=text, tool_call_id=popped.call_id, name="delegate")
             )
         for frame in after.stack[len(self.frames) :]:
             self.frames.append([Message(role="user", content=frame.task)])
+            self.tasks.append(frame.task)
 
 
 def _common(before: State, after: State) -> int:
