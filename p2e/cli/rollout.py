@@ -7,6 +7,7 @@ import time
 from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Group
@@ -21,7 +22,11 @@ from p2e.errors import InvalidArgument
 from p2e.obs.recording import Observation, RerunOptions, observe
 from p2e.obs.viewer import recording_path
 from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
-from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
+from p2e.rollouts.store import AdaptiveRecord, RolloutInfo, RolloutStore, RoundRecord, Row
+
+if TYPE_CHECKING:
+    from p2e.rollouts.plan import Episode, PlanSummary
+    from p2e.rollouts.spec import Resolved
 
 app = typer.Typer(
     help="Rollouts: run a team over variants x scenarios x repeats from a YAML spec, then compare.",
@@ -42,8 +47,23 @@ def validate(spec: Path = SPEC) -> None:
     from p2e.rollouts.spec import load_spec
 
     resolved = load_spec(spec)
-    n = len(expand(resolved))
+    episodes = expand(resolved)
+    n = len(episodes)
+    if resolved.spec.adaptive is not None:
+        from p2e.rollouts.adaptive import Halving
+
+        h = Halving(resolved, episodes)
+        console.print(
+            f"[green]ok[/] {spec}: at most {h.total} episodes in {h.rounds} rounds of successive halving, "
+            f"{_share(h.total, n)} of the full grid's {n} ({len(resolved.variants)} variants)",
+            soft_wrap=True,
+        )
+        return
     console.print(f"[green]ok[/] {spec}: {n} episodes ({len(resolved.variants)} variants)", soft_wrap=True)
+
+
+def _share(part: int, whole: int) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "-"
 
 
 @app.command()
@@ -58,6 +78,9 @@ def plan(spec: Path = SPEC) -> None:
     resolved = load_spec(spec)
     episodes = expand(resolved)
     s = summarize(resolved, episodes)
+    if resolved.spec.adaptive is not None:
+        _plan_adaptive(resolved, episodes, s)
+        return
     t = Table(title=f"{resolved.spec.name}: {s.episodes} episodes")
     t.add_column("variant", overflow="fold")
     t.add_column("overrides", overflow="fold")
@@ -80,6 +103,43 @@ def plan(spec: Path = SPEC) -> None:
     console.print(f"in flight {r.in_flight}, supervisors {r.supervisors}, retries {r.retries}")
 
 
+def _plan_adaptive(resolved: Resolved, episodes: list[Episode], s: PlanSummary) -> None:
+    """`plan` for a spec with `adaptive:`: the variants, then the rounds and what they cost."""
+    from p2e.rollouts.adaptive import Halving
+
+    h = Halving(resolved, episodes)
+    cfg = h.cfg
+    t = Table(title=f"{resolved.spec.name}: {len(resolved.variants)} variants")
+    t.add_column("variant", overflow="fold")
+    t.add_column("overrides", overflow="fold")
+    for v in resolved.variants:
+        t.add_row(v.name, clip(str(v.overrides or "-"), 80))
+    console.print(t)
+    t = Table(title=f"successive halving: keep {cfg.keep:g} per round, {h.rounds} rounds")
+    for col in ("round", "scenario x repeat", "variants", "episodes", "so far"):
+        t.add_column(col, justify="right")
+    so_far = 0
+    for p in h.plan:
+        so_far += p["episodes"]
+        t.add_row(*(str(x) for x in (p["round"], p["units"], p["variants"], p["episodes"], so_far)))
+    console.print(t)
+    steps = resolved.limits.max_steps
+    console.print(
+        f"at most {h.total} episodes, {_share(h.total, h.grid)} of the full grid (teams {s.teams} x variants "
+        f"{len(s.variants)} x scenarios {s.scenarios} x repeats {s.repeats} = {h.grid}); model calls "
+        f"between {h.total} (one per episode) and {h.total * steps} (every episode at its step limit, "
+        f"{steps})",
+        soft_wrap=True,
+    )
+    console.print(
+        f"each round ranks the variants by mean {resolved.spec.primary_metric} over their episodes so far "
+        f"and stops the rest; {cfg.finalists} finalist(s); scenarios dealt into rounds by seed {cfg.seed}",
+        soft_wrap=True,
+    )
+    r = resolved.spec.run
+    console.print(f"in flight {r.in_flight}, supervisors {r.supervisors}, retries {r.retries}")
+
+
 TABLE_EVERY_S = 1.0
 
 
@@ -98,6 +158,7 @@ class _Display:
         )
         self.task = self.progress.add_task("episodes", total=None, stats="")
         self.rows: list[Row] = []
+        self.rid = ""
         self.failed = self.tokens = 0
         self.cost = 0.0
         self.t0 = time.monotonic()
@@ -106,10 +167,19 @@ class _Display:
 
     def start(self, info: RolloutInfo, todo: int, total: int) -> None:
         self.t0 = time.monotonic()
-        self.progress.update(self.task, total=todo, description=f"{info.id}")
+        self.rid = description = info.id
+        if info.adaptive is not None:
+            description += f" round {len(info.adaptive.decided) + 1}/{info.adaptive.rounds}"
+        self.progress.update(self.task, total=todo, description=description)
         if todo < total:
             console.print(f"resuming {info.id}: {total - todo} of {total} episodes are done already")
         self.live.start()
+
+    def round_(self, rec: RoundRecord, record: AdaptiveRecord) -> None:
+        """A round was decided: say who stopped, and what the bar is on now."""
+        console.print(round_line(rec, record.rounds), soft_wrap=True)
+        if rec.round < record.rounds:
+            self.progress.update(self.task, description=f"{self.rid} round {rec.round + 1}/{record.rounds}")
 
     def row(self, row: Row) -> None:
         self.failed += row.status == "failed"
@@ -139,6 +209,17 @@ class _Display:
             self.live.stop()
             if not console.is_terminal:
                 console.print()
+
+
+def round_line(rec: RoundRecord, rounds: int) -> str:
+    """One line per decided round: who goes on, who stopped (mean and interval)."""
+    stopped = ", ".join(f"{s.variant} {_num(s.mean)} {_ci(s.ci_low, s.ci_high)}" for s in rec.stopped)
+    kept = ", ".join(rec.kept)
+    what = "winner" if rec.round == rounds and len(rec.kept) == 1 else "kept"
+    return (
+        f"round {rec.round}/{rounds}: {len(rec.variants)} variants, cutoff {_num(rec.cutoff)}; "
+        f"{what} {kept}; stopped {stopped or 'none'}"
+    )
 
 
 @app.command()
@@ -214,6 +295,7 @@ def run(
                 resume=resume,
                 on_start=on_start,
                 on_row=on_row,
+                on_round=display.round_,
                 **_ray_opts(address),
             )
             after = result.info.ledger.get("balances_after")
@@ -231,6 +313,8 @@ def run(
         display.stop()
     failed = sum(r.status == "failed" for r in result.rows)
     console.print(summary_table(result.summary(), result.id))
+    if result.info.adaptive is not None:
+        console.print(adaptive_lines(result.info.adaptive, len(result.rows)), soft_wrap=True)
     if observations and observations[0].active:
         console.print(f"recording: p2e view {result.id}", soft_wrap=True)
     console.print(
@@ -251,6 +335,7 @@ def _ray_opts(address: str | None) -> dict[str, object]:
 
 def summary_table(summaries: list[VariantSummary], title: str) -> Table:
     t = Table(title=title)
+    adaptive = any(s.rounds or s.outcome for s in summaries)
     for col, justify in (
         ("variant", "left"),
         ("n", "right"),
@@ -262,22 +347,103 @@ def summary_table(summaries: list[VariantSummary], title: str) -> Table:
         ("wall s", "right"),
     ):
         t.add_column(col, justify=justify, overflow="fold", no_wrap=col == "95% CI")  # type: ignore[arg-type]
+    if adaptive:
+        t.add_column("rounds", justify="right")
+        t.add_column("outcome")
     for s in summaries:
-        t.add_row(
+        cells = [
             s.variant,
             str(s.n),
             str(s.failures),
             _num(s.mean),
-            f"[{_num(s.ci_low)}, {_num(s.ci_high)}]" if s.ci_low is not None else "-",
+            _ci(s.ci_low, s.ci_high),
             f"{s.tokens:,}",
             f"{s.cost_usd:.4f}",
             _num(s.mean_wall_s, 2),
-        )
+        ]
+        if adaptive:  # "stopped" beside rounds 1-2: stopped after round 2
+            outcome = (s.outcome or "").split(" ")[0]
+            style = {"winner": "green", "stopped": "dim"}.get(outcome)
+            cells += [_rounds(s.rounds), f"[{style}]{outcome}[/]" if style else outcome]
+        t.add_row(*cells)
     return t
+
+
+def _rounds(rounds: list[int]) -> str:
+    if not rounds:
+        return "-"
+    if rounds == list(range(rounds[0], rounds[-1] + 1)) and len(rounds) > 1:
+        return f"{rounds[0]}-{rounds[-1]}"
+    return ",".join(map(str, rounds))
 
 
 def _num(v: float | None, digits: int = 3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
+
+
+def _ci(lo: float | None, hi: float | None) -> str:
+    return f"[{_num(lo)}, {_num(hi)}]" if lo is not None else "-"
+
+
+def _ratio(v: float | None) -> str:
+    """A ratio with three significant digits; an em dash where it means nothing."""
+    return "—" if v is None else f"{v:+.3g}"
+
+
+def adaptive_lines(record: AdaptiveRecord, ran: int) -> str:
+    """The short account of an adaptive rollout: what it ran against the full grid, the winner."""
+    planned = sum(p["episodes"] for p in record.plan)
+    share = _share(ran, record.grid_episodes)
+    head = (
+        f"successive halving: {len(record.decided)}/{record.rounds} rounds decided; {ran} of {planned} "
+        f"planned episodes ran, {share} of the full grid's {record.grid_episodes}"
+    )
+    if record.winner is None:
+        return head
+    last = record.decided[-1].standings[0]
+    return head + f"; winner {record.winner}: mean {_num(last.mean)} {_ci(last.ci_low, last.ci_high)}"
+
+
+def rounds_table(record: AdaptiveRecord) -> Table:
+    """Each decided round: who ran, the leader, the cutoff and who stopped."""
+    t = Table(title="rounds")
+    for col in ("round", "variants", "episodes", "leader", "cutoff", "stopped (mean, 95% CI)"):
+        t.add_column(col, overflow="fold")
+    for rec in record.decided:
+        lead = rec.standings[0]
+        stopped = "; ".join(f"{s.variant} {_num(s.mean)} {_ci(s.ci_low, s.ci_high)}" for s in rec.stopped)
+        t.add_row(
+            str(rec.round),
+            str(len(rec.variants)),
+            str(rec.episodes),
+            f"{lead.variant} {_num(lead.mean)} {_ci(lead.ci_low, lead.ci_high)}",
+            _num(rec.cutoff),
+            stopped or "-",
+        )
+    return t
+
+
+def stopped_table(record: AdaptiveRecord) -> Table:
+    """Every stopped variant: when, at what score, and how (the whole reason is in the record:
+    `RolloutResult.rounds`)."""
+    t = Table(title="stopped variants")
+    for col in ("variant", "after round", "rank", "n", "mean", "95% CI", "cutoff", "vs the leader", "tie"):
+        t.add_column(col, overflow="fold")
+    for rec in record.decided:
+        for s in rec.stopped:
+            against = "no score" if s.mean is None else "below its CI" if s.separated else "CIs overlap"
+            t.add_row(
+                s.variant,
+                str(rec.round),
+                f"{s.rank}/{len(rec.standings)}",
+                str(s.n),
+                _num(s.mean),
+                _ci(s.ci_low, s.ci_high),
+                _num(rec.cutoff),
+                against,
+                s.tie_break,
+            )
+    return t
 
 
 @app.command("list")
@@ -310,7 +476,14 @@ def show(
         f"[bold]{info.id}[/]  {info.status}  {len(all_rows)}/{info.episodes} episodes  spec {info.spec_path}",
         soft_wrap=True,
     )
-    console.print(summary_table(summarize(all_rows), "variants"))
+    from p2e.rollouts.adaptive import annotate
+
+    console.print(summary_table(annotate(summarize(all_rows), info.adaptive), "variants"))
+    if info.adaptive is not None:
+        console.print(rounds_table(info.adaptive))
+        if any(rec.stopped for rec in info.adaptive.decided):
+            console.print(stopped_table(info.adaptive))
+        console.print(adaptive_lines(info.adaptive, len(all_rows)), soft_wrap=True)
     if info.ledger:
         console.print(ledger_lines(info.ledger), soft_wrap=True)
     if rows:
@@ -320,6 +493,7 @@ def show(
             "variant",
             "scenario",
             "rep",
+            "round",
             "status",
             "primary",
             "steps",
@@ -333,6 +507,7 @@ def show(
                 r.variant,
                 r.scenario,
                 str(r.repeat),
+                "-" if r.round is None else str(r.round),
                 r.status if r.status == "done" else f"[red]{r.status}[/]: {clip(r.error or '', 40)}",
                 _num(r.primary),
                 str(r.steps),
@@ -389,9 +564,22 @@ def compare_(
 
 
 def comparison_table(comparisons: list[Comparison], baseline: str) -> Table:
+    """The paired difference, its verdict, and what it costs: extra tokens and dollars per
+    episode, and the score gained per extra 1k tokens and per extra dollar ("—" where the
+    variant spends no more than the baseline: a ratio would mean nothing)."""
     t = Table(title=f"against {baseline} (paired by scenario)")
-    for col in ("variant", "pairs", "difference", "95% CI", "verdict"):
-        t.add_column(col)
+    for col in (
+        "variant",
+        "pairs",
+        "difference",
+        "95% CI",
+        "verdict",
+        "extra tokens/ep",
+        "score per 1k extra tokens",
+        "extra $/ep",
+        "score per extra $",
+    ):
+        t.add_column(col, justify="left" if col in ("variant", "verdict") else "right", overflow="fold")
     for c in comparisons:
         if c.ci_low is None or c.ci_high is None:
             verdict = "too few pairs"
@@ -401,8 +589,17 @@ def comparison_table(comparisons: list[Comparison], baseline: str) -> Table:
             verdict = "[red]worse[/]"
         else:
             verdict = "no clear difference"
-        ci = f"[{_num(c.ci_low)}, {_num(c.ci_high)}]" if c.ci_low is not None else "-"
-        t.add_row(c.variant, str(c.pairs), _num(c.difference), ci, verdict)
+        t.add_row(
+            c.variant,
+            str(c.pairs),
+            _num(c.difference),
+            _ci(c.ci_low, c.ci_high),
+            verdict,
+            "-" if c.extra_tokens is None else f"{c.extra_tokens:+,.0f}",
+            _ratio(c.score_per_1k_tokens),
+            "-" if c.extra_cost_usd is None else f"{c.extra_cost_usd:+.4f}",
+            _ratio(c.score_per_usd),
+        )
     return t
 
 

@@ -242,6 +242,7 @@ class Coordinator:
             ledger_deltas=deltas,
             node="" if outcome is None else outcome.node,
             finished=time.time(),
+            round=ep.round,
         )
         await asyncio.to_thread(self.store.put_row, row)
         if self.on_row is not None:

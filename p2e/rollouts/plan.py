@@ -35,6 +35,8 @@ class Episode(BaseModel):
     message: str
     reference: str | None = None
     limits: Limits
+    round: int | None = None
+    """Adaptive rollouts: the round the episode belongs to (p2e/rollouts/adaptive.py)."""
 
 
 def episode_id(team: Team, variant_overrides: dict[str, Any], variant: str, scenario: Any, seed: int) -> str:

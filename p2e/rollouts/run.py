@@ -17,7 +17,7 @@ import hashlib
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +25,16 @@ import ray
 
 from actors.actorset import connect_ray, spawn
 from actors.wallet import spawn_wallets
-from p2e.errors import InvalidArgument
+from p2e.errors import InvalidArgument, P2EError
 from p2e.ledger.amount import format_amount
+from p2e.rollouts.adaptive import Halving, annotate
 from p2e.rollouts.coordinator import Coordinator
 from p2e.rollouts.export import flat, write_jsonl, write_parquet
 from p2e.rollouts.ledger import RolloutMoney
 from p2e.rollouts.plan import Episode, expand
 from p2e.rollouts.spec import Resolved, load_spec
 from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
-from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
+from p2e.rollouts.store import AdaptiveRecord, RolloutInfo, RolloutStore, RoundRecord, Row
 from p2e.store import EventLog, connect
 from p2e.store.server import configured_url
 
@@ -55,8 +56,20 @@ class RolloutResult:
         self.rows = rows
         self.baseline = baseline
 
+    @property
+    def rounds(self) -> list[RoundRecord]:
+        """Adaptive rollouts: each decided round (who ran, the standings, who stopped and why)."""
+        return list(self.info.adaptive.decided) if self.info.adaptive else []
+
+    @property
+    def winner(self) -> str | None:
+        """Adaptive rollouts: the variant the last round ranked first."""
+        return self.info.adaptive.winner if self.info.adaptive else None
+
     def summary(self) -> list[VariantSummary]:
-        return summarize(self.rows)
+        """One summary per variant; in an adaptive rollout each says the rounds it ran in and
+        its `outcome` (winner, or stopped after which round)."""
+        return annotate(summarize(self.rows), self.info.adaptive)
 
     def compare(self, baseline: str | None = None) -> list[Comparison]:
         base = baseline or self.baseline or (self.rows[0].variant if self.rows else "")
@@ -79,11 +92,18 @@ class RolloutResult:
 
 
 def plan(
-    resolved: Resolved, store: RolloutStore, resume: str | None, episodes: list[Episode] | None = None
+    resolved: Resolved,
+    store: RolloutStore,
+    resume: str | None,
+    episodes: list[Episode] | None = None,
+    halving: Halving | None = None,
 ) -> tuple[RolloutInfo, list[Episode]]:
     """The rollout record (new, or the one resumed) and the episodes still to run (of
-    `episodes`, the spec's expansion, computed here if not given)."""
+    `episodes`, the spec's expansion, computed here if not given). An adaptive rollout
+    (`halving`) plans only the rounds whose variants are known so far."""
     episodes = expand(resolved) if episodes is None else episodes
+    if halving is None and resolved.spec.adaptive is not None:
+        halving = Halving(resolved, episodes)
     if resume is None:
         now = time.time()
         info = RolloutInfo(
@@ -93,19 +113,36 @@ def plan(
             spec=json.loads(resolved.spec.model_dump_json()) | {"hash": spec_hash(resolved)},
             created=now,
             updated=now,
-            episodes=len(episodes),
+            episodes=len(episodes) if halving is None else halving.total,
+            adaptive=None if halving is None else halving.record(),
         )
         store.create(info)
-        return info, episodes
-    info = store.get(resume)
-    if info.spec.get("hash") != spec_hash(resolved):
-        raise InvalidArgument(
-            f"rollout {resume!r} was run from a different spec ({info.spec_path}); resume it with the "
-            "same spec, or start a new rollout"
-        )
-    done = store.done_episodes(resume)
-    info = store.update(resume, status="running")
-    return info, [e for e in episodes if e.id not in done]
+        done: set[str] = set()
+    else:
+        info = store.get(resume)
+        if info.spec.get("hash") != spec_hash(resolved):
+            raise InvalidArgument(
+                f"rollout {resume!r} was run from a different spec ({info.spec_path}); resume it with "
+                "the same spec, or start a new rollout"
+            )
+        done = store.done_episodes(resume)
+        info = store.update(resume, status="running")
+    if halving is None:
+        return info, [e for e in episodes if e.id not in done]
+    todo = []
+    for r, variants in _known_rounds(halving, info.adaptive):
+        todo += [e for e in halving.episodes_of(r, variants) if e.id not in done]
+    return info, todo
+
+
+def _known_rounds(halving: Halving, record: AdaptiveRecord | None) -> list[tuple[int, list[str]]]:
+    """(round, its variants) for every round whose variants are known: the decided ones and the
+    next."""
+    out = [(1, list(halving.order))]
+    for rec in record.decided if record else []:
+        if rec.round < halving.rounds:
+            out.append((rec.round + 1, rec.kept))
+    return out
 
 
 def run_rollout(
@@ -117,19 +154,22 @@ def run_rollout(
     namespace: str | None = None,
     on_start: Callable[[RolloutInfo, int, int], None] | None = None,
     on_row: Callable[[Row], None] | None = None,
+    on_round: Callable[[RoundRecord, AdaptiveRecord], None] | None = None,
     **ray_options: Any,
 ) -> RolloutResult:
     """Run (or resume) a rollout to the end and return its result.
 
-    `on_start(info, to_run, total)` (once the actors are up) and `on_row(row)` let a caller show
-    progress. Ctrl-C stops
-    the episodes in flight and marks the rollout `interrupted`; `resume=<id>` runs what is left.
+    `on_start(info, to_run, total)` (once the actors are up), `on_row(row)` and, in an adaptive
+    rollout, `on_round(record, adaptive)` (each round decided) let a caller show progress.
+    Ctrl-C stops the episodes in flight and marks the rollout `interrupted`; `resume=<id>` runs
+    what is left (an adaptive rollout: its decided rounds are read back, not redecided).
     """
     resolved = spec if isinstance(spec, Resolved) else load_spec(spec)
     log = connect(store_url, namespace)
     store = RolloutStore(log)
     episodes = expand(resolved)
-    info, todo = plan(resolved, store, resume, episodes)
+    halving = Halving(resolved, episodes) if resolved.spec.adaptive is not None else None
+    info, todo = plan(resolved, store, resume, episodes, halving)
     money = None
     if resolved.spec.ledger is not None:
         money = RolloutMoney(log, resolved.spec.ledger, info.id, episodes)
@@ -139,14 +179,42 @@ def run_rollout(
                 info.id, ledger={"balances_before": {w: format_amount(v) for w, v in before.items()}}
             )
     try:
-        if todo:
+        if halving is not None:
+            to_run = info.episodes - len(store.done_episodes(info.id))
+            drive = _rounds(halving, store, info.id, on_round)
+        else:
+            to_run = len(todo)
+
+            async def drive(coordinator: Coordinator | None) -> None:
+                assert coordinator is not None
+                await coordinator.run(todo)
+
+        if to_run:
             _execute(
-                resolved, log, store, info, todo, address, store_url, on_start, on_row, ray_options, money
+                resolved,
+                log,
+                store,
+                info,
+                to_run,
+                drive,
+                address,
+                store_url,
+                on_start,
+                on_row,
+                ray_options,
+                money,
             )
-        elif on_start is not None:
-            on_start(info, 0, info.episodes)
+        else:
+            if on_start is not None:
+                on_start(info, 0, info.episodes)
+            if halving is not None:  # every row is in, a decision may not be (stopped right before it)
+                asyncio.run(drive(None))
+        info = store.get(info.id)
         if money is not None:  # every episode has its row: pay the bounty (once)
-            settled = money.settle(store.rows(info.id))
+            rows = store.rows(info.id)
+            if info.adaptive is not None:  # to the halving's survivors, on all their rows
+                rows = [r for r in rows if r.variant in info.adaptive.survivors]
+            settled = money.settle(rows)
             info = store.update(info.id, ledger={**info.ledger, **settled})
     except BaseException:
         store.update(info.id, status="interrupted")
@@ -159,12 +227,58 @@ def run_rollout(
     return RolloutResult(info, store.rows(info.id), baseline)
 
 
+def _rounds(
+    halving: Halving,
+    store: RolloutStore,
+    rid: str,
+    on_round: Callable[[RoundRecord, AdaptiveRecord], None] | None,
+) -> Callable[[Coordinator | None], Awaitable[None]]:
+    """Successive halving: each round's missing episodes, then its decision (stored before the
+    next round starts; a decision already stored is read back)."""
+
+    async def drive(coordinator: Coordinator | None) -> None:
+        record = store.get(rid).adaptive
+        assert record is not None
+        decided = {rec.round: rec for rec in record.decided}
+        variants = list(halving.order)
+        for r in range(1, halving.rounds + 1):
+            done = await asyncio.to_thread(store.done_episodes, rid)
+            todo = [e for e in halving.episodes_of(r, variants) if e.id not in done]
+            if todo:
+                if coordinator is None:
+                    raise P2EError(f"rollout {rid}: round {r} has episodes to run and no coordinator")
+                await coordinator.run(todo)
+            rec = decided.get(r)
+            if rec is None:
+                rows = await asyncio.to_thread(store.rows, rid)
+                rec = halving.decide(r, variants, rows)
+                if all(st.mean is None for st in rec.standings):  # nothing to rank them by
+                    failed = sum(st.failures for st in rec.standings)
+                    raise P2EError(
+                        f"rollout {rid}: round {r} has no scored episode ({failed} failed), so no "
+                        f"variant can be ranked; see `p2e rollout show {rid} --rows`, fix the cause "
+                        "and resume (failed episodes run again)"
+                    )
+                decided[r] = rec
+                last = r == halving.rounds
+                record = record.model_copy(
+                    update={"decided": [*record.decided, rec], "survivors": rec.kept if last else []}
+                )
+                await asyncio.to_thread(store.update, rid, adaptive=record)
+                if on_round is not None:
+                    on_round(rec, record)
+            variants = rec.kept
+
+    return drive
+
+
 def _execute(
     resolved: Resolved,
     log: EventLog,
     store: RolloutStore,
     info: RolloutInfo,
-    todo: list[Episode],
+    to_run: int,
+    drive: Callable[[Coordinator | None], Awaitable[None]],
     address: str | None,
     store_url: str | None,
     on_start: Callable[[RolloutInfo, int, int], None] | None,
@@ -208,8 +322,8 @@ def _execute(
             ledger_deltas=money.deltas if money is not None else None,
         )
         if on_start is not None:  # the actors are up: the clock of the first episode starts now
-            on_start(info, len(todo), info.episodes)
-        asyncio.run(coordinator.run(todo))
+            on_start(info, to_run, info.episodes)
+        asyncio.run(drive(coordinator))
     finally:
         if actors is not None:
             actors.kill()

@@ -17,6 +17,7 @@ evaluators: [{id: contains}]
 primary: contains                    # the metric variants are ranked by (default: the first)
 limits: {max_steps: 40, deadline_s: 120, max_cost_usd: 0.5}
 run: {in_flight: 64, supervisors: 1, retries: 2}
+adaptive: {method: halving, keep: 0.5, rounds: auto}   # optional: successive halving (adaptive.py)
 ```
 
 Every problem is an `InvalidArgument` naming the file, the field and, where it can, the line.
@@ -141,6 +142,32 @@ class RunSettings(_Strict):
     episode), or a pool of `evaluators` Evaluator actors (isolated, scaled on their own)."""
 
 
+class Adaptive(_Strict):
+    """Successive halving across variants: the scenario x repeat pairs are split into rounds;
+    after each round the worst variants stop (p2e/rollouts/adaptive.py, docs/rollouts.md)."""
+
+    method: Literal["halving"] = "halving"
+    keep: float = Field(0.5, gt=0, lt=1)
+    """The fraction of a round's variants that go on (rounded up; at least one stops, and never
+    fewer than `finalists` go on)."""
+    rounds: int | Literal["auto"] = "auto"
+    """How many rounds; `auto`: as many as it takes to get down to `finalists`."""
+    finalists: int = Field(1, ge=1)
+    """How many variants the last round keeps (the floor of every cut)."""
+    seed: int = 0
+    """Seeds the order in which scenarios are dealt into rounds."""
+    failed_score: float | None = None
+    """What an episode without a primary score (failed, or its evaluation failed) counts as when
+    variants are ranked; default: it is left out of the mean, as in every summary."""
+
+    @field_validator("rounds")
+    @classmethod
+    def _rounds(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("rounds must be at least 1 (or auto)")
+        return v
+
+
 class RolloutSpec(_Strict):
     name: str
     agents: str | dict[str, Any] = "agents.yaml"
@@ -158,6 +185,8 @@ class RolloutSpec(_Strict):
     ledger: LedgerConfig | None = None
     """Wallets for the agents: starting balances, spending policies, a bounty paid to the best
     variant's agents (p2e/ledger/rollout.py)."""
+    adaptive: Adaptive | None = None
+    """Spend fewer episodes on the variants that are losing (successive halving)."""
 
     _name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
 
@@ -256,6 +285,10 @@ def resolve(spec: RolloutSpec, base: Path, where: str = "<spec>", lines: dict | 
         raise InvalidArgument(f"{where}: limits: {field_problems(e)}") from None
     spec = spec.model_copy(update={"evaluators": tuple(_with_paths(e, base) for e in spec.evaluators)})
     _check_evaluators(spec, team_config, fail)
+    if spec.adaptive is not None:
+        from p2e.rollouts.adaptive import check
+
+        check(spec, len(variants), len(scenarios), fail)
     return Resolved(
         spec=spec,
         path=where,

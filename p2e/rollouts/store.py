@@ -3,7 +3,7 @@
 | key | type | holds |
 | --- | --- | --- |
 | `ns:rollouts` | zset | rollout ids, scored by creation time |
-| `ns:rollout:rid` | string | `RolloutInfo` (JSON): spec, status, counts |
+| `ns:rollout:rid` | string | `RolloutInfo` (JSON): spec, status, counts; an adaptive rollout's rounds |
 | `ns:rollout:rid:rows` | hash | episode id -> `Row` (JSON), written once the episode is finished |
 | `ns:rollout:rid:attempts` | hash | episode id -> attempts started (names each attempt's conversation) |
 
@@ -54,6 +54,82 @@ class Row(BaseModel):
     node: str = ""
     """The Ray node whose supervisor ran the episode."""
     finished: float = 0.0
+    round: int | None = None
+    """The round of an adaptive rollout the episode ran in (1, 2, ...); None: not adaptive."""
+
+
+class Standing(BaseModel):
+    """A variant's place when a round of an adaptive rollout was decided: its primary score over
+    every row it had so far, and whether it goes on."""
+
+    variant: str
+    rank: int
+    """1 = the leader."""
+    n: int
+    """Episodes whose score counted (see `adaptive.failed_score`)."""
+    failures: int
+    mean: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    """The 95% percentile-bootstrap interval of the mean (None below two scores)."""
+    kept: bool
+    tied: bool = False
+    """Stopped with a mean equal to the cutoff's: the tie was broken by `tie_break`."""
+    tie_break: str = ""
+    """What ranked it below the cutoff on a tie: `more unscored` episodes, or `spec order`."""
+    separated: bool = False
+    """Stopped, and its interval lies wholly below the leader's: a clear loss, not only a lower
+    point estimate."""
+    reason: str = ""
+    """Why it was stopped (empty when kept)."""
+
+
+class RoundRecord(BaseModel):
+    """One decided round of an adaptive rollout."""
+
+    round: int
+    variants: list[str]
+    """The variants that ran this round (spec order)."""
+    units: int
+    """Scenario x repeat pairs in this round's chunk."""
+    episodes: int
+    """Episodes planned for the round: variants x teams x units."""
+    cutoff: float | None = None
+    """The mean of the last variant kept."""
+    leader: str
+    standings: list[Standing]
+    """Every variant of the round, best first."""
+
+    @property
+    def kept(self) -> list[str]:
+        return [s.variant for s in self.standings if s.kept]
+
+    @property
+    def stopped(self) -> list[Standing]:
+        return [s for s in self.standings if not s.kept]
+
+
+class AdaptiveRecord(BaseModel):
+    """What an adaptive rollout planned and what it decided so far."""
+
+    method: str = "halving"
+    keep: float
+    finalists: int
+    rounds: int
+    """Rounds planned."""
+    plan: list[dict[str, int]] = []
+    """Per round: `round`, `units`, `variants` (how many run it), `episodes`."""
+    grid_episodes: int
+    """The full grid's episodes (what a plain rollout of the spec would run)."""
+    decided: list[RoundRecord] = []
+    survivors: list[str] = []
+    """Once the last round is decided: the variants kept after it, best first (`finalists` of
+    them when the rounds sufficed to get there)."""
+
+    @property
+    def winner(self) -> str | None:
+        """The best variant of the last round, once every round is decided."""
+        return self.survivors[0] if self.survivors and len(self.decided) == self.rounds else None
 
 
 class RolloutInfo(BaseModel):
@@ -68,6 +144,9 @@ class RolloutInfo(BaseModel):
     note: str = ""
     ledger: dict = {}
     """With a `ledger:` section: balances before and after, and the bounty's payout."""
+    adaptive: AdaptiveRecord | None = None
+    """With an `adaptive:` section: the rounds planned and decided (`episodes` is then the
+    adaptive plan's total, not the full grid's)."""
 
 
 class RolloutStore:

@@ -1,0 +1,344 @@
+"""Adaptive rollouts: successive halving across variants, so losing variants stop early.
+
+```yaml
+adaptive:
+  method: halving      # the only method so far
+  keep: 0.5            # the fraction of a round's variants that go on (rounded up)
+  rounds: auto         # or an int; auto: enough rounds to get down to `finalists`
+  finalists: 1         # how many variants the last round keeps
+  seed: 0              # seeds the order in which scenarios are dealt into rounds
+  failed_score: null   # what an unscored episode counts as when ranking; null: left out
+```
+
+**Dealing.** The spec's scenario x repeat pairs ("units") are put in a fixed order: repeat by
+repeat (so the early rounds see as many distinct scenarios as there are), and within a repeat
+by `sha256(seed, scenario, repeat)`, a shuffle that no library or Python version can change.
+The order is cut into `rounds` consecutive chunks of equal size (sizes differ by at most one,
+the larger ones first). Every team runs every unit of its round.
+
+**A round.** Round r runs every variant still in on round r's chunk. Then the variants are
+ranked by the mean primary score over all their rows so far (every round up to r: the variants
+still in have all run the same units, so the means are comparable), with its 95% bootstrap
+interval (`stats.bootstrap_ci`); ties on the mean go to the variant with fewer unscored
+episodes, then to the one listed first in the spec. The first
+`max(finalists, min(n - 1, ceil(n * keep)))` go on; the rest stop, each with its reason (mean,
+interval, rank, the cutoff, the leader, whether its interval lies wholly below the leader's).
+Since the counts never depend on the scores, the plan's episode count is exact and known before
+anything runs.
+
+**Failures.** As in every summary, a failed episode (or one whose primary evaluation failed) is
+left out of the mean by default; `failed_score: 0` counts it as 0 instead. A variant without a
+single scored episode ranks last.
+
+**Resume.** A decided round is stored in the rollout's info and read back, never redecided. A
+round without a decision runs its missing episodes (failed ones again, as in any resume) and is
+decided from the stored rows: the same rows give the same decision (the bootstrap is seeded).
+
+Pure code: no Ray; `p2e/rollouts/run.py` drives the rounds with the coordinator.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from p2e.errors import InvalidArgument
+from p2e.rollouts.plan import Episode
+from p2e.rollouts.spec import Adaptive, Resolved, RolloutSpec
+from p2e.rollouts.stats import VariantSummary, bootstrap_ci
+from p2e.rollouts.store import AdaptiveRecord, RoundRecord, Row, Standing
+
+Unit = tuple[int, str]
+"""(repeat index, scenario id): one cell of the scenario x repeat grid."""
+
+
+def next_count(n: int, keep: float, finalists: int) -> int:
+    """How many of `n` variants go on after a round: `ceil(n * keep)`, but at least one stops
+    and never fewer than `finalists` go on (none stops once `n <= finalists`)."""
+    if n <= finalists:
+        return n
+    wanted = math.ceil(round(n * keep, 9))  # 0.3 * 10 is 3.0000000000000004, not 4
+    return max(finalists, min(n - 1, wanted))
+
+
+def auto_rounds(n: int, keep: float, finalists: int) -> int:
+    """The rounds it takes to cut `n` variants down to `finalists`."""
+    rounds = 0
+    while n > finalists:
+        n = next_count(n, keep, finalists)
+        rounds += 1
+    return rounds
+
+
+def round_count(cfg: Adaptive, n_variants: int) -> int:
+    return auto_rounds(n_variants, cfg.keep, cfg.finalists) if cfg.rounds == "auto" else int(cfg.rounds)
+
+
+def schedule(cfg: Adaptive, n_variants: int) -> list[int]:
+    """How many variants run in each round."""
+    out, n = [], n_variants
+    for _ in range(round_count(cfg, n_variants)):
+        out.append(n)
+        n = next_count(n, cfg.keep, cfg.finalists)
+    return out
+
+
+def check(spec: RolloutSpec, n_variants: int, n_scenarios: int, fail: Callable[..., InvalidArgument]) -> None:
+    """Configurations that cannot halve, as errors at validate time."""
+    cfg = spec.adaptive
+    assert cfg is not None
+    if n_variants < 2:
+        raise fail(
+            f"adaptive: successive halving ranks variants against each other, and this spec has "
+            f"{n_variants}; add variants or remove `adaptive`",
+            "adaptive",
+        )
+    if spec.primary_metric is None:
+        raise fail(
+            "adaptive: ranking variants needs a primary score: add `evaluators` (the first is the "
+            "primary, or name one with `primary`)",
+            "adaptive",
+        )
+    if cfg.finalists >= n_variants:
+        raise fail(
+            f"adaptive: finalists {cfg.finalists} leaves nothing to stop among {n_variants} variants; "
+            f"use fewer finalists (at most {n_variants - 1})",
+            "adaptive",
+            "finalists",
+        )
+    units = n_scenarios * len(spec.seeds)
+    rounds = round_count(cfg, n_variants)
+    if rounds > units:
+        if cfg.rounds == "auto":
+            how = (
+                f"rounds: auto needs {rounds} rounds (to go from {n_variants} variants to "
+                f"{cfg.finalists} keeping {cfg.keep:g} each round)"
+            )
+            fix = "a higher keep or more finalists (fewer rounds)"
+        else:
+            how, fix = f"rounds asks for {rounds} rounds", "fewer rounds"
+        raise fail(
+            f"adaptive: {how}, but the spec has only {units} scenario x repeat pairs to deal into "
+            f"rounds ({n_scenarios} scenarios x {len(spec.seeds)} repeats): add scenarios or "
+            f"repeats, or use {fix}",
+            "adaptive",
+            "rounds",
+        )
+
+
+def deal(scenarios: Sequence[str], repeats: int, rounds: int, seed: int = 0) -> dict[Unit, int]:
+    """Each (repeat index, scenario) -> its round (1-based): see the module's docstring."""
+
+    def shuffled(u: Unit) -> tuple[int, str]:
+        return u[0], hashlib.sha256(f"{seed}\0{u[1]}\0{u[0]}".encode()).hexdigest()
+
+    order = sorted(((rep, s) for rep in range(repeats) for s in scenarios), key=shuffled)
+    if not 1 <= rounds <= len(order):
+        raise InvalidArgument(f"cannot deal {len(order)} scenario x repeat pairs into {rounds} rounds")
+    size, extra = divmod(len(order), rounds)
+    out: dict[Unit, int] = {}
+    at = 0
+    for r in range(rounds):
+        n = size + (r < extra)
+        for u in order[at : at + n]:
+            out[u] = r + 1
+        at += n
+    return out
+
+
+class Halving:
+    """A spec's successive-halving plan over its expanded episodes, and the decision of a
+    round from rows."""
+
+    def __init__(self, resolved: Resolved, episodes: Sequence[Episode]):
+        cfg = resolved.spec.adaptive
+        if cfg is None:
+            raise InvalidArgument(f"{resolved.path}: the spec has no `adaptive` section")
+        self.cfg = cfg
+        self.order = [v.name for v in resolved.variants]
+        self.rounds = round_count(cfg, len(self.order))
+        self.round_of = deal(
+            [s.id for s in resolved.scenarios], len(resolved.spec.seeds), self.rounds, cfg.seed
+        )
+        self.teams = len(resolved.spec.teams)
+        self.grid = len(episodes)
+        self.episodes = [
+            e.model_copy(update={"round": self.round_of[(e.repeat, e.scenario)]}) for e in episodes
+        ]
+        self.units = [sum(r == k for r in self.round_of.values()) for k in range(1, self.rounds + 1)]
+        self.counts = schedule(cfg, len(self.order))
+        self.plan = [
+            {"round": k + 1, "units": u, "variants": n, "episodes": n * u * self.teams}
+            for k, (u, n) in enumerate(zip(self.units, self.counts, strict=True))
+        ]
+        self.total = sum(p["episodes"] for p in self.plan)
+
+    def record(self) -> AdaptiveRecord:
+        """The plan, before any decision."""
+        return AdaptiveRecord(
+            method=self.cfg.method,
+            keep=self.cfg.keep,
+            finalists=self.cfg.finalists,
+            rounds=self.rounds,
+            plan=self.plan,
+            grid_episodes=self.grid,
+        )
+
+    def episodes_of(self, round_: int, variants: Iterable[str]) -> list[Episode]:
+        """Round `round_`'s episodes for these variants, in expansion order."""
+        alive = set(variants)
+        return [e for e in self.episodes if e.round == round_ and e.variant in alive]
+
+    def decide(self, round_: int, variants: Sequence[str], rows: Iterable[Row]) -> RoundRecord:
+        """Rank the round's variants by their rows of rounds 1..`round_`, keep the best."""
+        return decide(
+            round_,
+            [v for v in self.order if v in set(variants)],
+            rows,
+            keep=next_count(len(variants), self.cfg.keep, self.cfg.finalists),
+            failed_score=self.cfg.failed_score,
+            units=self.units[round_ - 1],
+            episodes=self.plan[round_ - 1]["episodes"],
+        )
+
+    def replay(self, rows: Iterable[Row]) -> list[RoundRecord]:
+        """The decisions halving would make on the rows of a full grid of the same spec (a plain
+        rollout of it, say): each row is dealt into its round, and each round decided on the rows
+        it would have had by then. Runs nothing; with deterministic models it is exactly what an
+        adaptive run would decide."""
+        tagged = [
+            r.model_copy(update={"round": self.round_of[(r.repeat, r.scenario)]})
+            for r in rows
+            if (r.repeat, r.scenario) in self.round_of
+        ]
+        variants, out = list(self.order), []
+        for k in range(1, self.rounds + 1):
+            rec = self.decide(k, variants, [r for r in tagged if r.round is not None and r.round <= k])
+            out.append(rec)
+            variants = rec.kept
+        return out
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _ci(s: Standing) -> str:
+    return f"[{_fmt(s.ci_low)}, {_fmt(s.ci_high)}]" if s.ci_low is not None else "[no interval: n < 2]"
+
+
+def decide(
+    round_: int,
+    variants: Sequence[str],
+    rows: Iterable[Row],
+    *,
+    keep: int,
+    failed_score: float | None = None,
+    units: int = 0,
+    episodes: int = 0,
+) -> RoundRecord:
+    """The decision of one round: `variants` (in spec order, which breaks the last ties) ranked
+    by the mean primary score of their rows of rounds up to `round_`; the first `keep` go on."""
+    by_variant: dict[str, list[Row]] = {v: [] for v in variants}
+    for r in rows:
+        if r.variant in by_variant and (r.round is None or r.round <= round_):
+            by_variant[r.variant].append(r)
+    raw: list[tuple[tuple[Any, ...], Standing]] = []
+    for index, v in enumerate(variants):
+        rs = by_variant[v]
+        scores = [r.primary for r in rs if r.status == "done" and r.primary is not None]
+        unscored = len(rs) - len(scores)
+        if failed_score is not None:
+            scores += [failed_score] * unscored
+        mean = sum(scores) / len(scores) if scores else None
+        ci = bootstrap_ci(scores)
+        s = Standing(
+            variant=v,
+            rank=0,
+            n=len(scores),
+            failures=sum(r.status == "failed" for r in rs),
+            mean=mean,
+            ci_low=ci[0] if ci else None,
+            ci_high=ci[1] if ci else None,
+            kept=False,
+        )
+        # rounded, so that equal means summed in another order still tie
+        key = (mean is None, -round(mean, 9) if mean is not None else 0.0, unscored, index)
+        raw.append((key, s))
+    raw.sort(key=lambda ks: ks[0])
+    leader = raw[0][1]
+    cut_key = raw[keep - 1][0]
+    cutoff = raw[keep - 1][1].mean
+    out = []
+    for rank, (key, s) in enumerate(raw, 1):
+        kept = rank <= keep
+        update: dict[str, Any] = {"rank": rank, "kept": kept}
+        if not kept:
+            tied = key[:2] == cut_key[:2] and s.mean is not None
+            separated = s.ci_high is not None and leader.ci_low is not None and s.ci_high < leader.ci_low
+            tie_break = ("more unscored" if key[2] != cut_key[2] else "spec order") if tied else ""
+            reason = _reason(round_, s, rank, len(raw), keep, cutoff, leader, tie_break, separated)
+            update |= {"tied": tied, "tie_break": tie_break, "separated": separated, "reason": reason}
+        out.append(s.model_copy(update=update))
+    return RoundRecord(
+        round=round_,
+        variants=list(variants),
+        units=units,
+        episodes=episodes,
+        cutoff=cutoff,
+        leader=leader.variant,
+        standings=out,
+    )
+
+
+def _reason(
+    round_: int,
+    s: Standing,
+    rank: int,
+    of: int,
+    keep: int,
+    cutoff: float | None,
+    leader: Standing,
+    tie_break: str,
+    separated: bool,
+) -> str:
+    if s.mean is None:
+        return f"round {round_}: no scored episode ({s.failures} failed); ranked last ({rank} of {of})"
+    text = (
+        f"round {round_}: mean {_fmt(s.mean)} {_ci(s)} over {s.n} episodes, rank {rank} of {of}; "
+        f"the cutoff (rank {keep}) was {_fmt(cutoff)}"
+    )
+    if tie_break:
+        why = "more unscored episodes" if tie_break == "more unscored" else "being listed later in the spec"
+        text += f"; tied with the cutoff, ranked below it for {why}"
+    lead = f"{leader.variant} {_fmt(leader.mean)} {_ci(leader)}"
+    if separated:
+        text += f"; its interval lies wholly below the leader's ({lead})"
+    else:
+        text += f"; its interval overlaps the leader's ({lead}): stopped on the point estimate"
+    return text
+
+
+def outcomes(record: AdaptiveRecord) -> dict[str, str]:
+    """Variant -> what became of it: `winner`, `finalist`, `stopped after round r`, `in round r`."""
+    out: dict[str, str] = {}
+    for rec in record.decided:
+        for s in rec.stopped:
+            out[s.variant] = f"stopped after round {rec.round}"
+    done = len(record.decided) == record.rounds
+    for i, v in enumerate(record.survivors if done else []):
+        out[v] = "winner" if i == 0 else "finalist"
+    if not done and record.decided:
+        for v in record.decided[-1].kept:
+            out[v] = f"in round {len(record.decided) + 1}"
+    return out
+
+
+def annotate(summaries: list[VariantSummary], record: AdaptiveRecord | None) -> list[VariantSummary]:
+    """Summaries with each variant's fate in the adaptive rollout (`outcome`)."""
+    if record is None:
+        return summaries
+    fate = outcomes(record)
+    return [s.model_copy(update={"outcome": fate.get(s.variant.rsplit("/", 1)[-1])}) for s in summaries]
