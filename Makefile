@@ -45,6 +45,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/rollout_bench.py
 	$(BIN)/python bench/obs_bench.py
 	$(BIN)/python bench/ledger_bench.py
+	$(BIN)/python bench/guided_bench.py
+	$(BIN)/python bench/halving_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -104,3 +104,26 @@ def test_variant_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
         team.agent("a").with_overrides({"temperature": -1})
     with pytest.raises(InvalidArgument, match="unknown agent 'zed'; the agents are: a"):
         team.agent("zed")
+
+
+@pytest.mark.parametrize(
+    ("providers", "problem"),
+    [
+        ({"mock": {"rules": {"x": {"rulez": []}}}}, "rules['x']: field 'rulez': unknown key"),
+        ({"mock": {"rule_dirs": "x"}}, "unknown mock provider settings: rule_dirs"),
+        ({"nope": {}}, "unknown model provider 'nope'"),
+        ({"openai": {"base_urll": "x"}}, "base_urll: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_provider_settings_fail_when_the_file_loads(
+    tmp_path: Path, providers: dict, problem: str
+) -> None:
+    """Not on the first model call of every episode: a typo in a mock rules set used to load
+    fine and fail each episode."""
+    import yaml
+
+    path = tmp_path / "agents.yaml"
+    path.write_text(yaml.safe_dump({"agents": {"a": {"persona": "You are a."}}, "providers": providers}))
+    with pytest.raises(InvalidArgument, match="field 'providers'") as e:
+        load_team(path)
+    assert str(path) in str(e.value) and problem in str(e.value)

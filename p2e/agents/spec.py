@@ -22,6 +22,7 @@ from pydantic import (
 
 from p2e.errors import InvalidArgument
 from p2e.events import Limits, Reflection
+from p2e.llm.registry import Providers
 from p2e.policies.context import ContextPolicy
 from p2e.policies.duplicates import DuplicatePolicy
 from p2e.policies.guide import GuidePolicy
@@ -193,6 +194,10 @@ def team_from_mapping(raw: Any, base: Path, where: str) -> TeamConfig:
         )
     except ValidationError as e:
         raise InvalidArgument(f"{where}: {field_problems(e)}") from None
+    try:
+        Providers(team.providers).check()
+    except InvalidArgument as e:
+        raise InvalidArgument(f"{where}: field 'providers': {e}") from None
     for a in agents.values():
         unknown = [t for t in a.can_delegate_to if t not in agents]
         if unknown:

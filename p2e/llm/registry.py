@@ -35,6 +35,12 @@ class Providers:
         self.settings = settings or {}
         self._instances: dict[str, Provider] = {}
 
+    def check(self) -> None:
+        """Build every configured provider now, so bad settings (an unknown key, a mock rules
+        set that does not parse, a bad price) fail when the config is loaded, not per episode."""
+        for name in self.settings:
+            self.for_model(f"{name}/check")
+
     def for_model(self, model: str) -> Provider:
         name, _ = split_model(model)
         if name not in self._instances:
