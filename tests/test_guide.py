@@ -314,6 +314,12 @@ def test_the_cli_shows_the_search_tree_and_the_chosen_path(
     assert "main at seq 2" in text
     code, text, _ = cli("conversation", "tree", out.conversation.replace("ep", "nope"))
     assert code != 0
+    # the children are ranked by their stored scores, the chosen one first
+    code, text, _ = cli("eval", "top", out.conversation)
+    assert code == 0, text
+    rows = [[c.strip() for c in line.split("│")[1:-1]] for line in text.splitlines() if line.startswith("│")]
+    ranked = [r[1] for r in rows]
+    assert ranked[0] == out.branch and set(ranked) >= {"g1", "g2", "g3", "g4"}, text
 
 
 def test_bad_guide_settings_are_named() -> None:
