@@ -93,7 +93,8 @@ def plan(spec: Path = SPEC) -> None:
     console.print(t)
     console.print(
         f"teams {s.teams} x variants {len(s.variants)} x scenarios {s.scenarios} x repeats {s.repeats}"
-        f" = {s.episodes} episodes; model calls between {s.min_model_calls} (one per episode) and "
+        f" = {s.episodes} episodes; model calls between {s.min_model_calls} (one per episode, n for "
+        "a guided root) and "
         f"{s.max_model_calls} (every episode at its step limit, {resolved.limits.max_steps})",
         soft_wrap=True,
     )

@@ -117,18 +117,38 @@ class PlanSummary(BaseModel):
     scenarios: int
     repeats: int
     min_model_calls: int
-    """One per episode: the root must answer at least once."""
+    """One per episode (the root must answer at least once); n for a guided root."""
     max_model_calls: int
-    """Every episode running to its step limit."""
+    """Every episode running to its step limit, each step searched if its agent is guided."""
 
 
 def summarize(resolved: Resolved, episodes: list[Episode]) -> PlanSummary:
+    low = high = 0
+    for e in episodes:
+        root, most = _calls_per_step(resolved, e)
+        low += root
+        high += most * resolved.limits.max_steps
     return PlanSummary(
         episodes=len(episodes),
         teams=len(resolved.spec.teams),
         variants=[v.name for v in resolved.variants],
         scenarios=len(resolved.scenarios),
         repeats=len(resolved.spec.seeds),
-        min_model_calls=len(episodes),
-        max_model_calls=len(episodes) * resolved.limits.max_steps,
+        min_model_calls=low,
+        max_model_calls=high,
     )
+
+
+def _calls_per_step(resolved: Resolved, e: Episode) -> tuple[int, int]:
+    """Model calls one step can cost in this episode: (the root's least, any agent's most). A
+    guided agent's step is a search: n children, n per kept node in a beam, or the budget."""
+    least, most = 1, 1
+    for agent in e.graph:
+        guide = resolved.team_config.agent(agent).with_overrides(_own(e.overrides, agent)).guide
+        if guide is None:
+            continue
+        per = {"best_of_n": guide.n, "beam": guide.n * guide.width, "best_first": guide.budget}[guide.search]
+        most = max(most, per)
+        if agent == e.root:
+            least = guide.n
+    return least, most
