@@ -15,6 +15,9 @@ from p2e.events import AgentReply, Critique, Event, ToolResult, UserMessage
 from p2e.llm.base import Message
 from p2e.machine import INITIAL, State, apply
 
+ERROR_PREFIX = "ERROR: "
+"""How a failed tool call's result reads to the model (the duplicate policy relies on it)."""
+
 SELF_REVIEW = (
     "Review your answer above critically: is it correct, complete and does it do what was asked? "
     "If it stands, repeat it unchanged; otherwise reply with the corrected answer."
@@ -80,7 +83,7 @@ class Transcript:
         elif isinstance(event, Critique):
             self.frames[-1].append(Message(role="user", content=critique_message(event)))
         elif isinstance(event, ToolResult):
-            content = f"ERROR: {event.output}" if event.is_error else event.output
+            content = ERROR_PREFIX + event.output if event.is_error else event.output
             self.frames[-1].append(
                 Message(role="tool", content=content, tool_call_id=event.call_id, name=event.name)
             )

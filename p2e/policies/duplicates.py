@@ -38,9 +38,7 @@ from p2e.events import ToolCall, ToolResult
 from p2e.llm.base import Message
 from p2e.tools.registry import Registry, Tool, ToolContext
 from p2e.tools.run import run_call
-
-ERROR_PREFIX = "ERROR: "
-"""How `p2e.transcript` shows an error result to the model; such results are not reused."""
+from p2e.transcript import ERROR_PREFIX
 
 
 class DuplicatePolicy(BaseModel):
