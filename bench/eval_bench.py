@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -38,11 +37,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import redis
 import yaml
+from benchlib import delete_ns, server
 
 from p2e.conversation import Conversation
 from p2e.evals import BoundEvaluator, builtin_registry
@@ -51,7 +50,6 @@ from p2e.evals.store import ScoreStore
 from p2e.events import AgentReply, Limits, UserMessage
 from p2e.llm.registry import Providers
 from p2e.store import BranchInfo, EventLog
-from p2e.store.server import ensure_embedded, stop_embedded
 
 REPO = Path(__file__).resolve().parent.parent
 JUDGE_RULES = REPO / "experiments" / "mock" / "judge.yaml"
@@ -70,30 +68,6 @@ QUICK = {"n": 128, "small_n": 5, "concurrency": 64, "latency_ms": 100.0, "rounds
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def server(url: str | None) -> Iterator[tuple[str, str]]:
-    """(url, source): the given server, or an embedded Valkey in a temp P2E home, stopped after."""
-    if url:
-        yield url, "--url"
-        return
-    home = Path(tempfile.mkdtemp(prefix="p2e-bench-"))
-    try:
-        info = ensure_embedded(home)
-        try:
-            yield info.url, "embedded valkey (p2e.store.server.ensure_embedded, temp P2E home)"
-        finally:
-            stop_embedded(home)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def delete_ns(r: redis.Redis, ns: str) -> int:
-    keys = list(r.scan_iter(match=f"{ns}:*", count=10_000))
-    for i in range(0, len(keys), 1_000):
-        r.unlink(*keys[i : i + 1_000])
-    return len(keys)
 
 
 def rules_dir(latencies_ms: list[float]) -> Path:
@@ -257,7 +231,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "load_avg": [round(x, 2) for x in os.getloadavg()],
     }
-    with server(args.url) as (url, source):
+    with server(args.url) as (url, source, _, _):
         out["source"] = source
         out.update(run(url, args, sizes))
     print(json.dumps(out))

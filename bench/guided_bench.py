@@ -25,7 +25,7 @@ import time
 import uuid
 from pathlib import Path
 
-import redis
+from benchlib import delete_ns, server
 
 from p2e.rollouts.run import run_rollout
 from p2e.rollouts.spec import load_spec
@@ -48,13 +48,17 @@ def main() -> None:
         update={"spec": resolved.spec.model_copy(update={"repeats": args.repeats})}
     )
     ns = f"bench-guided-{uuid.uuid4().hex[:8]}"
-    t0 = time.perf_counter()
-    result = run_rollout(resolved, store_url=args.url, namespace=ns)
-    wall = time.perf_counter() - t0
+    with server(args.url) as (url, source, _, _):
+        t0 = time.perf_counter()
+        result = run_rollout(resolved, store_url=url, namespace=ns)
+        wall = time.perf_counter() - t0
+        by: dict[str, list] = {}
+        for row in result.rows:
+            by.setdefault(row.variant, []).append(row)
+        log = connect(url, ns)
+        trees = [read_tree(log, r.conversation) for r in by["guided"]]
+        delete_ns(url, ns)
 
-    by: dict[str, list] = {}
-    for row in result.rows:
-        by.setdefault(row.variant, []).append(row)
     variants = {
         v: {
             "n": len(rows),
@@ -68,21 +72,16 @@ def main() -> None:
     best = max(plain, key=lambda v: plain[v]["score"])
     guided = variants["guided"]
     ratio = guided["tokens"] / variants["sloppy"]["tokens"]
-
-    log = connect(args.url, ns)
-    trees = [read_tree(log, r.conversation) for r in by["guided"]]
     tree_ok = all(
         len(t) == 4 and sum(n.chosen for n in t) == 1 and next(n for n in t if n.chosen).branch == r.branch
         for t, r in zip(trees, by["guided"], strict=True)
     )
-    r = redis.Redis.from_url(log.url)
-    for key in r.scan_iter(match=f"{ns}:*", count=10_000):
-        r.unlink(key)
 
     out = {
         "bench": "guided",
         "python": platform.python_version(),
         "spec": str(SPEC.relative_to(REPO)),
+        "server": source,
         "episodes": len(result.rows),
         "wall_s": round(wall, 2),
         "variants": variants,

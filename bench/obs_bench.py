@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -46,11 +45,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import redis
+from benchlib import delete_ns, server
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENTS = ROOT / "experiments" / "agents.yaml"
@@ -71,21 +70,6 @@ def dist_ms(xs: list[float]) -> dict[str, float]:
         "p99": round(pct(xs, 0.99) * 1e3, 2),
         "max": round(max(xs) * 1e3, 2) if xs else float("nan"),
     }
-
-
-@contextlib.contextmanager
-def server(url: str | None) -> Iterator[tuple[str, str]]:
-    if url:
-        yield url, "given"
-        return
-    from p2e.store.server import ensure_embedded, stop_embedded
-
-    home = Path(tempfile.mkdtemp(prefix="p2e-obsbench-"))
-    info = ensure_embedded(home)
-    try:
-        yield info.url, "embedded valkey (temp P2E home, AOF everysec)"
-    finally:
-        stop_embedded(home)
 
 
 def demo_script(url: str, ns: str) -> list[str]:
@@ -249,7 +233,7 @@ def run_lag(url: str, script: list[str], rate: float, seconds: float, tmp: Path,
         if file is not None and obs is not None:
             run["rrd_bytes_per_event"] = round(file.stat().st_size / max(obs.events, 1), 1)
         out["runs"][mode] = run
-        wipe(url, ns)
+        delete_ns(url, ns)
     return out
 
 
@@ -283,7 +267,7 @@ def run_cost(url: str, seconds: float, rounds: int, in_flight: int, tmp: Path, n
                 per = cpu / max(obs.events, 1) * 1e6
                 cpu_per_event[mode].append(per)
                 share[mode].append(per / work)
-            wipe(url, ns)
+            delete_ns(url, ns)
     ratios = [rr / nn for rr, nn in zip(rates["rerun"], rates["none"], strict=True)]
     ratios_f = [ff / nn for ff, nn in zip(rates["follow"], rates["none"], strict=True)]
     return {
@@ -343,7 +327,7 @@ def run_feed_cost(url: str, script: list[str], seconds: float) -> dict[str, Any]
             spent[mode] += time.perf_counter() - t0
     rates = {m: counts[m] / spent[m] for m in scripts}
     log.close()
-    wipe(url, ns)
+    delete_ns(url, ns)
     return {
         "appends_per_s": {m: round(v, 1) for m, v in rates.items()},
         "ratio_with_xadd_to_as_is": round(rates["with_xadd"] / rates["as_is"], 3),
@@ -363,14 +347,6 @@ def run_redact(script: list[str], n: int = 20000) -> dict[str, Any]:
         "us_per_event": round(per * 1e6, 2),
         "mean_event_bytes": round(statistics.fmean(map(len, raws)), 1),
     }
-
-
-def wipe(url: str, ns: str) -> None:
-    r = redis.Redis.from_url(url)
-    keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
-    for i in range(0, len(keys), 500):
-        r.unlink(*keys[i : i + 500])
-    r.close()
 
 
 def main() -> None:
@@ -394,11 +370,11 @@ def main() -> None:
 
     load0 = os.getloadavg()
     t0 = time.time()
-    with server(args.url) as (url, source), tempfile.TemporaryDirectory() as d:
+    with server(args.url, "p2e-obsbench-") as (url, source, _, _), tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         ns = f"p2eobsbench-{uuid.uuid4().hex[:8]}"
         script = demo_script(url, ns)
-        wipe(url, ns)
+        delete_ns(url, ns)
         r = redis.Redis.from_url(url)
         info = r.info("server")
         r.close()

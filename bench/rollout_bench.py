@@ -27,20 +27,17 @@ import json
 import math
 import os
 import platform
-import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
 import psutil
 import ray
-import redis
 import yaml
+from benchlib import delete_ns, server
 
 from p2e.obs.recording import RerunOptions, observe
 from p2e.rollouts.run import run_rollout
 from p2e.rollouts.store import RolloutInfo, Row
-from p2e.store.server import ensure_embedded, stop_embedded
 
 CALLS = 5
 
@@ -184,64 +181,62 @@ def main() -> None:
     )
     args = ap.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="p2e-bench-"))
-    url = args.url or ensure_embedded(home).url
-    ns = f"bench-{uuid.uuid4().hex[:8]}"
-    out: dict = {
-        "bench": "rollout",
-        "python": platform.python_version(),
-        "ray": ray.__version__,
-        "cpus": os.cpu_count(),
-        "load_avg_start": os.getloadavg(),
-    }
-    try:
-        tmp = home / "spec"
-        tmp.mkdir()
-        if args.episodes:
-            spec = write_spec(
-                tmp, args.episodes, args.in_flight, args.latency_ms, args.supervisors, args.placement
-            )
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="p2e")
-            out["latency"] = {
-                "in_flight": args.in_flight,
-                "latency_ms": args.latency_ms,
-                "supervisors": args.supervisors,
-                "placement": args.placement,
-                "ramp_s": args.ramp_s,
-                **one_run(
-                    spec, url, ns, args.latency_ms, args.in_flight, tmp / "rows.rrd" if args.record else None
-                ),
-            }
-            ray.shutdown()
-        if args.nodes:
-            from ray.cluster_utils import Cluster
-
-            out["scaling"] = []
-            for n in [int(x) for x in args.nodes.split(",")]:
-                cluster = Cluster(
-                    initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
-                )
-                for _ in range(n - 1):
-                    cluster.add_node(num_cpus=1)
-                cluster.wait_for_nodes()
-                ray.init(address=cluster.address, namespace="p2e", log_to_driver=False)
-                flight = args.per_node * n
+    with server(args.url) as (url, _, _, home):
+        ns = f"bench-{uuid.uuid4().hex[:8]}"
+        out: dict = {
+            "bench": "rollout",
+            "python": platform.python_version(),
+            "ray": ray.__version__,
+            "cpus": os.cpu_count(),
+            "load_avg_start": os.getloadavg(),
+        }
+        try:
+            tmp = home / "spec"
+            tmp.mkdir()
+            if args.episodes:
                 spec = write_spec(
-                    tmp, args.scaling_episodes, flight, args.latency_ms, n, args.placement, args.ramp_s
+                    tmp, args.episodes, args.in_flight, args.latency_ms, args.supervisors, args.placement
                 )
-                r = one_run(spec, url, ns, args.latency_ms, flight)
-                out["scaling"].append({"nodes": n, "in_flight": flight, **r})
+                ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="p2e")
+                out["latency"] = {
+                    "in_flight": args.in_flight,
+                    "latency_ms": args.latency_ms,
+                    "supervisors": args.supervisors,
+                    "placement": args.placement,
+                    "ramp_s": args.ramp_s,
+                    **one_run(
+                        spec,
+                        url,
+                        ns,
+                        args.latency_ms,
+                        args.in_flight,
+                        tmp / "rows.rrd" if args.record else None,
+                    ),
+                }
                 ray.shutdown()
-                cluster.shutdown()
-        out["load_avg_end"] = os.getloadavg()
-    finally:
-        r = redis.Redis.from_url(url)
-        keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
-        for i in range(0, len(keys), 500):
-            r.unlink(*keys[i : i + 500])
-        if not args.url:
-            stop_embedded(home)
-        shutil.rmtree(home, ignore_errors=True)
+            if args.nodes:
+                from ray.cluster_utils import Cluster
+
+                out["scaling"] = []
+                for n in [int(x) for x in args.nodes.split(",")]:
+                    cluster = Cluster(
+                        initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False}
+                    )
+                    for _ in range(n - 1):
+                        cluster.add_node(num_cpus=1)
+                    cluster.wait_for_nodes()
+                    ray.init(address=cluster.address, namespace="p2e", log_to_driver=False)
+                    flight = args.per_node * n
+                    spec = write_spec(
+                        tmp, args.scaling_episodes, flight, args.latency_ms, n, args.placement, args.ramp_s
+                    )
+                    r = one_run(spec, url, ns, args.latency_ms, flight)
+                    out["scaling"].append({"nodes": n, "in_flight": flight, **r})
+                    ray.shutdown()
+                    cluster.shutdown()
+            out["load_avg_end"] = os.getloadavg()
+        finally:
+            delete_ns(url, ns)
     print(json.dumps(out))
 
 

@@ -73,13 +73,13 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import ray
 import redis
+from benchlib import delete_ns, server, server_info
 
 import p2e.api
 from actors.supervisor import agent_actor_name, supervisor_actor_name
@@ -91,7 +91,6 @@ from p2e.runtime.driver import Driver
 from p2e.runtime.steps import StepRequest
 from p2e.store.aio import GroupCommit
 from p2e.store.log import EventLog, new_id
-from p2e.store.server import ensure_embedded, stop_embedded
 from p2e.tools import REGISTRY
 from p2e.transcript import Transcript
 
@@ -166,46 +165,6 @@ def ms(x: float) -> float:
 
 def us(x: float) -> float:
     return round(x * 1e6, 1)
-
-
-@contextlib.contextmanager
-def server(url: str | None) -> Iterator[tuple[str, str, int | None]]:
-    """(url, source, server pid if local): the given server, or an embedded Valkey in a temp
-    P2E home, stopped after."""
-    if url:
-        r = redis.Redis.from_url(url)
-        pid = int(r.info("server").get("process_id", 0)) or None
-        r.close()
-        yield url, "--url", pid if pid and psutil.pid_exists(pid) else None
-        return
-    home = Path(tempfile.mkdtemp(prefix="p2e-runtime-bench-"))
-    try:
-        info = ensure_embedded(home)
-        try:
-            yield info.url, "embedded valkey (p2e.store.server.ensure_embedded, temp P2E home)", info.pid
-        finally:
-            stop_embedded(home)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-def server_info(r: redis.Redis) -> dict[str, object]:
-    info = r.info("server")
-    cfg: dict[str, object] = {}
-    for k in ("appendonly", "appendfsync"):
-        try:
-            cfg.update(r.config_get(k))
-        except redis.ResponseError:
-            cfg[k] = "?"
-    name = "valkey" if "valkey_version" in info else "redis"
-    return {"server": f"{name} {info.get('valkey_version') or info.get('redis_version')}", **cfg}
-
-
-def delete_ns(r: redis.Redis, ns: str) -> int:
-    keys = list(r.scan_iter(match=f"{ns}:*", count=10_000))
-    for i in range(0, len(keys), 1000):
-        r.unlink(*keys[i : i + 1000])
-    return len(keys)
 
 
 def write_team(d: Path, placement: str = "actor") -> Path:
@@ -850,7 +809,7 @@ def main() -> None:
         if v is not None:
             sizes[k] = v
     t0 = time.perf_counter()
-    with server(args.url) as (url, source, store_pid):
+    with server(args.url, "p2e-runtime-bench-") as (url, source, store_pid, _):
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "quick": args.quick,

@@ -28,23 +28,19 @@ Usage: python bench/store_bench.py [--url URL] [--quick] [knobs, see --help]. Pr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import redis
+from benchlib import delete_ns, ns_keys, server, server_info
 
 from p2e.events import AgentReply, Event, encode, events_adapter
 from p2e.store.log import BranchInfo, EventLog
-from p2e.store.server import ensure_embedded, stop_embedded
 
 TEXT = (
     "It is 22C and sunny in Paris this afternoon. The forecast for the rest of the week shows "
@@ -121,34 +117,6 @@ def fill(log: EventLog, cid: str, branch: str, pool: list[Event], n: int, length
     return length + n
 
 
-def server_info(r: redis.Redis) -> dict[str, object]:
-    info = r.info("server")
-    cfg: dict[str, object] = {}
-    for k in ("appendonly", "appendfsync", "save"):
-        try:
-            cfg.update(r.config_get(k))
-        except redis.ResponseError:  # CONFIG may be disabled on a managed server
-            cfg[k] = "?"
-    name = "valkey" if "valkey_version" in info else "redis"
-    return {
-        "server": f"{name} {info.get('valkey_version') or info.get('redis_version')}",
-        "appendonly": cfg.get("appendonly"),
-        "appendfsync": cfg.get("appendfsync"),
-        "save": cfg.get("save"),
-    }
-
-
-def ns_keys(r: redis.Redis, ns: str) -> list[bytes]:
-    return list(r.scan_iter(match=f"{ns}:*", count=10_000))
-
-
-def delete_ns(r: redis.Redis, ns: str) -> int:
-    keys = ns_keys(r, ns)
-    for i in range(0, len(keys), 1_000):
-        r.unlink(*keys[i : i + 1_000])
-    return len(keys)
-
-
 def role(key: bytes) -> str:
     if key.endswith(b":ev"):
         return "event_lists"
@@ -168,23 +136,6 @@ def ns_bytes(r: redis.Redis, ns: str) -> tuple[int, int, dict[str, int]]:
     for k, b in zip(keys, p.execute(), strict=True):
         by_role[role(k)] += int(b or 0)
     return sum(by_role.values()), len(keys), by_role
-
-
-@contextlib.contextmanager
-def server(url: str | None) -> Iterator[tuple[str, str]]:
-    """(url, source): the given server, or an embedded Valkey in a temp P2E home, stopped after."""
-    if url:
-        yield url, "--url"
-        return
-    home = Path(tempfile.mkdtemp(prefix="p2e-bench-"))
-    try:
-        info = ensure_embedded(home)
-        try:
-            yield info.url, "embedded valkey (p2e.store.server.ensure_embedded, temp P2E home)"
-        finally:
-            stop_embedded(home)
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
 
 
 # --- measurements -------------------------------------------------------------------------------
@@ -410,7 +361,7 @@ def main() -> None:
         "hiredis": bool(getattr(redis.utils, "HIREDIS_AVAILABLE", False)),
         "cpus": os.cpu_count(),
     }
-    with server(args.url) as (url, source):
+    with server(args.url) as (url, source, _, _):
         out["source"] = source
         out.update(run(url, args, sizes))
     print(json.dumps(out))
