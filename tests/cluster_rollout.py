@@ -40,6 +40,7 @@ def main(spec: str, store_url: str, namespace: str, remove: bool) -> None:
         "nodes_alive": len([n for n in ray.nodes() if n["Alive"]]),
         "removed": removed.is_set(),
         "removed_node": workers[0].node_id,
+        "nodes": {"head": cluster.head_node.node_id[:8], "workers": [w.node_id[:8] for w in workers]},
         "rows": [r.model_dump() for r in result.rows],
     }
     ray.shutdown()
