@@ -23,6 +23,11 @@ def main(spec: str, store_url: str, namespace: str, remove: bool) -> None:
     workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, namespace="p2e", log_to_driver=False)
+    # a node can be alive before its resources are known to the scheduler; an actor sent there
+    # meanwhile counts the node as infeasible and (soft affinity) lands on another one
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
     rows: list[Row] = []
     removed = threading.Event()
     started = time.monotonic()
