@@ -148,6 +148,11 @@ class Driver:
         self.team = team
         self.hosted: dict[str, Hosted] = {}
         self._specs: dict[tuple[str, str], AgentSpec] = {}
+        agents = team.agents.values() if team is not None else ()
+        self._guided = any(a.guide is not None for a in agents)
+        self._reflective = any(a.reflection is not None for a in agents)
+        """Whether the file itself uses these policies; if not, only a variant naming them can
+        (checked without building the agent's spec: the common case costs nothing per step)."""
         self.valuers: dict[str, Any] = {}
         """Guided search's evaluators, made once (see `p2e.runtime.guide.Valuer`)."""
 
@@ -165,6 +170,8 @@ class Driver:
         self, graph: dict[str, tuple[str, ...]], overrides: dict[str, dict[str, Any]]
     ) -> dict[str, Reflection]:
         """The reflection rules of a conversation's agents, for its `started` event."""
+        if not self._reflective and not any("reflection" in o for o in overrides.values()):
+            return {}
         rules = {}
         for agent in graph:
             spec = self.spec(agent, overrides.get(agent))
@@ -175,7 +182,10 @@ class Driver:
     def guide(self, h: Hosted, agent: str) -> GuidePolicy | None:
         if h.child:
             return None
-        spec = self.spec(agent, h.overrides.get(agent))
+        overrides = h.overrides.get(agent)
+        if not self._guided and not (overrides and "guide" in overrides):
+            return None
+        spec = self.spec(agent, overrides)
         return spec.guide if spec is not None else None
 
     # --- conversations -------------------------------------------------------------------------
