@@ -2,10 +2,13 @@
 
   transfers : C client processes (default 8, like the floor) each paying for --seconds through
               `EmbeddedLedger.transfer` (validation, fingerprint, one `transfer.lua` EVALSHA,
-              the entry parsed back), one payment in flight per client. Two mixes: random payer
-              and payee among 1,000 funded wallets, and every client paying from ONE hot wallet.
-              Also one client alone. After the runs `verify` must pass (exit 1 otherwise).
-              Target: >= 5,000 transfers/s from concurrent clients.
+              the receipt built from its short answer), one payment in flight per client. Two
+              mixes: random payer and payee among 1,000 funded wallets, and every client paying
+              from ONE hot wallet. Also one client alone. After the runs `verify` must pass (exit
+              1 otherwise). Target: >= 5,000 transfers/s from concurrent clients. With each rate,
+              the CPU per transfer (µs): the clients' (process time), the server's in all (INFO
+              cpu) and inside the script (EVALSHA's usec per call) -- on this 2-core machine the
+              rate is about 2 cores / the CPU per transfer, so these say where the time goes.
   verify    : the journal is filled to 100,000 entries (pipelined transfer scripts), then
               `verify()` is timed (median of --verify-runs): hash chain recomputed, every entry
               replayed, balances and totals compared. Target: <= 5 s.
@@ -95,6 +98,7 @@ def _client(url: str, ns: str, mode: str, seconds: float, seed: int, go: Any, q:
     names = [f"w{i}" for i in range(WALLETS)]
     go.wait()
     done = refused = 0
+    c0 = time.process_time()
     t0 = time.monotonic()
     deadline = t0 + seconds
     while time.monotonic() < deadline:
@@ -114,11 +118,23 @@ def _client(url: str, ns: str, mode: str, seconds: float, seed: int, go: Any, q:
             done += 1
         except InsufficientFunds:
             refused += 1
-    q.put((done, refused, t0, time.monotonic()))
+    q.put((done, refused, t0, time.monotonic(), time.process_time() - c0))
     led.close()
 
 
+def _server_cpu(r: redis.Redis) -> tuple[float, int, int]:
+    """The server's CPU seconds (user + system, every thread), and EVALSHA's calls and usec."""
+    cpu = r.info("cpu")
+    ev = r.info("commandstats").get("cmdstat_evalsha", {})
+    return cpu["used_cpu_user"] + cpu["used_cpu_sys"], ev.get("calls", 0), ev.get("usec", 0)
+
+
 def transfers(url: str, ns: str, mode: str, clients: int, seconds: float, seed: int = 0) -> dict[str, Any]:
+    """One measurement; with the CPU it cost: the clients' (process time: Python, redis-py and
+    their system calls), the server's in the scripts (commandstats) and in all (INFO cpu: the
+    scripts, the network, the AOF), each in total seconds and calls (the server's counters are
+    read before and after, not reset, so a shared server's other users add to them)."""
+    r = redis.Redis.from_url(url)
     ctx = mp.get_context("fork")
     go, q = ctx.Event(), ctx.Queue()
     procs = [
@@ -128,27 +144,51 @@ def transfers(url: str, ns: str, mode: str, clients: int, seconds: float, seed: 
     for p in procs:
         p.start()
     time.sleep(0.5)  # every client connected and waiting
+    cpu0, calls0, usec0 = _server_cpu(r)
     go.set()
     res = [q.get() for _ in procs]
+    cpu1, calls1, usec1 = _server_cpu(r)
     for p in procs:
         p.join()
-    done = sum(r[0] for r in res)
-    wall = max(r[3] for r in res) - min(r[2] for r in res)
-    return {"transfers": done, "refused": sum(r[1] for r in res), "wall_s": round(wall, 3)}
+    r.close()
+    done = sum(x[0] for x in res)
+    wall = max(x[3] for x in res) - min(x[2] for x in res)
+    return {
+        "transfers": done,
+        "refused": sum(x[1] for x in res),
+        "wall_s": round(wall, 3),
+        "client_cpu_s": sum(x[4] for x in res),
+        "server_cpu_s": cpu1 - cpu0,
+        "script_calls": calls1 - calls0,
+        "script_usec": usec1 - usec0,
+    }
 
 
 def interleaved(
     url: str, ns: str, modes: list[str], clients: int, seconds: float, rounds: int
 ) -> dict[str, Any]:
-    """Each mode for `seconds / rounds` in turn, `rounds` times; per mode the total rate."""
-    tot = {m: [0, 0.0, 0] for m in modes}
+    """Each mode for `seconds / rounds` in turn, `rounds` times; per mode the total rate, and
+    the CPU per transfer: the clients' and the server's (µs), and the server's inside the script
+    (EVALSHA's usec per call)."""
+    keys = ("transfers", "wall_s", "refused", "client_cpu_s", "server_cpu_s", "script_calls", "script_usec")
+    tot = {m: dict.fromkeys(keys, 0) for m in modes}
     for r in range(rounds):
         for m in modes:
             res = transfers(url, ns, m, clients, seconds / rounds, seed=r * 10 + modes.index(m))
-            tot[m][0] += res["transfers"]
-            tot[m][1] += res["wall_s"]
-            tot[m][2] += res["refused"]
-    return {m: {"transfers": d, "refused": f, "per_s": round(d / w, 1)} for m, (d, w, f) in tot.items()}
+            for k in keys:
+                tot[m][k] += res[k]
+    out = {}
+    for m, t in tot.items():
+        n = max(1, t["transfers"])
+        out[m] = {
+            "transfers": t["transfers"],
+            "refused": t["refused"],
+            "per_s": round(t["transfers"] / t["wall_s"], 1),
+            "client_cpu_us_per_transfer": round(t["client_cpu_s"] / n * 1e6, 1),
+            "server_cpu_us_per_transfer": round(t["server_cpu_s"] / n * 1e6, 1),
+            "script_us_per_call": round(t["script_usec"] / max(1, t["script_calls"]), 1),
+        }
+    return out
 
 
 def fill(led: EmbeddedLedger, target: int, batch: int = 500) -> float:
@@ -168,9 +208,9 @@ def fill(led: EmbeddedLedger, target: int, batch: int = 500) -> float:
             i += 1
             body = _body(ts=time.time(), kind="transfer", cid=cid, by=payer, amount=amount, reason="fill")
             fp = transfer_fingerprint(payer, payee, amount, "fill")
-            script(
+            script(  # transfer.lua takes the entry's known fields without the braces
                 keys=[*k.common, k.history(payer), k.history(payee), k.spent(payer)],
-                args=[cid, fp, body, payer, payee, str(amount), "", ""],
+                args=[cid, fp, body[1:-1], payer, payee, str(amount), "", ""],
                 client=p,
             )
         p.execute()

@@ -35,13 +35,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from importlib.resources import files
-from typing import Any
+from typing import Any, NoReturn
 
+import hiredis
 import redis
 from pydantic import TypeAdapter, ValidationError
+from redis.connection import AbstractConnection
 
 from p2e.errors import CorruptData, InvalidArgument, StoreUnavailable
 from p2e.ledger.amount import MAX_AMOUNT, check_minor, format_amount
@@ -113,8 +116,8 @@ class LedgerKeys:
 
 def _script(name: str) -> str:
     lua = files("p2e.ledger").joinpath("lua")
-    if name == "cap":
-        return lua.joinpath("cap.lua").read_text()
+    if name in ("cap", "transfer"):  # self-contained (transfer: the hot path, see its header)
+        return lua.joinpath(f"{name}.lua").read_text()
     return lua.joinpath("lib.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
 
 
@@ -136,10 +139,60 @@ class EmbeddedLedger(Ledger):
             n: self.r.register_script(_script(n))
             for n in ("open", "mint", "transfer", "lock", "settle", "cap")
         }
+        self._conns: list[AbstractConnection] = []
+        self._pid = os.getpid()
 
     def close(self) -> None:
+        conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.disconnect()
         if self._own_client:
             self.r.close()
+
+    def _eval(self, name: str, keys: tuple[str, ...], args: tuple[str, ...]) -> Any:
+        """EVALSHA of a ledger script: its reply, or the ResponseError it raised.
+
+        Commands go through connections of the ledger's own, made from the client's pool's
+        settings (address, auth, db, TLS, timeouts), one per thread in flight, and spoken to
+        directly (the command packed by hiredis, the reply read by redis-py's parser): redis-py's
+        command path (pool checkout with a poll of the socket, retry wrapper, observability
+        hooks) cost more client CPU per transfer than the rest of the transfer. Anything
+        unusual falls back to that path: a script the server does not have (it loads it), and a
+        connection error (its retries, then StoreUnavailable). A resent command is applied once
+        (its command id), so a retry can only replay it.
+        """
+        script = self._scripts[name]
+        cmd = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        if self._pid != os.getpid():  # a forked child: the parent's connections are not its own
+            self._conns, self._pid = [], os.getpid()
+        try:
+            conn = self._conns.pop()
+        except IndexError:
+            pool = self.r.connection_pool
+            conn = pool.connection_class(**{**pool.connection_kwargs, "decode_responses": False})
+        try:
+            conn.send_packed_command([cmd], check_health=False)
+            reply = conn.read_response()
+        except redis.exceptions.NoScriptError:
+            self._conns.append(conn)
+            return self._slow(script, keys, args)
+        except redis.ResponseError:
+            self._conns.append(conn)  # a whole reply was read: the connection is in step
+            raise
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()
+            return self._slow(script, keys, args)
+        except BaseException:
+            conn.disconnect()  # interrupted mid-reply: a later reply could be misread
+            raise
+        self._conns.append(conn)
+        return reply
+
+    def _slow(self, script: Any, keys: tuple[str, ...], args: tuple[str, ...]) -> Any:
+        try:
+            return script(keys=keys, args=args)
+        except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as e:
+            raise StoreUnavailable(self.url, e) from e
 
     @contextlib.contextmanager
     def _guard(self) -> Iterator[None]:
@@ -234,20 +287,43 @@ class EmbeddedLedger(Ledger):
         k = self.keys
         scope = budget.scope if budget else ""
         limit = str(budget.limit) if budget and budget.limit is not None else ""
-        # the body by hand: names and command ids are checked to hold no character JSON escapes
-        body = (
-            f'{{"ts":{time.time()!r},"kind":"transfer","cid":"{command_id}","by":"{payer}",'
-            f'"amount":{amount},"reason":{json.dumps(reason)}}}'
+        ts = time.time()
+        # The entry's known fields by hand (names and command ids are checked to hold no
+        # character JSON escapes), without braces: the script writes the entry around them.
+        fields = (
+            f'"ts":{ts!r},"kind":"transfer","cid":"{command_id}","by":"{payer}",'
+            f'"amount":{amount},"reason":{json.dumps(reason)}'
         )
-        return self._run(
-            "transfer",
-            [k.history(payer), k.history(payee), k.spent(payer)],
-            [payer, payee, str(amount), scope, limit],
-            command_id,
-            transfer_fingerprint(payer, payee, amount, reason),
-            body,
-            budget=budget,
-        )
+        args = (payer, payee, str(amount), scope, limit)
+        try:
+            reply = self._eval(
+                "transfer",
+                (k.meta, k.bal, k.journal, k.cmds, k.history(payer), k.history(payee), k.spent(payer)),
+                (command_id, transfer_fingerprint(payer, payee, amount, reason), fields, *args),
+            )
+        except redis.ResponseError as e:
+            self._refused(e, args, command_id, budget, None)
+        if reply[0]:  # a retry: the original entry
+            return self._receipt(reply[1], command_id, replayed=True)
+        # The script answers only what the client does not know: seq, prev, the balances after.
+        _, seq, prev, after_payer, after_payee = reply
+        try:
+            entry = {
+                "seq": int(seq),
+                "prev": prev.decode(),
+                "ts": ts,
+                "kind": "transfer",
+                "cid": command_id,
+                "by": payer,
+                "amount": amount,
+                "reason": reason,
+                "moves": ((payer, -amount, int(after_payer)), (payee, amount, int(after_payee))),
+            }
+            return Receipt.model_validate({"entry": entry})
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptData(
+                self.keys.bal, f"the answer to command {command_id!r} does not parse ({e}); run verify"
+            ) from e
 
     def mint(self, to: str, amount: int, *, reason: str, command_id: str) -> Receipt:
         check_wallet_name(to)
@@ -353,32 +429,42 @@ class EmbeddedLedger(Ledger):
         budget: Budget | None = None,
         escrow: str | None = None,
     ) -> Receipt:
-        """Run one command script; its answer is {replayed, entry text}. (No context manager:
-        this is the hot path, where every microsecond of Python counts several times over.)"""
+        """Run one command script (not transfer's: see `transfer`); its answer is {replayed,
+        entry text}."""
         try:
-            replayed, raw = self._scripts[script](
-                keys=[*self.keys.common, *keys], args=[command_id, fp, body, *args]
-            )
+            replayed, raw = self._eval(script, (*self.keys.common, *keys), (command_id, fp, body, *args))
         except redis.ResponseError as e:
-            if "P2E_" in str(e):
-                raise self._error(e, args, command_id, budget, escrow) from e
-            if "WRONGTYPE" in str(e):
-                raise CorruptData(f"{self.keys.prefix}*", f"a key of the wrong type ({e})") from e
-            raise
-        except (redis.ConnectionError, redis.TimeoutError, ConnectionError) as e:
-            raise StoreUnavailable(self.url, e) from e
+            self._refused(e, args, command_id, budget, escrow)
+        return self._receipt(raw, command_id, replayed=bool(replayed))
+
+    def _receipt(self, raw: bytes, command_id: str, replayed: bool) -> Receipt:
         try:
             entry = Entry.model_validate_json(raw)
         except ValidationError as e:
             raise CorruptData(
                 self.keys.journal, f"the entry of command {command_id!r} does not parse: {e}"
             ) from e
-        return Receipt.model_construct(entry=entry, replayed=bool(replayed))
+        return Receipt(entry=entry, replayed=replayed)
+
+    def _refused(
+        self,
+        e: redis.ResponseError,
+        args: Sequence[str],
+        command_id: str,
+        budget: Budget | None,
+        escrow: str | None,
+    ) -> NoReturn:
+        """Raise what a script's error means (a p2e error), or the error itself."""
+        if "P2E_" in str(e):
+            raise self._error(e, args, command_id, budget, escrow) from e
+        if "WRONGTYPE" in str(e):
+            raise CorruptData(f"{self.keys.prefix}*", f"a key of the wrong type ({e})") from e
+        raise e
 
     def _error(
         self,
         e: redis.ResponseError,
-        args: list[str],
+        args: Sequence[str],
         command_id: str,
         budget: Budget | None,
         escrow: str | None,
@@ -429,6 +515,8 @@ class EmbeddedLedger(Ledger):
             return CorruptData(
                 first, f"a key of the wrong type ({' '.join(words[1:])}) where the ledger keeps its data"
             )
+        if code == "CORRUPT":
+            return CorruptData(first, "it holds a balance too long to be one; run `p2e ledger verify`")
         return LedgerError(f"the ledger refused the command: {msg}")
 
     # --- escrows -------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
--- Shared by every ledger script: it is prepended to each one (Redis scripts cannot import).
+-- Shared by the ledger scripts (prepended to each: Redis scripts cannot import), but for cap.lua
+-- and transfer.lua, which are self-contained (transfer: the hot path, see its header).
 -- KEYS[1] meta hash, KEYS[2] balances hash, KEYS[3] journal list, KEYS[4] command ids hash
 -- ARGV[1] command id, ARGV[2] fingerprint of the command, ARGV[3] the entry's body: a JSON object
 -- without seq, prev and moves, which the script adds (it alone knows them).
