@@ -384,3 +384,24 @@ def test_the_plan_counts_the_children_of_guided_steps() -> None:
     # 4 plain variants x 8 scenarios at one call each, the guided one at 4 children per turn
     assert (s.episodes, s.min_model_calls) == (40, 32 + 8 * 4)
     assert s.max_model_calls == (32 + 8 * 4) * spec.limits.max_steps
+
+
+def test_the_ray_meter_sums_counters_and_hands_them_over_within_a_second(ray_session: None) -> None:
+    from p2e.events import Usage
+    from p2e.runtime import metrics as m
+
+    meter = m.RayMeter()
+    seen: list[tuple[str, float, dict]] = []
+    for name in ("steps", "tokens", "cost"):
+        getattr(meter, name).inc = lambda v, tags, name=name: seen.append((name, v, tags))
+    reply = AgentReply(agent="a", text="x", model="mock/x", usage=Usage(prompt_tokens=3, completion_tokens=4))
+
+    async def go() -> None:
+        for _ in range(5):
+            meter.reply(reply)
+        assert seen == []  # summed, not yet handed over
+        await asyncio.sleep(m.FLUSH_S + 0.2)
+
+    asyncio.run(go())
+    tags = {"agent": "a", "model": "mock/x"}
+    assert sorted(seen) == [("steps", 5, tags), ("tokens", 35, tags)]
