@@ -28,7 +28,8 @@ def ledger(store_url: str, namespace: str) -> Iterator[EmbeddedLedger]:
     led.close()
 
 
-def _wipe(led: EmbeddedLedger) -> None:
+def wipe_ledger(led: EmbeddedLedger) -> None:
+    """Every key of the ledger's namespace gone (a property test starts each example afresh)."""
     keys = list(led.r.scan_iter(match=f"{led.keys.prefix}*", count=1000))
     if keys:
         led.r.unlink(*keys)
@@ -48,7 +49,7 @@ payments = st.lists(
 def test_concurrent_payments_from_one_wallet_conserve_money(
     ledger: EmbeddedLedger, start: int, pays: list[tuple[str, int]], threads: int
 ) -> None:
-    _wipe(ledger)
+    wipe_ledger(ledger)
     for w in ("payer", *PAYEES):
         ledger.open_wallet(w)
     if start:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_ledger_properties import wipe_ledger
 
 from p2e.errors import CorruptData, StoreUnavailable
 from p2e.ledger import MAX_AMOUNT, Budget, EmbeddedLedger, InsufficientFunds, units
@@ -31,12 +32,6 @@ def ledger(store_url: str, namespace: str) -> Iterator[EmbeddedLedger]:
         led.open_wallet(w)
     yield led
     led.close()
-
-
-def _wipe(led: EmbeddedLedger) -> None:
-    keys = list(led.r.scan_iter(match=f"{led.keys.prefix}*", count=1000))
-    if keys:
-        led.r.unlink(*keys)
 
 
 def _state(led: EmbeddedLedger) -> dict[bytes, object]:
@@ -114,7 +109,7 @@ def test_a_volume_past_24_digits_still_adds_exactly(ledger: EmbeddedLedger) -> N
 def test_text_arithmetic_matches_python(
     ledger: EmbeddedLedger, start: int, other: int, data: st.DataObject
 ) -> None:
-    _wipe(ledger)
+    wipe_ledger(ledger)
     for w in ("alice", "bob"):
         ledger.open_wallet(w)
     ledger.mint("alice", start, reason="", command_id="m1")

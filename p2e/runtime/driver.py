@@ -316,9 +316,10 @@ class Driver:
         todo = list(commands)
         while todo:
             cmd = todo.pop(0)
-            todo = await self._perform(h, cmd) + todo
+            todo = await self.perform(h, cmd) + todo
 
-    async def _perform(self, h: Hosted, cmd: Command) -> list[Command]:
+    async def perform(self, h: Hosted, cmd: Command) -> list[Command]:
+        """Carry out one command of the machine on a hosted branch; the commands it made due."""
         c = h.conv
         if isinstance(cmd, CallAgent):
             guide = self.guide(h, cmd.frame.agent)

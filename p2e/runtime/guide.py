@@ -211,10 +211,10 @@ class GuidedSearch:
                 if stepped and self.guide.scope == "step":
                     break  # the step is done (its tool results are stored): value it here
                 stepped = stepped or self._searched(cmd)
-            todo = await self.d._perform(host, cmd) + todo
+            todo = await self.d.perform(host, cmd) + todo
             if self._over(host.conv.state):
                 for reply in (c for c in todo if isinstance(c, Reply)):
-                    await self.d._perform(host, reply)  # the root's answer, for the turn's result
+                    await self.d.perform(host, reply)  # the root's answer, for the turn's result
                 break
         return self._over(host.conv.state)
 

@@ -7,7 +7,7 @@ or evaluator, so the dashboard can slice a rollout without p2e storing anything 
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
+from collections import defaultdict
 
 from ray.util import metrics
 
@@ -27,7 +27,7 @@ class RayMeter:
     """The supervisor's meter (see `Driver`): steps, model latency, tokens, cost, episodes."""
 
     def __init__(self) -> None:
-        self._sums: Counter[tuple[str, str, str]] = Counter()
+        self._sums: defaultdict[tuple[str, str, str], float] = defaultdict(float)
         self._due: asyncio.TimerHandle | None = None
         self.steps = metrics.Counter(
             "p2e_steps_total", description="agent replies stored", tag_keys=("agent", "model")
@@ -64,7 +64,7 @@ class RayMeter:
             if u.prompt_tokens or u.completion_tokens:
                 sums["tokens", agent, model] += u.prompt_tokens + u.completion_tokens
             if u.cost_usd:
-                sums["cost", agent, model] += u.cost_usd  # type: ignore[assignment]
+                sums["cost", agent, model] += u.cost_usd
             self.latency.observe(u.latency_ms, {"agent": agent, "model": model})
         if self._due is None:
             self._due = asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
