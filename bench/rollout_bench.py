@@ -195,7 +195,13 @@ def main() -> None:
             tmp.mkdir()
             if args.episodes:
                 spec = write_spec(
-                    tmp, args.episodes, args.in_flight, args.latency_ms, args.supervisors, args.placement
+                    tmp,
+                    args.episodes,
+                    args.in_flight,
+                    args.latency_ms,
+                    args.supervisors,
+                    args.placement,
+                    args.ramp_s,
                 )
                 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="p2e")
                 out["latency"] = {
