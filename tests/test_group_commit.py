@@ -9,9 +9,10 @@ import threading
 
 import pytest
 import redis
+import uvloop
 
 from p2e.conversation import Conversation
-from p2e.errors import Conflict, StoreUnavailable
+from p2e.errors import Conflict, StoreError, StoreUnavailable
 from p2e.events import UserMessage
 from p2e.store import EventLog
 from p2e.store.aio import GroupCommit
@@ -159,3 +160,79 @@ def test_a_database_number_in_the_url_is_selected(store_url: str, namespace: str
         assert redis.Redis.from_url(store_url).get(key) is None
     finally:
         r3.delete(key)
+
+
+def test_the_group_commit_runs_on_uvloop(store_url: str, namespace: str, log: EventLog) -> None:
+    """Ray runs async actors (the supervisors) on uvloop whenever it is installed; the group
+    commit once hung there (uvloop's transport is no `asyncio.Transport` subclass)."""
+    convs = [Conversation.create(log, "a", {"a": ()}) for _ in range(20)]
+
+    async def go() -> None:
+        w = GroupCommit(store_url, namespace)
+        appends = (w.append(c.id, "main", [UserMessage(text="on uvloop")], expected=1) for c in convs)
+        await asyncio.wait_for(asyncio.gather(*appends), 10)
+        assert await asyncio.wait_for(w.command("PING"), 5) == b"PONG"
+        await w.close()
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert isinstance(runner.get_loop(), uvloop.Loop)
+        runner.run(go())
+    for c in convs:
+        assert [e.text for e in log.history(c.id)[1:]] == ["on uvloop"]
+
+
+def test_an_argument_it_cannot_send_fails_at_the_call_and_nothing_else(
+    store_url: str, namespace: str
+) -> None:
+    key = f"{namespace}:after-bad"
+
+    async def go() -> None:
+        w = GroupCommit(store_url, namespace)
+        good = asyncio.ensure_future(w.command("SET", key, "1"))
+        with pytest.raises(TypeError, match="cannot send NoneType"):
+            await w.command("SET", key, None)
+        assert await asyncio.wait_for(good, 5) == b"OK"
+        await w.close()
+
+    asyncio.run(go())
+    assert redis.Redis.from_url(store_url).get(key) == b"1"
+
+
+def test_a_failure_inside_the_writer_reaches_the_batch_and_the_next_batch_goes_out(
+    store_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever goes wrong while a batch is sent, its callers get the error instead of waiting
+    for ever, and the writer keeps serving."""
+
+    async def go() -> None:
+        w = GroupCommit(store_url, namespace)
+        real = w._pipeline
+        calls = []
+
+        async def broken_once(batch: list) -> list[object]:
+            calls.append(len(batch))
+            if len(calls) == 1:
+                raise RuntimeError("a bug in the writer")
+            return await real(batch)
+
+        monkeypatch.setattr(w, "_pipeline", broken_once)
+        first = await asyncio.wait_for(
+            asyncio.gather(w.command("PING"), w.command("PING"), return_exceptions=True), 5
+        )
+        assert [type(e) for e in first] == [RuntimeError, RuntimeError]
+        assert await asyncio.wait_for(w.command("PING"), 5) == b"PONG"
+        await w.close()
+
+    asyncio.run(go())
+
+
+def test_closing_fails_the_writes_still_pending(store_url: str, namespace: str) -> None:
+    async def go() -> None:
+        w = GroupCommit(store_url, namespace)
+        pending = asyncio.ensure_future(w.command("PING"))
+        await asyncio.sleep(0)  # queued; the writer has not sent it yet
+        await w.close()
+        with pytest.raises(StoreError, match="closed with this write pending"):
+            await asyncio.wait_for(pending, 5)
+
+    asyncio.run(go())

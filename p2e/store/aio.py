@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from p2e.errors import StoreUnavailable
+from p2e.errors import StoreError, StoreUnavailable
 from p2e.events import Event
 from p2e.store.keys import Keys
 from p2e.store.log import (
@@ -27,7 +27,7 @@ from p2e.store.log import (
     create_call,
     create_error,
 )
-from p2e.store.resp import Pipe
+from p2e.store.resp import Pipe, check_args
 
 PIPELINE_MAX = 512
 
@@ -46,6 +46,8 @@ class GroupCommit:
         self._lua = {name: files("p2e.store").joinpath("lua", f"{name}.lua").read_text() for name in SCRIPTS}
         self._sha: dict[str, str] = {}
         self._queue: list[Op] = []
+        self._sending: list[Op] = []
+        """The batch on the wire (failed by `close` if it never gets an answer)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
@@ -86,7 +88,9 @@ class GroupCommit:
 
     async def command(self, *args: object) -> Any:
         """Any other command, sent in the same pipelined round trip as the queued appends (so a
-        read on every turn costs no extra round trip and no extra connection)."""
+        read on every turn costs no extra round trip and no extra connection). An argument the
+        store cannot take raises `TypeError` here, before it can fail the rest of a batch."""
+        check_args(args)
         return await self._enqueue(None, [], list(args))
 
     def _enqueue(self, script: str | None, keys: list[str], args: list[object]) -> asyncio.Future[Any]:
@@ -98,10 +102,17 @@ class GroupCommit:
         return fut
 
     async def close(self) -> None:
+        """Stop the writer. A write still queued or in flight fails with `StoreError` (one in
+        flight may or may not have been stored): its caller hears of it instead of waiting."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        closed = StoreError(
+            "the group commit was closed with this write pending; it may or may not be stored"
+        )
+        _fail([*self._sending, *self._queue], closed)
+        self._sending, self._queue = [], []
         await self.r.aclose()
 
     async def _writer(self) -> None:
@@ -110,14 +121,17 @@ class GroupCommit:
             self._wake.clear()
             while self._queue:
                 batch, self._queue = self._queue[:PIPELINE_MAX], self._queue[PIPELINE_MAX:]
+                self._sending = batch
                 try:
                     results = await self._send(batch)
                 except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-                    err = StoreUnavailable(self.url, e)
-                    for *_, f in batch:
-                        if not f.done():
-                            f.set_exception(err)
+                    _fail(batch, StoreUnavailable(self.url, e))
                     continue
+                except Exception as e:  # a bug or a bad argument: the callers get it, not a hang
+                    _fail(batch, e)
+                    continue
+                # (cancelled by `close`, the batch stays in `_sending` for `close` to fail)
+                self._sending = []
                 self.batches += 1
                 self.appends += len(batch)
                 for (*_, f), res in zip(batch, results, strict=True):
@@ -155,3 +169,9 @@ class GroupCommit:
                 for script, keys, args, _ in batch
             ]
         )
+
+
+def _fail(batch: list[Op], error: BaseException) -> None:
+    for *_, f in batch:
+        if not f.done():
+            f.set_exception(error)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import hiredis
 import redis
@@ -39,6 +39,12 @@ def _arg(a: object) -> bytes:
     raise TypeError(f"cannot send {type(a).__name__} {a!r} to the store: use bytes, str or a number")
 
 
+def check_args(args: tuple[object, ...] | list[object]) -> None:
+    """Raise `TypeError` for an argument `pack` would refuse."""
+    for a in args:
+        _arg(a)
+
+
 def pack(commands: list[list[object]]) -> bytes:
     """RESP arrays of bulk strings for every command, as one buffer."""
     out: list[bytes] = []
@@ -60,8 +66,8 @@ class _Protocol(asyncio.Protocol):
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a stream transport, though not always an `asyncio.Transport` subclass (uvloop's is not)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self.reader.feed(data)
