@@ -208,7 +208,8 @@ def test_bad_adaptive_specs_point_at_their_line(tmp_path: Path) -> None:
     assert "needs a primary score" in msg
     # auto rounds need 3 rounds for 8 variants, and 3 scenarios x 1 repeat suffice; 2 do not
     eight = [{"name": f"w{i}", "overrides": {"writer": {"temperature": i / 10}}} for i in range(8)]
-    assert load_spec(write_spec(tmp_path, {**base, "variants": eight, "adaptive": {}})).spec.adaptive
+    eight_ok = load_spec(write_spec(tmp_path, {**base, "variants": eight, "adaptive": {}}))
+    assert Halving(eight_ok, expand(eight_ok)).rounds == 3
     text = yaml.safe_dump(
         {**base, "scenarios": SPEC["scenarios"][:2], "variants": eight, "adaptive": {"rounds": "auto"}},
         sort_keys=False,
@@ -271,10 +272,14 @@ def test_cli_compare_shows_the_ratios_and_dashes(tmp_path: Path) -> None:
     console = Console(width=200, record=True)
     console.print(comparison_table(compare(rows, "base"), "base"))
     text = console.export_text()
-    more = next(line for line in text.splitlines() if "│ more" in line)
-    less = next(line for line in text.splitlines() if "│ less" in line)
-    assert "+200" in more and "+2" in more  # +0.4 per 200 extra tokens = +2 per 1k
-    assert "-50" in less and less.count("—") == 2  # no extra tokens nor dollars: nothing to divide
+    cells = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[6:-1]]
+        for line in text.splitlines()
+        if line.startswith("│")
+    }
+    # extra tokens/ep, score per 1k extra tokens, extra $/ep, score per extra $
+    assert cells["more"] == ["+200", "+2", "+0.0000", "—"]  # +0.4 per 200 extra tokens = +2 per 1k
+    assert cells["less"] == ["-50", "—", "+0.0000", "—"]  # no extra tokens nor dollars: nothing to divide
 
 
 # --- the driver over the store, with a scripted coordinator (no Ray) -------------------------------
@@ -301,20 +306,23 @@ class Scripted:
             if len(self.ran) == self.stop_after:
                 raise KeyboardInterrupt
             self.ran.append(e)
-            self.store.put_row(
-                Row(
-                    rollout=self.rid,
-                    episode=e.id,
-                    team=e.team,
-                    variant=e.variant,
-                    scenario=e.scenario,
-                    repeat=e.repeat,
-                    seed=e.seed,
-                    status="done" if self.score(e) is not None else "failed",
-                    primary=self.score(e),
-                    round=e.round,
-                )
-            )
+            self.store.put_row(_episode_row(e, self.rid, self.score(e), round=e.round))
+
+
+def _episode_row(e: Episode, rollout: str, primary: float | None, round: int | None = None) -> Row:
+    """The row an episode would leave: failed when it has no score."""
+    return Row(
+        rollout=rollout,
+        episode=e.id,
+        team=e.team,
+        variant=e.variant,
+        scenario=e.scenario,
+        repeat=e.repeat,
+        seed=e.seed,
+        status="done" if primary is not None else "failed",
+        primary=primary,
+        round=round,
+    )
 
 
 def test_driver_decides_each_round_and_resumes_to_the_same_decisions(log: EventLog) -> None:
@@ -335,11 +343,7 @@ def test_driver_decides_each_round_and_resumes_to_the_same_decisions(log: EventL
     rows = store.rows(info.id)
     assert {r.round for r in rows if r.variant == "v6"} == {1, 2, 3}
     # the same decisions replayed offline from a full grid's rows (no rounds on them)
-    grid = [
-        Row(rollout="g", episode=e.id, team=e.team, variant=e.variant, scenario=e.scenario,
-            repeat=e.repeat, seed=e.seed, status="done", primary=_score(e))
-        for e in episodes
-    ]  # fmt: skip
+    grid = [_episode_row(e, "g", _score(e)) for e in episodes]
     assert [r.model_dump() for r in h.replay(grid)] == [r.model_dump() for r in full.decided]
     # interrupted in round 2, then resumed: only the missing episodes run, the same decisions
     info2, _ = plan(resolved, store, None, episodes, h)

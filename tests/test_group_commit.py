@@ -44,7 +44,7 @@ def test_concurrent_appends_are_grouped_and_each_lands_in_order(
         return w
 
     w = asyncio.run(go())
-    assert w.appends == 250 and w.batches < 250  # shared round trips
+    assert w.appends == 250 and w.batches <= 25  # shared: 10 or more appends per round trip
     for c in convs:
         texts = [e.text for e in log.history(c.id)[1:]]
         assert texts == [f"{c.id} {i}" for i in range(5)]

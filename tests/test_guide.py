@@ -12,6 +12,7 @@ import pytest
 from p2e.agents import TeamConfig
 from p2e.agents.spec import team_from_mapping
 from p2e.api import local_chat
+from p2e.conversation import Conversation
 from p2e.errors import InvalidArgument
 from p2e.evals.store import ScoreStore
 from p2e.events import AgentReply, Critique, Failed, Limits
@@ -113,13 +114,17 @@ def test_a_critic_agent_reviews_and_the_branch_replays_exactly(
     (critique,) = [e for e in events if isinstance(e, Critique)]
     assert critique.critic == "critic" and critique.text == "The unit is missing."
     assert critique.usage is not None and critique.usage.completion_tokens > 0
+
     # the critic's tokens count toward the conversation's spend
-    state_tokens = sum(
-        e.usage.prompt_tokens + e.usage.completion_tokens
-        for e in events
-        if isinstance(e, AgentReply | Critique) and e.usage is not None
-    )
-    assert state_tokens > 0
+    def tokens(kinds: Any) -> int:
+        return sum(
+            e.usage.prompt_tokens + e.usage.completion_tokens
+            for e in events
+            if isinstance(e, kinds) and e.usage is not None
+        )
+
+    spent = Conversation.open(log, turn.conversation).state.tokens
+    assert spent == tokens(AgentReply | Critique) > tokens(AgentReply)
     report = asyncio.run(replay_branch(log, team, turn.conversation))
     assert report.matched, report.differences
 
@@ -312,8 +317,9 @@ def test_the_cli_shows_the_search_tree_and_the_chosen_path(
     chosen = text.split(f"── {out.branch} ")[1].split("── g")[0]  # its lines, however wrapped
     assert "chosen" in chosen and "value 1.000" in chosen and "mock/good" in chosen
     assert "main at seq 2" in text
-    code, text, _ = cli("conversation", "tree", out.conversation.replace("ep", "nope"))
-    assert code != 0
+    bad = out.conversation.replace("ep", "nope")
+    code, text, err = cli("conversation", "tree", bad)
+    assert code == 2 and f"unknown conversation {bad!r}" in err
     # the children are ranked by their stored scores, the chosen one first
     code, text, _ = cli("eval", "top", out.conversation)
     assert code == 0, text

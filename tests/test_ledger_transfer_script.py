@@ -153,7 +153,7 @@ def test_a_lost_connection_falls_back_and_applies_once(ledger: EmbeddedLedger) -
     ledger.transfer("alice", "bob", u(1), reason="r", command_id="t1")
     (conn,) = ledger._conns  # the ledger's own connection, idle between commands
     conn.send_command("CLIENT", "ID")
-    ledger.r.client_kill_filter(_id=conn.read_response())
+    assert ledger.r.client_kill_filter(_id=conn.read_response()) == 1
     r = ledger.transfer("alice", "bob", u(2), reason="r", command_id="t2")
     assert not r.replayed and ledger.balance("bob") == u(3)
     assert ledger.transfer("alice", "bob", u(3), reason="r", command_id="t3").entry.seq == r.entry.seq + 1
@@ -166,7 +166,9 @@ def test_a_flushed_script_cache_is_reloaded(ledger: EmbeddedLedger) -> None:
     r = ledger.transfer("alice", "bob", u(1), reason="r", command_id="t1")
     assert not r.replayed and ledger.balance("bob") == u(1)
     ledger.r.script_flush()
+    before = _state(ledger)
     assert ledger.transfer("alice", "bob", u(1), reason="r", command_id="t1").replayed
+    assert _state(ledger) == before and ledger.balance("bob") == u(1)  # applied once
     assert ledger.verify().ok
 
 

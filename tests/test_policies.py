@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,7 +137,11 @@ def test_summary_in_a_token_budget_is_cut_with_a_count_of_the_rest() -> None:
     msgs = frame(200)
     out = apply_context(ContextPolicy(mode="tokens", tokens=400, overflow="summarize"), msgs)
     (marker,) = markers(out)
-    assert "more" in marker.content.splitlines()[-1]
+    *listed, last = marker.content.splitlines()[1:]
+    rest = re.fullmatch(r"- \.\.\. and (\d+) more", last)
+    assert rest is not None, last
+    left_out = len(msgs) - (len(out) - 1)  # the marker stands in for them
+    assert len(listed) + int(rest[1]) == left_out
     assert sum(estimate_tokens(m) for m in out) <= 440  # the budget, give or take the note
 
 
