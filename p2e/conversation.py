@@ -45,7 +45,7 @@ class Conversation:
         reflection: dict[str, Reflection] | None = None,
     ) -> Conversation:
         """Create a conversation and record its `started` event (validated before anything is stored)."""
-        start = _started(root, team, limits, overrides, reflection)
+        start, _ = _started(root, team, limits, overrides, reflection)
         info = log.create_conversation(root, name, cid=cid)
         conv = cls(log, info, _main(info), INITIAL)
         conv.submit(start)
@@ -66,8 +66,7 @@ class Conversation:
     ) -> tuple[Conversation, Started]:
         """`create` for async hosts: the conversation and its `started` event in one round trip
         of the group commit, with no thread. Returns the event too (as stored, seq 0)."""
-        start = _started(root, team, limits, overrides, reflection)
-        state, _ = handle(INITIAL, start)
+        start, state = _started(root, team, limits, overrides, reflection)
         info = new_conversation(root, name, "main", cid)
         await writer.create(info, [start])
         conv = cls(log, info, _main(info), INITIAL)
@@ -132,9 +131,9 @@ def _started(
     limits: Limits | None,
     overrides: dict[str, dict[str, Any]] | None,
     reflection: dict[str, Reflection] | None,
-) -> Started:
-    """The `started` event of a new conversation, checked by the machine (a bad team is refused
-    before anything is stored)."""
+) -> tuple[Started, State]:
+    """The `started` event of a new conversation and the state it leads to, checked by the
+    machine (a bad team is refused before anything is stored)."""
     start = Started(
         root=root,
         team={a: tuple(t) for a, t in team.items()},
@@ -142,8 +141,8 @@ def _started(
         overrides=overrides or {},
         reflection=reflection or {},
     )
-    handle(INITIAL, start)
-    return start
+    state, _ = handle(INITIAL, start)
+    return start, state
 
 
 def _main(info: ConversationInfo) -> BranchInfo:

@@ -120,12 +120,6 @@ class ToolCache:
         while len(self._entries) > self.maxsize:
             self._entries.popitem(last=False)
 
-    def clear(self) -> None:
-        self._entries.clear()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 CACHE = ToolCache()
 """The per-process cache the agent runners share."""

@@ -23,8 +23,7 @@ from pydantic import BaseModel
 from p2e.conversation import Conversation
 from p2e.evals import default_registry
 from p2e.evals.registry import BoundEvaluator
-from p2e.evals.runner import evaluate_targets
-from p2e.events import AgentReply
+from p2e.evals.runner import evaluate_targets, step_seqs
 from p2e.llm import Providers
 from p2e.machine import CallAgent, Command, Fail, Reply, State, pending
 from p2e.policies.guide import GuidePolicy, GuideValue
@@ -234,14 +233,7 @@ class GuidedSearch:
         history = await asyncio.to_thread(self.d.log.read, info)
         seq = None
         if self.guide.value.per == "step":
-            mine = [
-                e.seq
-                for e in history
-                if isinstance(e, AgentReply)
-                and e.agent == self.agent
-                and e.seq is not None
-                and e.seq >= fork_at
-            ]
+            mine = [s for s in step_seqs(history, self.agent) if s >= fork_at]
             if not mine:
                 return None, f"{self.agent!r} made no step in this child to score"
             seq = mine[-1]

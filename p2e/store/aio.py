@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from importlib.resources import files
 from typing import Any
 
 import redis
@@ -26,16 +25,18 @@ from p2e.store.log import (
     append_outcome,
     create_call,
     create_error,
+    lua_script,
 )
-from p2e.store.resp import Pipe, check_args
+from p2e.store.resp import Pipe, encode
 
 PIPELINE_MAX = 512
 
 
 SCRIPTS = ("append", "create")
 
-Op = tuple[str | None, list[str], list[object], "asyncio.Future[Any]"]
-"""One queued operation: (script, KEYS, ARGV, future), or (None, [], a plain command, future)."""
+Op = tuple[str | None, list[str], Any, "asyncio.Future[Any]"]
+"""One queued operation: (script, KEYS, ARGV, future), or (None, [], a plain command already
+encoded as RESP bytes, future)."""
 
 
 class GroupCommit:
@@ -43,7 +44,7 @@ class GroupCommit:
         self.url = url
         self.keys = Keys(namespace)
         self.r = Pipe(url, connect_timeout=5, timeout=30)
-        self._lua = {name: files("p2e.store").joinpath("lua", f"{name}.lua").read_text() for name in SCRIPTS}
+        self._lua = {name: lua_script(name) for name in SCRIPTS}
         self._sha: dict[str, str] = {}
         self._queue: list[Op] = []
         self._sending: list[Op] = []
@@ -90,10 +91,9 @@ class GroupCommit:
         """Any other command, sent in the same pipelined round trip as the queued appends (so a
         read on every turn costs no extra round trip and no extra connection). An argument the
         store cannot take raises `TypeError` here, before it can fail the rest of a batch."""
-        check_args(args)
-        return await self._enqueue(None, [], list(args))
+        return await self._enqueue(None, [], encode(args))
 
-    def _enqueue(self, script: str | None, keys: list[str], args: list[object]) -> asyncio.Future[Any]:
+    def _enqueue(self, script: str | None, keys: list[str], args: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append((script, keys, args, fut))
         self._wake.set()

