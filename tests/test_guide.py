@@ -172,7 +172,15 @@ GUIDED = {
 }
 
 
-def run_episode(team: TeamConfig, log: EventLog, root: str, message: str, reference: str, **limits: Any):
+def run_episode(
+    team: TeamConfig,
+    log: EventLog,
+    root: str,
+    message: str,
+    reference: str,
+    overrides: dict[str, dict[str, Any]] | None = None,
+    **limits: Any,
+):
     async def go():
         driver = local_driver(log, team)
         try:
@@ -184,6 +192,7 @@ def run_episode(team: TeamConfig, log: EventLog, root: str, message: str, refere
                 limits=Limits(**limits),
                 message=message,
                 reference=reference,
+                overrides=overrides or {},
             )
             return await driver.episode(req)
         finally:
@@ -228,6 +237,22 @@ def test_the_chosen_branch_replays_exactly(log: EventLog) -> None:
     assert report.matched, report.differences
     replayed = log.history(report.replay)
     assert [e.text for e in replayed if isinstance(e, AgentReply)] == ["Snow, heavy at times."]
+
+
+def test_a_search_a_variant_asked_for_replays_without_searching_again(log: EventLog) -> None:
+    team = make_team({"forecaster": {"model": "mock/bad1"}})  # the file has no guide: the variant does
+    out = run_episode(
+        team,
+        log,
+        "forecaster",
+        "Weather in Narvik?",
+        reference="snow",
+        overrides={"forecaster": {"guide": GUIDED}},
+    )
+    assert out.answer == "Snow, heavy at times." and len(read_tree(log, out.conversation)) == 4
+    report = asyncio.run(replay_branch(log, team, out.conversation, out.branch))
+    assert report.matched, report.differences
+    assert read_tree(log, report.replay) == []  # followed the recorded choice, searched nothing
 
 
 def test_seeded_children_differ_by_seed(log: EventLog) -> None:

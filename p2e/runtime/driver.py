@@ -105,8 +105,6 @@ class Hosted:
         self.answer: str | None = None
         self.reference: str | None = None
         """The scenario's expected answer (a rollout episode), for guided search's evaluators."""
-        self.forced: dict[str, dict[str, Any]] = {}
-        """A guided-search child's overrides of the searched agent (they win over `overrides`)."""
         self.child = False
         """A guided-search child: its steps are not searched again (no nested searches)."""
         self.record: list[Event] | None = None
@@ -116,16 +114,18 @@ class Hosted:
         self.search_cost_usd = 0.0
         """What guided searches spent on children that were not chosen (not on this branch)."""
 
-    def fork(self, conv: Conversation) -> Hosted:
-        """A child on `conv` (a fresh fork of this branch at its current length)."""
-        h = Hosted(conv, self.transcript.copy(), self.overrides)
+    def fork(self, conv: Conversation, overrides: dict[str, dict[str, Any]]) -> Hosted:
+        """A child on `conv` (a fresh fork of this branch at its current length), run with
+        `overrides`; it keeps its own copy of the events kept so far."""
+        h = Hosted(conv, self.transcript.copy(), overrides)
         h.reference, h.child = self.reference, True
+        h.record = None if self.record is None else list(self.record)
         return h
 
     def adopt(self, child: Hosted) -> None:
         """Continue on a child's branch (the search chose it)."""
         self.conv, self.transcript, self.answer = child.conv, child.transcript, child.answer
-        self.record = None  # the child's events were not kept: read the branch when scoring
+        self.record = child.record
 
 
 class Driver:
@@ -153,6 +153,8 @@ class Driver:
         self._reflective = any(a.reflection is not None for a in agents)
         """Whether the file itself uses these policies; if not, only a variant naming them can
         (checked without building the agent's spec: the common case costs nothing per step)."""
+        self.search = True
+        """Whether guided search runs (a replay turns it off: it follows the recorded choices)."""
         self.valuers: dict[str, Any] = {}
         """Guided search's evaluators, made once (see `p2e.runtime.guide.Valuer`)."""
 
@@ -180,7 +182,7 @@ class Driver:
         return rules
 
     def guide(self, h: Hosted, agent: str) -> GuidePolicy | None:
-        if h.child:
+        if h.child or not self.search:
             return None
         overrides = h.overrides.get(agent)
         if not self._guided and not (overrides and "guide" in overrides):
@@ -371,7 +373,7 @@ class Driver:
             turn=sum(1 for m in h.transcript.frames[-1] if m.role == "assistant"),
             depth=cmd.depth,
             messages=tuple(h.transcript.messages()),
-            overrides=h.forced.get(agent) or h.overrides.get(agent, {}),
+            overrides=h.overrides.get(agent, {}),
             max_tool_calls=c.state.limits.max_tool_calls_per_turn,
         )
         result = await self._guarded(h, f"agent {agent!r}", self.agents(agent).step(req))

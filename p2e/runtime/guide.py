@@ -176,8 +176,8 @@ class GuidedSearch:
         name = f"g{int(n)}"
         at = source.conv.state.length
         info = await asyncio.to_thread(log.fork, source.conv.id, source.conv.branch.name, at, name, False)
-        host = source.fork(Conversation(log, source.conv.info, info, source.conv.state))
-        host.forced = {self.agent: {**self.base, **overrides}}
+        forced = {**source.overrides, self.agent: {**self.base, **overrides}}
+        host = source.fork(Conversation(log, source.conv.info, info, source.conv.state), forced)
         before = source.conv.state
         terminal = await self._advance(host)
         after = host.conv.state
@@ -230,7 +230,7 @@ class GuidedSearch:
 
     async def _value(self, host: Hosted, fork_at: int) -> tuple[float | None, str | None]:
         info = host.conv.branch
-        history = await asyncio.to_thread(self.d.log.read, info)
+        history = host.record if host.record is not None else await asyncio.to_thread(self.d.log.read, info)
         seq = None
         if self.guide.value.per == "step":
             mine = [s for s in step_seqs(history, self.agent) if s >= fork_at]

@@ -54,10 +54,9 @@ async def replay_branch(
             "source": {"conversation": info.id, "branch": b.name},
         },
     }
-    # the recording holds the steps a guided search chose: replay them, do not search again
-    agents = {a: s.model_copy(update={"guide": None}) for a, s in team.agents.items()}
-    replay_team = team.model_copy(update={"providers": providers, "agents": agents})
+    replay_team = team.model_copy(update={"providers": providers})
     driver = local_driver(log, replay_team)
+    driver.search = False  # the recording holds the steps a guided search chose: no new search
     name = log.free_name(f"{info.name}-replay")
     cid = await driver.create(start.root, start.team, start.limits, name, overrides=models)
     for e in recorded[1:]:
