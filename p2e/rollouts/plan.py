@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
+from p2e.agents import AgentSpec
 from p2e.events import Limits
 from p2e.rollouts.spec import Resolved, Team, agent_specs
 
@@ -124,8 +125,9 @@ class PlanSummary(BaseModel):
 
 def summarize(resolved: Resolved, episodes: list[Episode]) -> PlanSummary:
     low = high = 0
+    specs = {v.name: agent_specs(resolved, v) for v in resolved.variants}  # once per variant
     for e in episodes:
-        root, most = _calls_per_step(resolved, e)
+        root, most = _calls_per_step(specs[e.variant], e)
         low += root
         high += most * resolved.limits.max_steps
     return PlanSummary(
@@ -139,12 +141,13 @@ def summarize(resolved: Resolved, episodes: list[Episode]) -> PlanSummary:
     )
 
 
-def _calls_per_step(resolved: Resolved, e: Episode) -> tuple[int, int]:
-    """Model calls one step can cost in this episode: (the root's least, any agent's most). A
-    guided agent's step is a search: n children, n per kept node in a beam, or the budget."""
+def _calls_per_step(specs: dict[str, AgentSpec], e: Episode) -> tuple[int, int]:
+    """Model calls one step can cost in this episode (its variant's `specs`): (the root's least,
+    any agent's most). A guided agent's step is a search: n children, n per kept node in a
+    beam, or the budget."""
     least, most = 1, 1
     for agent in e.graph:
-        guide = resolved.team_config.agent(agent).with_overrides(_own(e.overrides, agent)).guide
+        guide = specs[agent].guide
         if guide is None:
             continue
         per = {"best_of_n": guide.n, "beam": guide.n * guide.width, "best_first": guide.budget}[guide.search]
