@@ -52,35 +52,30 @@ class EvalService:
             info = await asyncio.to_thread(self.log.branch, conversation, branch)
         if history is None:
             history = await asyncio.to_thread(self.log.read, info)
-        scores: list[Score] = []
+        jobs: list[tuple[list[BoundEvaluator], list[int | None]]] = []
         if self.step:
-            seqs: list[int | None] = list(step_seqs(history))
-            scores += await evaluate_targets(
-                self.log,
-                info,
-                history,
-                self.step,
-                seqs,
-                reference,
-                self.providers,
-                skip_done=False,
-                mark_pending=False,
-                save=save,
-            )
+            jobs.append((self.step, [*step_seqs(history)]))
         if self.episode:
-            scores += await evaluate_targets(
-                self.log,
-                info,
-                history,
-                self.episode,
-                [None],
-                reference,
-                self.providers,
-                skip_done=False,
-                mark_pending=False,
-                save=save,
+            jobs.append((self.episode, [None]))
+        # step and episode evaluators run side by side (their writes can share a round trip)
+        done = await asyncio.gather(
+            *(
+                evaluate_targets(
+                    self.log,
+                    info,
+                    history,
+                    evaluators,
+                    seqs,
+                    reference,
+                    self.providers,
+                    skip_done=False,
+                    mark_pending=False,
+                    save=save,
+                )
+                for evaluators, seqs in jobs
             )
-        return scores
+        )
+        return [s for part in done for s in part]
 
     async def _run(
         self, conversation: str, branch: str, seqs: list[int | None], evaluators: list[BoundEvaluator]
