@@ -1,8 +1,8 @@
 """A conversation's checked-out branch and its machine state, kept in step with the store.
 
-`submit` is the write-ahead rule in one place: an event is first applied to the machine (a bad
-event is rejected and nothing is stored), then appended with the expected length (so a second
-writer cannot interleave), and only then does the caller act on the returned commands.
+`step` and `submit` keep the write-ahead rule: an event is first offered to the machine (a bad
+event is not stored), then appended with the expected length (so a second writer cannot
+interleave), and only then does the caller act on the returned commands.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Any
 from p2e.errors import CorruptData, EventRejected, InvalidArgument, SequenceOutOfRange
 from p2e.events import Event, Limits, Reflection, Started
 from p2e.machine import INITIAL, Command, State, fold, handle, handle_all
+from p2e.runtime.interpret import Advance, advance
 from p2e.store import BranchInfo, ConversationInfo, EventLog
 from p2e.store.aio import GroupCommit
 from p2e.store.log import new_conversation
@@ -81,18 +82,25 @@ class Conversation:
         return cls(log, info, b, rebuild(log, b))
 
     def submit(self, *events: Event) -> list[Command]:
-        """Validate, store, then return the commands due after the last event."""
-        state, commands = self.prepare(*events)
-        self.log.append_to(self.id, self.branch.name, events, expected=self.state.length)
-        snapshot = self.commit(state)
-        if snapshot is not None:
-            self.log.save_snapshot(self.id, self.branch.name, state.length, snapshot)
-        return commands
-
-    def prepare(self, *events: Event) -> tuple[State, list[Command]]:
-        """Apply events to a copy of the state: raises `EventRejected`, changes nothing."""
+        """Validate, store, then return the commands due after the last event. Strict, for
+        events posted by hand: an event the machine refuses raises `EventRejected` and nothing
+        is stored. (Interpreters use `step`.)"""
         states, commands = handle_all(self.state, events)
-        return states[-1], commands
+        return self._write(Advance(tuple(events), states, commands))
+
+    def step(self, *events: Event) -> list[Command]:
+        """The interpreter's write-ahead step (`p2e.runtime.interpret.advance`): what the
+        machine refuses is not stored and ends the conversation with a `failed` event."""
+        return self._write(advance(self.state, events))
+
+    def _write(self, outcome: Advance) -> list[Command]:
+        if outcome.events:
+            self.log.append_to(self.id, self.branch.name, outcome.events, expected=self.state.length)
+            state = outcome.states[-1]
+            snapshot = self.commit(state)
+            if snapshot is not None:
+                self.log.save_snapshot(self.id, self.branch.name, state.length, snapshot)
+        return outcome.commands
 
     def commit(self, state: State) -> bytes | None:
         """Adopt a prepared state once its events are stored; returns a snapshot when one is due."""

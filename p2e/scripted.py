@@ -1,8 +1,9 @@
 """A synchronous interpreter with scripted agents: the machine and the store, no models, no Ray.
 
 Each agent answers from its own list of replies, in order; tools are plain functions. It is what
-`make demo` runs, and it lets tests drive real conversations through the real store. (The Ray
-supervisor is the production interpreter; this one is its smallest faithful sibling.)
+`make demo-branching` runs, and it lets tests drive real conversations through the real store.
+(The Ray supervisor is the production interpreter; this one is its smallest faithful sibling,
+on the same write-ahead step, `p2e.runtime.interpret`.)
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from typing import Any
 
 from p2e.conversation import Conversation
 from p2e.errors import P2EError
-from p2e.events import AgentReply, Event, Failed, ToolResult
-from p2e.machine import CallAgent, Command, Fail, RejectCalls, Reply, RunTools
+from p2e.events import AgentReply, ToolResult
+from p2e.machine import CallAgent, Command, Reply, RunTools
+from p2e.runtime.interpret import settle
 
 Tool = Callable[[dict[str, Any]], str]
 
@@ -43,23 +45,16 @@ class ScriptedTeam:
             reply = next(self.replies.get(cmd.frame.agent, iter(())), None)
             if reply is None:
                 raise ScriptExhausted(cmd.frame.agent)
-            return conv.submit(reply)
+            return conv.step(reply)
         if isinstance(cmd, RunTools):
-            return conv.submit(*[self._run_tool(cmd.agent, c.id, c.name, c.arguments) for c in cmd.calls])
-        if isinstance(cmd, RejectCalls):
-            errors: list[Event] = [
-                ToolResult(
-                    agent=cmd.agent, call_id=r.call.id, name=r.call.name, output=r.reason, is_error=True
-                )
-                for r in cmd.rejections
-            ]
-            return conv.submit(*errors)
+            return conv.step(*[self._run_tool(cmd.agent, c.id, c.name, c.arguments) for c in cmd.calls])
         if isinstance(cmd, Reply):
             self.answers.append(cmd.text)
             return []
-        if isinstance(cmd, Fail):
-            return conv.submit(Failed(code=cmd.code, message=cmd.message))
-        raise TypeError(f"unknown command {cmd!r}")  # pragma: no cover
+        events = settle(cmd)
+        if events is None:  # pragma: no cover - every command is handled above or settles
+            raise TypeError(f"unknown command {cmd!r}")
+        return conv.step(*events)
 
     def _run_tool(self, agent: str, call_id: str, name: str, args: dict[str, Any]) -> ToolResult:
         tool = self.tools.get(name)

@@ -22,12 +22,14 @@ from p2e.errors import InvalidArgument
 from p2e.evals import EvalContext, Target, builtin_registry
 from p2e.events import AgentReply, Started, ToolCall, ToolResult, UserMessage
 from p2e.llm import Message, ModelRequest, ModelResponse, Providers
+from p2e.machine import INITIAL
 from p2e.policies import ContextPolicy, DuplicatePolicy, apply_context
 from p2e.policies.context import estimate_tokens
 from p2e.policies.duplicates import ToolCache, canonical_arguments, run_calls_with_policy
 from p2e.rollouts.spec import agent_specs, load_spec
 from p2e.runtime.agent import AgentRunner
 from p2e.runtime.driver import Driver
+from p2e.runtime.interpret import advance
 from p2e.runtime.steps import StepRequest
 from p2e.store import EventLog
 from p2e.store.aio import GroupCommit
@@ -481,8 +483,12 @@ def drive(runner: AgentRunner, task: str, overrides: dict[str, Any] | None = Non
 
     async def go() -> list[Message]:
         messages = [user(task)]
+        state = advance(
+            INITIAL, [Started(root=runner.spec.id, team={runner.spec.id: ()}), UserMessage(text=task)]
+        )
         for n in range(20):
             req = StepRequest(
+                state=state.states[-1],
                 conversation="c",
                 branch="main",
                 seq=len(messages),
@@ -493,6 +499,7 @@ def drive(runner: AgentRunner, task: str, overrides: dict[str, Any] | None = Non
                 overrides=overrides or {},
             )
             res = await runner.step(req)
+            state = advance(state.states[-1], [res.reply, *res.results])
             messages.append(
                 Message(role="assistant", content=res.reply.text, tool_calls=res.reply.tool_calls)
             )

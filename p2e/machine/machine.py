@@ -145,15 +145,17 @@ def handle(state: State, event: Event) -> tuple[State, list[Command]]:
 
 
 def handle_all(state: State, events: Sequence[Event]) -> tuple[list[State], list[Command]]:
-    """Apply a batch (a reply with the results of the tools it called, say): the states after
-    each event (`states[0]` is the input) and the commands outstanding after the batch. A batch
-    must carry every result it answers: what it leaves out is asked for again."""
+    """Apply a batch: the states after each event (`states[0]` is the input) and the commands
+    the batch made due. A batch that carries a reply (with the results of the tools it called,
+    say) makes everything outstanding after it due, save what it answered itself; a batch of
+    results alone makes due what its last event did (the calls it leaves unanswered were asked
+    for already, and are not asked for twice)."""
     states = [state]
     commands: list[Command] = []
     for e in events:
         state, commands = handle(state, e)
         states.append(state)
-    if len(events) > 1:
+    if len(events) > 1 and any(isinstance(e, AgentReply) for e in events[:-1]):
         replies = [c for c in commands if isinstance(c, Reply)]
         commands = replies + pending(state)
     return states, commands

@@ -1,4 +1,4 @@
-"""One agent's turn: render the frame, call the model, run the ordinary tools it asked for.
+"""One agent's turn: render the frame, call the model, run the tools the machine will ask for.
 
 This is the whole logic of the Agent actor, kept free of Ray so it can be tested directly. It
 holds no conversation state: a request carries the frame's messages and the variant overrides.
@@ -17,6 +17,7 @@ from p2e.events import DELEGATE, AgentReply, ToolCall, ToolResult
 from p2e.llm import Message, ModelRequest, Providers, ToolSpec
 from p2e.policies.context import apply_context
 from p2e.policies.duplicates import run_calls_with_policy
+from p2e.runtime.interpret import tools_due
 from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
 from p2e.tools import REGISTRY, Registry, ToolContext, run_calls
@@ -106,10 +107,10 @@ class AgentRunner:
             model=response.model or spec.model,
             usage=response.usage,
         )
-        ordinary = [c for c in reply.tool_calls if not c.is_delegation]
-        if not ordinary or len(reply.tool_calls) > req.max_tool_calls:
-            return StepResult(reply=reply)  # over the limit the machine fails the turn: run nothing
-        results = await self._run(req.conversation, req.branch, ordinary, spec, req.messages)
+        due = tools_due(req.state, reply)  # the machine's decision, before anything runs
+        if not due:
+            return StepResult(reply=reply)
+        results = await self._run(req.conversation, req.branch, due, spec, req.messages)
         return StepResult(reply=reply, results=tuple(results))
 
     async def run_tools(self, req: ToolsRequest) -> list[ToolResult]:

@@ -37,18 +37,9 @@ from p2e.events import (
     UserMessage,
 )
 from p2e.llm.base import Message
-from p2e.machine import (
-    CallAgent,
-    Command,
-    Fail,
-    RejectCalls,
-    Reply,
-    Review,
-    RunTools,
-    handle_all,
-    pending,
-)
+from p2e.machine import CallAgent, Command, Reply, Review, RunTools, pending
 from p2e.policies.guide import GuidePolicy
+from p2e.runtime.interpret import advance, settle
 from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest, StepRequest, StepResult, ToolsRequest
 from p2e.store import BranchInfo, EventLog
 from p2e.store.aio import GroupCommit
@@ -344,22 +335,15 @@ class Driver:
                 h, f"tools of {cmd.agent!r}", self.agents(cmd.agent).run_tools(treq)
             )
             return [] if results is None else await self._submit(h, *results)
-        if isinstance(cmd, RejectCalls):
-            errors: list[Event] = [
-                ToolResult(
-                    agent=cmd.agent, call_id=r.call.id, name=r.call.name, output=r.reason, is_error=True
-                )
-                for r in cmd.rejections
-            ]
-            return await self._submit(h, *errors)
         if isinstance(cmd, Reply):
             h.answer = cmd.text
             if self.observer is not None:
                 self.observer.episode(c.id, c.branch.name)
             return []
-        if isinstance(cmd, Fail):
-            return await self._submit(h, Failed(code=cmd.code, message=cmd.message))
-        raise TypeError(f"unknown command {cmd!r}")  # pragma: no cover
+        events = settle(cmd)
+        if events is None:  # pragma: no cover - every command is handled above or settles
+            raise TypeError(f"unknown command {cmd!r}")
+        return await self._submit(h, *events)
 
     async def call_agent(self, h: Hosted, cmd: CallAgent) -> list[Command]:
         """Ask the top frame's agent for its reply (the variant's overrides, or a search child's)."""
@@ -374,7 +358,7 @@ class Driver:
             depth=cmd.depth,
             messages=tuple(h.transcript.messages()),
             overrides=h.overrides.get(agent, {}),
-            max_tool_calls=c.state.limits.max_tool_calls_per_turn,
+            state=c.state,
         )
         result = await self._guarded(h, f"agent {agent!r}", self.agents(agent).step(req))
         if result is None:
@@ -403,7 +387,7 @@ class Driver:
             depth=cmd.depth + 1,
             messages=(Message(role="user", content=request),),
             overrides=h.overrides.get(cmd.critic, {}),
-            max_tool_calls=0,  # a critic answers in words; tools it asks for are not run
+            # no state: a critic answers in words, and tools it asks for are not run
         )
         result = await self._guarded(h, f"critic {cmd.critic!r}", self.agents(cmd.critic).step(req))
         if result is None:
@@ -438,9 +422,12 @@ class Driver:
         return None
 
     async def _submit(self, h: Hosted, *events: Event) -> list[Command]:
-        """Write-ahead: validate on the machine, store (group commit), then adopt the new state."""
+        """Write-ahead: offer to the machine (what it refuses is not stored, and ends the
+        conversation with a `failed` event), store (group commit), then adopt the new state."""
         c = h.conv
-        states, commands = handle_all(c.state, events)  # raises EventRejected before anything is stored
+        events, states, commands = advance(c.state, events)
+        if not events:
+            return commands
         try:
             await self.writer.append(c.id, c.branch.name, events, expected=c.state.length)
         except Conflict:

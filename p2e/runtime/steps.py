@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, TypeAdapter
 from p2e.evals.score import Score
 from p2e.events import AgentReply, Limits, ToolCall, ToolResult
 from p2e.llm.base import Message
+from p2e.machine import State
 
 
 class StepRequest(BaseModel):
@@ -26,11 +27,15 @@ class StepRequest(BaseModel):
     messages: tuple[Message, ...]
     overrides: dict[str, Any] = {}
     """The variant's overrides of this agent's spec."""
-    max_tool_calls: int = 16
+    state: State | None = None
+    """The machine's state that the reply will be offered to: the agent runs the ordinary tool
+    calls the machine will ask for once it accepts the reply (`interpret.tools_due`), and none
+    without a state (a critic's review)."""
 
 
 class StepResult(BaseModel):
-    """The agent's reply and the results of the ordinary tool calls it ran itself."""
+    """The agent's reply and the results of the tool calls it ran itself: exactly those the
+    machine will ask for once it accepts the reply."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -70,6 +75,9 @@ class EpisodeRequest(BaseModel):
     """The scenario's expected answer, for the evaluators."""
     score: bool = False
     """Score the episode before answering (the supervisor hosts the rollout's evaluators)."""
+    rollout: str = ""
+    variant: str = ""
+    """What the episode's metrics are labelled with (`p2e.runtime.metrics.labels`)."""
 
 
 class EpisodeOutcome(BaseModel):
