@@ -82,6 +82,12 @@ def run(
         )
         scores = asyncio.run(run_all)
     _table(scores, f"{len(scores)} new scores for {conv}/{info.name}")
+    if not scores and not rerun:
+        console.print(
+            "every target is scored already by these evaluators (same version and parameters); "
+            "--rerun scores again",
+            soft_wrap=True,
+        )
 
 
 @app.command()

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from p2e.errors import InvalidArgument, P2EError
-from p2e.evals.score import Score, Target
+from p2e.evals.score import Score, Target, params_digest
 from p2e.events import AgentReply, Event, Started, Usage, UserMessage
 
 if TYPE_CHECKING:
@@ -190,12 +190,37 @@ class BoundEvaluator:
     def __init__(self, definition: EvaluatorDef, params: dict[str, Any], call: Callable[[EvalContext], Any]):
         self.definition, self.params, self._call = definition, params, call
         self.id, self.version = definition.id, definition.version
+        self.params_digest = params_digest(params)
+        """Stamped on every score it gives: with the version, what makes a stored score current."""
+
+    def is_current(self, score: Score | None) -> bool:
+        """Whether `score` is a done score of this evaluator's version and parameters (so
+        scoring the target again would tell nothing new)."""
+        return (
+            score is not None
+            and score.status == "done"
+            and score.evaluator == self.id
+            and score.version == self.version
+            and score.params_digest == self.params_digest
+        )
+
+    def pending(self, target: Target) -> Score:
+        """A pending score of this evaluator (version and parameters) on `target`."""
+        return Score.pending(self.id, self.version, target, params_digest=self.params_digest)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"<evaluator {self.id} v{self.version}({args})>"
 
     async def evaluate(self, ctx: EvalContext) -> Score:
+        score = await self._evaluate(ctx)
+        return (
+            score
+            if score.params_digest == self.params_digest
+            else score.model_copy(update={"params_digest": self.params_digest})
+        )
+
+    async def _evaluate(self, ctx: EvalContext) -> Score:
         target = ctx.target
         try:
             out = self._call(ctx)

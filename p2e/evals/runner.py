@@ -44,8 +44,8 @@ async def evaluate_branch(
     skip_done: bool = True,
 ) -> list[Score]:
     """Score a branch's steps (or the branch as an episode) with each evaluator; store and
-    return the scores. Steps already scored `done` by the same evaluator version are skipped
-    unless `skip_done` is False."""
+    return the scores. Targets already scored `done` by the same evaluator version with the same
+    parameters are skipped unless `skip_done` is False."""
     history = await asyncio.to_thread(log.read, info)
     seqs: list[int | None] = list(step_seqs(history)) if on == "step" else [None]
     return await evaluate_targets(
@@ -81,15 +81,14 @@ async def evaluate_targets(
     for seq in seqs:
         target = store.target_of(info, seq)
         for ev in evaluators:
-            old = existing.get((ev.id, target.ref))
-            if skip_done and old is not None and old.status == "done" and old.version == ev.version:
+            if skip_done and ev.is_current(existing.get((ev.id, target.ref))):
                 continue
             ctx = EvalContext.for_target(history, target, reference=reference, providers=providers)
             jobs.append((ev, ctx))
     if not jobs:
         return []
     if mark_pending:
-        await asyncio.to_thread(store.put, [Score.pending(ev.id, ev.version, ctx.target) for ev, ctx in jobs])
+        await asyncio.to_thread(store.put, [ev.pending(ctx.target) for ev, ctx in jobs])
     running = _Batcher(store)
     gate = asyncio.Semaphore(concurrency)
     loop = asyncio.get_running_loop()
@@ -121,7 +120,7 @@ class _Batcher:
         self.task: asyncio.Task[None] | None = None
 
     def mark(self, ev: BoundEvaluator, ctx: EvalContext) -> None:
-        self.queue.append(Score.pending(ev.id, ev.version, ctx.target).running())
+        self.queue.append(ev.pending(ctx.target).running())
         if self.task is None or self.task.done():
             self.task = asyncio.create_task(self._flush())
 

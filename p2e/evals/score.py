@@ -7,10 +7,14 @@ number: a broken evaluator must show up as an error, never as a clipped or silen
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic_core import to_jsonable_python
 
 from p2e.events import Usage
 
@@ -59,6 +63,10 @@ class Score(BaseModel):
     """What the evaluator itself cost (a judge's tokens, cost and latency); None when free."""
     error: str | None = None
     """Why the evaluation failed (status error)."""
+    params_digest: str = ""
+    """A digest of the parameters the evaluator was created with ("" when none were given;
+    `params_digest()`): with `version`, what says whether a stored score is still current for an
+    evaluator (a re-run with other parameters scores again)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> Score:
@@ -115,12 +123,23 @@ class Score(BaseModel):
         )
 
     @classmethod
-    def pending(cls, evaluator: str, version: str, target: Target) -> Score:
-        return cls(evaluator=evaluator, version=version, target=target, status="pending")
+    def pending(cls, evaluator: str, version: str, target: Target, *, params_digest: str = "") -> Score:
+        return cls(
+            evaluator=evaluator, version=version, target=target, status="pending", params_digest=params_digest
+        )
 
     def running(self) -> Score:
         """This score's evaluation, started."""
         return self.model_copy(update={"status": "running"})
+
+
+def params_digest(params: Mapping[str, Any]) -> str:
+    """A short, stable digest of an evaluator's parameters ("" for none): canonical JSON, keys
+    sorted, so the same parameters always give the same digest, in any process."""
+    if not params:
+        return ""
+    text = json.dumps(to_jsonable_python(dict(params), fallback=repr), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def add_usage(a: Usage | None, b: Usage | None) -> Usage | None:

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from p2e.errors import CorruptData
 from p2e.evals.score import Score, Target
+from p2e.redact import default_redactor
 from p2e.store import BranchInfo, EventLog
 
 
@@ -37,8 +38,9 @@ class ScoreStore:
         """The hash fields that store these scores, per key (for callers with their own
         connection, such as a supervisor's group commit)."""
         out: dict[str, dict[str, bytes]] = {}
+        mask = default_redactor().data  # a rationale or an error may quote a key the answer had
         for s in scores:
-            out.setdefault(self.log.keys.scores(s.target.conversation), {})[field(s)] = (
+            out.setdefault(self.log.keys.scores(s.target.conversation), {})[field(s)] = mask(
                 s.model_dump_json().encode()
             )
         return out

@@ -367,7 +367,7 @@ class Recorder:
         by_name = sorted(board, key=lambda s: s.variant)
         self.rec.log(
             path("rollouts", rollout, "leaderboard"),
-            rr.BarChart([s.primary.mean or 0.0 for s in by_name]),
+            rr.BarChart([s.mean or 0.0 for s in by_name]),
         )
         bars = "bars, left to right: " + ", ".join(s.variant for s in by_name)
         table = self._t(leaderboard_markdown(board) + "\n\n" + bars)

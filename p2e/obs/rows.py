@@ -1,4 +1,5 @@
-"""What the observer needs from a rollout's episodes: one row each, and summaries over them.
+"""What the observer needs from a rollout's episodes: one row each, and summaries over them
+(computed by `p2e.rollouts.stats`, the one aggregation every view uses).
 
 `RolloutRow` is deliberately small and forgiving (extra fields are ignored), so the rollout
 module's own row model, or a plain dict of it, can be passed as is: `RolloutRow.of(row)`.
@@ -6,12 +7,13 @@ module's own row model, or a plain dict of it, can be passed as is: `RolloutRow.
 
 from __future__ import annotations
 
-import math
-import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from p2e.rollouts.stats import MeanCI, VariantSummary, ranked, summarize
+from p2e.rollouts.stats import matrix as stats_matrix
 
 
 class RolloutRow(BaseModel):
@@ -20,6 +22,7 @@ class RolloutRow(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     episode: str
+    team: str = ""
     variant: str
     scenario: str
     repeat: int = 0
@@ -33,6 +36,7 @@ class RolloutRow(BaseModel):
     conversation: str = ""
     branch: str = "main"
     finished: float | None = Field(None, description="when the episode ended (Unix time), if known")
+    round: int | None = None
 
     @classmethod
     def of(cls, row: RolloutRow | BaseModel | Mapping[str, Any]) -> RolloutRow:
@@ -43,81 +47,45 @@ class RolloutRow(BaseModel):
         return cls.model_validate(row)
 
 
-class Mean(BaseModel):
-    """A mean with its normal-approximation 95% interval (half-width; 0 with one value)."""
-
-    n: int
-    mean: float | None
-    ci95: float = 0.0
-
-    @classmethod
-    def of(cls, values: Iterable[float | None]) -> Mean:
-        xs = [v for v in values if v is not None and math.isfinite(v)]
-        if not xs:
-            return cls(n=0, mean=None)
-        sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-        return cls(n=len(xs), mean=statistics.fmean(xs), ci95=1.96 * sd / math.sqrt(len(xs)))
-
-
-class VariantSummary(BaseModel):
-    variant: str
-    episodes: int
-    failed: int
-    primary: Mean
-    cost_usd: float
-    tokens: float
-    wall_s: float
-
-
 def leaderboard(rows: Iterable[RolloutRow]) -> list[VariantSummary]:
-    """Variants ranked by mean primary score (best first; variants without a score last)."""
-    by: dict[str, list[RolloutRow]] = {}
-    for r in rows:
-        by.setdefault(r.variant, []).append(r)
-    out = [
-        VariantSummary(
-            variant=v,
-            episodes=len(rs),
-            failed=sum(r.status != "done" for r in rs),
-            # as `p2e rollout show` counts: failed episodes are failures, never scores
-            primary=Mean.of(r.primary for r in rs if r.status == "done"),
-            cost_usd=statistics.fmean(r.cost_usd for r in rs),
-            tokens=statistics.fmean(r.tokens for r in rs),
-            wall_s=statistics.fmean(r.wall_s for r in rs),
-        )
-        for v, rs in by.items()
-    ]
-    return sorted(out, key=lambda s: (s.primary.mean is None, -(s.primary.mean or 0.0), s.variant))
+    """Variants ranked by mean primary score (best first; variants without a score last), as
+    `p2e rollout show` summarises them (`p2e.rollouts.stats`: the same counts, means and
+    bootstrap intervals)."""
+    return ranked(summarize(rows))
 
 
-def matrix(rows: Iterable[RolloutRow]) -> tuple[list[str], list[str], dict[tuple[str, str], Mean]]:
+def matrix(rows: Iterable[RolloutRow]) -> tuple[list[str], list[str], dict[tuple[str, str], MeanCI]]:
     """Variants x scenarios -> mean primary score: (variants, scenarios, cells)."""
-    cells: dict[tuple[str, str], list[float | None]] = {}
-    for r in rows:
-        cells.setdefault((r.variant, r.scenario), []).append(r.primary)
+    cells = stats_matrix(rows)
     variants = sorted({v for v, _ in cells})
     scenarios = sorted({s for _, s in cells})
-    return variants, scenarios, {k: Mean.of(v) for k, v in cells.items()}
+    return variants, scenarios, cells
 
 
 def _num(x: float | None, digits: int = 3) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
 
+def _ci(s: VariantSummary) -> str:
+    return "-" if s.ci_low is None or s.ci_high is None else f"[{_num(s.ci_low)}, {_num(s.ci_high)}]"
+
+
 def leaderboard_markdown(summaries: list[VariantSummary]) -> str:
     lines = [
-        "| rank | variant | mean score | ±95% | episodes | failed | cost $/ep | tokens/ep | wall s/ep |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| rank | variant | mean score | 95% CI | n | episodes | failed "
+        "| cost $/ep | tokens/ep | wall s/ep |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for i, s in enumerate(summaries, 1):
+        per = max(s.episodes, 1)
         lines.append(
-            f"| {i} | {s.variant} | {_num(s.primary.mean)} | {_num(s.primary.ci95)} | {s.episodes} | "
-            f"{s.failed} | {s.cost_usd:.4f} | {s.tokens:.0f} | {s.wall_s:.2f} |"
+            f"| {i} | {s.variant} | {_num(s.mean)} | {_ci(s)} | {s.n} | {s.episodes} | {s.failures} | "
+            f"{s.cost_usd / per:.4f} | {s.tokens / per:.0f} | {_num(s.mean_wall_s, 2)} |"
         )
     return "\n".join(lines)
 
 
-def matrix_markdown(variants: list[str], scenarios: list[str], cells: dict[tuple[str, str], Mean]) -> str:
+def matrix_markdown(variants: list[str], scenarios: list[str], cells: dict[tuple[str, str], MeanCI]) -> str:
     lines = [
         "| variant \\ scenario | " + " | ".join(scenarios) + " |",
         "| --- |" + " ---: |" * len(scenarios),

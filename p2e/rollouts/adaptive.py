@@ -19,7 +19,7 @@ the larger ones first). Every team runs every unit of its round.
 **A round.** Round r runs every variant still in on round r's chunk. Then the variants are
 ranked by the mean primary score over all their rows so far (every round up to r: the variants
 still in have all run the same units, so the means are comparable), with its 95% bootstrap
-interval (`stats.bootstrap_ci`); ties on the mean go to the variant with fewer unscored
+interval (`stats.mean_ci`); ties on the mean go to the variant with fewer unscored
 episodes, then to the one listed first in the spec. The first
 `max(finalists, min(n - 1, ceil(n * keep)))` go on; the rest stop, each with its reason (mean,
 interval, rank, the cutoff, the leader, whether its interval lies wholly below the leader's).
@@ -47,7 +47,7 @@ from typing import Any
 from p2e.errors import InvalidArgument
 from p2e.rollouts.plan import Episode
 from p2e.rollouts.spec import Adaptive, Resolved, RolloutSpec
-from p2e.rollouts.stats import VariantSummary, bootstrap_ci
+from p2e.rollouts.stats import VariantSummary, counted, mean_ci
 from p2e.rollouts.store import AdaptiveRecord, RoundRecord, Row, Standing
 
 Unit = tuple[int, str]
@@ -248,20 +248,20 @@ def decide(
     raw: list[tuple[tuple[Any, ...], Standing]] = []
     for index, v in enumerate(variants):
         rs = by_variant[v]
-        scores = [r.primary for r in rs if r.status == "done" and r.primary is not None]
+        scores = [x for r in rs if (x := counted(r)) is not None]
         unscored = len(rs) - len(scores)
         if failed_score is not None:
             scores += [failed_score] * unscored
-        mean = sum(scores) / len(scores) if scores else None
-        ci = bootstrap_ci(scores)
+        m = mean_ci(scores)
+        mean = m.mean
         s = Standing(
             variant=v,
             rank=0,
-            n=len(scores),
+            n=m.n,
             failures=sum(r.status == "failed" for r in rs),
             mean=mean,
-            ci_low=ci[0] if ci else None,
-            ci_high=ci[1] if ci else None,
+            ci_low=m.ci_low,
+            ci_high=m.ci_high,
             kept=False,
         )
         # rounded, so that equal means summed in another order still tie

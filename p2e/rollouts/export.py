@@ -1,63 +1,166 @@
 """Getting results out: rows as JSONL or Parquet, and trajectories as OpenAI chat JSONL.
 
+Rows leave as flat records whose column names work unquoted in SQL (`primary_score`,
+`score_<evaluator>`), with types from the `Row` model, and null scores for failed episodes.
+
 A trajectory is what the root agent saw and said in an episode (the user's message, its replies
 with their tool calls, each tool's and delegate's answer): the shape fine-tuning APIs take.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import types
+import typing
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel
 
 from p2e.errors import InvalidArgument
 from p2e.llm.openai import chat_message
+from p2e.redact import default_redactor
 from p2e.rollouts.store import Row
 from p2e.store import EventLog
 from p2e.transcript import Transcript
 
+if TYPE_CHECKING:
+    import pyarrow as pa
 
-def flat(row: Row) -> dict[str, Any]:
-    """A row as one flat record: each score becomes its own `score.<evaluator>` column."""
-    d = row.model_dump(exclude={"scores", "abandoned", "ledger_deltas"})
-    for name, value in sorted(row.scores.items()):
-        d[f"score.{name}"] = value
-    d["abandoned"] = ",".join(row.abandoned)
-    d["ledger_deltas"] = json.dumps(row.ledger_deltas) if row.ledger_deltas else ""
+RENAMED = {"primary": "primary_score"}
+"""Row fields exported under another name: `primary` is a reserved word in SQL (duckdb, SQLite)."""
+SCORE_PREFIX = "score_"
+_PLAIN = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
+
+
+def score_column(evaluator: str) -> str:
+    """The export column of an evaluator's score, usable unquoted in SQL: `score_<id>` for an id
+    of lower-case letters, digits and single inner underscores; any other id (`Judge`,
+    `judge.v2`, `a__b`) becomes its letters and digits joined by `_`, then `__` and a digest of
+    the id. A plain name never holds `__` and a digested one always does, so two evaluators never
+    share a column (short of a digest collision, which `columns` refuses)."""
+    if _PLAIN.fullmatch(evaluator):
+        return SCORE_PREFIX + evaluator
+    base = "_".join(re.findall(r"[a-z0-9]+", evaluator.lower()))
+    digest = hashlib.sha256(evaluator.encode()).hexdigest()[:8]
+    return f"{SCORE_PREFIX}{base}__{digest}" if base else f"{SCORE_PREFIX}_{digest}"
+
+
+def score_columns(rows: Iterable[Row]) -> dict[str, str]:
+    """Evaluator id -> its column, for every evaluator that scored any of `rows` (by column)."""
+    out: dict[str, str] = {}
+    for ev in sorted({e for r in rows for e in r.scores}):
+        out[ev] = score_column(ev)
+    taken: dict[str, str] = {}
+    for ev, col in out.items():
+        if col in taken:  # pragma: no cover - a digest collision
+            raise InvalidArgument(f"evaluators {taken[col]!r} and {ev!r} map to one column {col!r}")
+        taken[col] = ev
+    return dict(sorted(out.items(), key=lambda kv: kv[1]))
+
+
+def flat(row: Row, scores: dict[str, str] | None = None) -> dict[str, Any]:
+    """A row as one flat record, the same in every export (JSONL, Parquet, `to_pandas()`):
+    `primary` becomes `primary_score`, each evaluator's score its own `score_<id>` column
+    (`score_columns`; default: this row's evaluators), lists are joined by commas and the
+    ledger deltas are JSON text. A failed episode's scores are null, whatever the row holds:
+    a failure is counted as a failure, never as a score (as in every summary)."""
+    done = row.status == "done"
+    d: dict[str, Any] = {}
+    for name in Row.model_fields:
+        if name == "scores":
+            continue
+        value = getattr(row, name)
+        if name == "primary" and not done:
+            value = None
+        d[RENAMED.get(name, name)] = _flat_value(value)
+    for ev, col in (score_columns([row]) if scores is None else scores).items():
+        d[col] = row.scores.get(ev) if done else None
     return d
 
 
-def write_jsonl(rows: Iterable[Row], path: Path) -> int:
+def _flat_value(value: Any) -> Any:
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True) if value else ""
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return value
+
+
+def records(rows: Sequence[Row]) -> list[dict[str, Any]]:
+    """Every row flat, each with every score column (null where an evaluator did not score it)."""
+    cols = score_columns(rows)
+    return [flat(r, cols) for r in rows]
+
+
+def schema(rows: Sequence[Row]) -> pa.Schema:
+    """The Arrow schema of the export, from the `Row` model (so a column keeps its type even
+    when every value is null: `round` stays int64), plus a float64 per score column."""
+    import pyarrow as pa
+
+    fields = [
+        pa.field(RENAMED.get(name, name), _arrow_type(f.annotation))
+        for name, f in Row.model_fields.items()
+        if name != "scores"
+    ]
+    fields += [pa.field(col, pa.float64()) for col in score_columns(rows).values()]
+    return pa.schema(fields)
+
+
+def _arrow_type(annotation: Any) -> pa.DataType:
+    import pyarrow as pa
+
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        (inner,) = [a for a in args if a is not type(None)]
+        return _arrow_type(inner)
+    if origin is Literal or annotation is str or origin in (list, dict):  # lists, dicts: as text
+        return pa.string()
+    simple = {bool: pa.bool_(), int: pa.int64(), float: pa.float64()}
+    return simple.get(annotation, pa.string())  # anything else leaves as text (`_flat_value`)
+
+
+def table(rows: Sequence[Row]) -> pa.Table:
+    """The rows as an Arrow table with the export's schema (what Parquet and pandas get)."""
+    try:
+        import pyarrow as pa
+    except ImportError:  # pragma: no cover - pyarrow is a dependency
+        raise InvalidArgument("Parquet export needs pyarrow: pip install pyarrow") from None
+    return pa.Table.from_pylist(records(rows), schema=schema(rows))
+
+
+def write_jsonl(rows: Sequence[Row], path: Path) -> int:
+    """One flat record per line (the Parquet export's columns and nulls)."""
     n = 0
     with _atomic(path) as f:
-        for row in rows:
-            f.write(row.model_dump_json() + "\n")
+        for record in records(rows):
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
             n += 1
     return n
 
 
 def write_parquet(rows: Sequence[Row], path: Path) -> int:
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - pyarrow is a dependency
-        raise InvalidArgument("Parquet export needs pyarrow: pip install pyarrow") from None
-    records = [flat(r) for r in rows]
-    columns = sorted({k for r in records for k in r}, key=lambda k: (k.startswith("score."), k))
-    table = pa.table({c: [r.get(c) for r in records] for c in columns})
+    import pyarrow.parquet as pq
+
+    t = table(rows)
     with _atomic(path, "wb") as f:
-        pq.write_table(table, f)
-    return len(records)
+        pq.write_table(t, f)
+    return t.num_rows
 
 
 def trajectory(log: EventLog, row: Row) -> dict[str, Any]:
-    """The root agent's side of an episode as `{"messages": [...]}` plus where it came from."""
+    """The root agent's side of an episode as `{"messages": [...]}` plus where it came from.
+    Redacted again on the way out: events stored before a key was known still hold it."""
     events = log.history(row.conversation, row.branch)
     transcript, _ = Transcript.rebuild(events)
     root = transcript.frames[0] if transcript.frames else []
     return {
-        "messages": [chat_message(m) for m in root],
+        "messages": default_redactor().value([chat_message(m) for m in root]),
         "metadata": {
             "rollout": row.rollout,
             "episode": row.episode,
