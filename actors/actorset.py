@@ -67,6 +67,11 @@ class ActorSet:
         return [*self.supervisors, *self.evaluators, *(h for hs in self.agents.values() for h in hs)]
 
     def kill(self) -> None:
+        # metrics summed but not yet handed to Ray would die with the supervisors; a dead one
+        # does not answer, so the wait is bounded
+        if self.supervisors:
+            flushed = [s.flush_metrics.remote() for s in self.supervisors]
+            ray.wait(flushed, num_returns=len(flushed), timeout=2.0)
         for handle in self.all():
             ray.kill(handle)
 

@@ -21,7 +21,7 @@ from p2e.evals.store import ScoreStore
 from p2e.events import Event, Limits, ToolResult
 from p2e.runtime.agent import AgentRunner
 from p2e.runtime.driver import AgentHandle, Driver, TurnResult
-from p2e.runtime.metrics import RayMeter, ScoreMeter
+from p2e.runtime.metrics import RayMeter, ScoreMeter, labels
 from p2e.runtime.steps import TOOL_RESULTS, EpisodeRequest, StepRequest, StepResult, ToolsRequest
 from p2e.store import BranchInfo, EventLog
 from p2e.store.aio import GroupCommit
@@ -93,8 +93,9 @@ class SupervisorActor:
             names = [evaluator_actor_name(self.prefix, i) for i in range(evaluators)]
             observer = RayEvaluators([ray.get_actor(n, namespace=RAY_NAMESPACE) for n in names])
         log = EventLog(store_url, namespace)
+        self.meter = RayMeter()
         self.driver = Driver(
-            log, GroupCommit(store_url, namespace), self._agent, observer, RayMeter(), team=team
+            log, GroupCommit(store_url, namespace), self._agent, observer, self.meter, team=team
         )
         self._agents: dict[str, AgentHandle] = {}
         self.node = ray.get_runtime_context().get_node_id()
@@ -127,17 +128,24 @@ class SupervisorActor:
         )
 
     async def send(self, conv: str, text: str, branch: str | None = None) -> TurnResult:
-        return await self.driver.send(conv, text, branch)
+        try:
+            return await self.driver.send(conv, text, branch)
+        finally:
+            self.meter.flush()  # a turn's counts are Ray's before its answer is anyone's
 
     async def resume(self, conv: str, branch: str | None = None) -> TurnResult:
-        return await self.driver.resume(conv, branch)
+        try:
+            return await self.driver.resume(conv, branch)
+        finally:
+            self.meter.flush()
 
     async def run_episode(self, req: bytes) -> bytes:
         """A rollout episode (an `EpisodeRequest` as JSON); its `EpisodeOutcome` as JSON."""
         request = EpisodeRequest.model_validate_json(req)
-        outcome = await self.driver.episode(request, self._score if self.scorer is not None else None)
-        for s in outcome.scores:
-            self.score_meter.score(s.evaluator, s.value)
+        with labels(request.rollout, request.variant):  # every metric of the episode carries them
+            outcome = await self.driver.episode(request, self._score if self.scorer is not None else None)
+            for s in outcome.scores:
+                self.score_meter.score(s.evaluator, s.value)
         return outcome.model_copy(update={"node": self.node}).model_dump_json().encode()
 
     async def _score(
@@ -161,6 +169,11 @@ class SupervisorActor:
 
     async def release(self, conv: str) -> None:
         self.driver.release(conv)
+
+    async def flush_metrics(self) -> None:
+        """Hand the counts summed so far to Ray (called before the actor is killed). On the
+        default loop, the meter's own: the control group runs on another thread."""
+        self.meter.flush()
 
     @ray.method(concurrency_group="control")
     async def health(self) -> dict[str, int]:

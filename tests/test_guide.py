@@ -434,5 +434,5 @@ def test_the_ray_meter_sums_counters_and_hands_them_over_within_a_second(ray_ses
         await asyncio.sleep(m.FLUSH_S + 0.2)
 
     asyncio.run(go())
-    tags = {"agent": "a", "model": "mock/x"}
+    tags = {"agent": "a", "model": "mock/x", "rollout": "", "variant": ""}  # outside a rollout: empty
     assert sorted(seen) == [("steps", 5, tags), ("tokens", 35, tags)]

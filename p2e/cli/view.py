@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from p2e.cli._common import console, open_log
 from p2e.cli.rerun_flags import RERUN, RERUN_CONNECT, RERUN_SAVE
 from p2e.errors import InvalidArgument
-from p2e.obs.recording import RerunOptions, observe, record_conversation, record_rows
+from p2e.obs.recording import Observation, RerunOptions, observe, record_conversation, record_rows
 from p2e.obs.viewer import check_viewer, open_viewer, resolve_target
 from p2e.store import EventLog
 
@@ -75,12 +79,18 @@ def _rollout_rows(log: EventLog, rid: str) -> list[object]:
 
 def observe_cmd(
     conversations: list[str] = typer.Argument(None, metavar="[CONV]...", help="conversations to follow"),
+    rollout: str | None = typer.Option(
+        None, "--rollout", metavar="ROLLOUT", help="follow a running rollout's new episodes"
+    ),
     existing: bool = typer.Option(
         False, "--existing", help="without CONV: also record the conversations already in the store"
     ),
     seconds: float | None = typer.Option(None, "--for", metavar="SECONDS", help="stop after this long"),
     until_done: bool = typer.Option(
-        False, "--until-done", help="stop once every named conversation has finished or failed"
+        False,
+        "--until-done",
+        help="stop once every named conversation is done (answered, finished or failed), "
+        "or the --rollout has ended",
     ),
     rerun: bool = RERUN,
     rerun_connect: str | None = RERUN_CONNECT,
@@ -89,32 +99,96 @@ def observe_cmd(
     """Record conversations to Rerun as they happen, from anywhere that reaches the store.
 
     Without CONV it follows every conversation created from now on (a rollout, a chat in
-    another terminal); it runs until Ctrl-C, --for SECONDS, or --until-done.
+    another terminal); it runs until Ctrl-C (or SIGTERM), --for SECONDS, or --until-done. A
+    conversation is done when its checked-out branch has finished or failed, or its root agent
+    has answered and nothing is outstanding; a rollout when its record says it is no longer
+    running. However it stops, the recording is closed, so a --rerun-save file is complete.
 
-    Examples: p2e observe --rerun | p2e observe demo --rerun-save demo.rrd --until-done
+    Examples: p2e observe --rerun | p2e observe demo --rerun-save demo.rrd --until-done |
+    p2e observe --rollout 3f2a9c1b7d04 --rerun-save sweep.rrd --until-done
     """
     opts = RerunOptions.from_flags(rerun, rerun_connect, rerun_save)
     if not opts.enabled:
         raise InvalidArgument("say where to record: --rerun, --rerun-connect URL or --rerun-save FILE.rrd")
-    if until_done and not conversations:
-        raise InvalidArgument("--until-done needs the conversations to wait for (CONV...)")
+    if rollout is not None and conversations:
+        raise InvalidArgument("follow conversations (CONV...) or a --rollout, not both")
+    if until_done and not conversations and rollout is None:
+        raise InvalidArgument("--until-done needs what to wait for: CONV... or --rollout ROLLOUT")
     log = open_log()
+    ended = _rollout_ended(log, rollout) if rollout is not None else None
     names = conversations or None
     deadline = None if seconds is None else time.monotonic() + seconds
-    with observe(
-        opts, log, conversations=names, new_only=not names and not existing, name="p2e observe"
-    ) as obs:
-        what = ", ".join(conversations) if conversations else "new conversations"
-        console.print(f"recording {what} to Rerun; Ctrl-C to stop")
-        try:
+    with (
+        _signals_stop(),
+        observe(
+            opts,
+            log,
+            conversations=names,
+            new_only=not names and not existing,
+            name=f"p2e observe {rollout}" if rollout else "p2e observe",
+            rollout=rollout,
+        ) as obs,
+    ):
+        what = ", ".join(conversations or ()) or (f"rollout {rollout}" if rollout else "new conversations")
+        try:  # the line is printed inside: a signal that follows it at once is caught below
+            console.print(f"recording {what} to Rerun; Ctrl-C to stop")
             while deadline is None or time.monotonic() < deadline:
                 if obs.error is not None:
                     raise obs.error
-                if until_done and obs.follower is not None and obs.follower.all_done():
+                if until_done and _done(obs, ended):
                     break
                 time.sleep(0.1)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the recording is closed below all the same
             pass
+        if rollout is not None:
+            obs.rollout_rows(_rollout_rows(log, rollout), rollout)  # the leaderboard, as it stands
     events = obs.recorder.events if obs.recorder else 0
     where = f" to {opts.save}" if opts.save else ""
     console.print(f"recorded {events} events{where}")
+
+
+def _done(obs: Observation, rollout_ended: Callable[[], bool] | None) -> bool:
+    if rollout_ended is not None:
+        return rollout_ended()
+    return obs.follower is not None and obs.follower.all_done()
+
+
+def _rollout_ended(log: EventLog, rid: str, every_s: float = 1.0) -> Callable[[], bool]:
+    """Whether the rollout's record says it is over (done, or interrupted), asked at most
+    every `every_s` seconds; an unknown rollout is an error now."""
+    from p2e.rollouts.store import RolloutStore
+
+    store = RolloutStore(log)
+    store.get(rid)
+    asked = [0.0]
+
+    def ended() -> bool:
+        now = time.monotonic()
+        if now - asked[0] < every_s:
+            return False
+        asked[0] = now
+        return store.get(rid).status != "running"
+
+    return ended
+
+
+@contextlib.contextmanager
+def _signals_stop() -> Iterator[None]:
+    """SIGTERM stops the command as Ctrl-C does (a KeyboardInterrupt in the main loop), so the
+    recording is closed and a .rrd file is complete; a second signal while it closes is ignored
+    (it would cut the file short)."""
+    seen: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        if not seen:
+            seen.append(signum)
+            raise KeyboardInterrupt
+
+    old: dict[int, Any] = {}
+    with contextlib.suppress(ValueError):  # not the main thread: no handlers, nothing to restore
+        old = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)

@@ -92,11 +92,17 @@ class _Conv:
     unsettled: set[bytes] = field(default_factory=set)
     """Score fields last seen pending or running: their outcome is written over them later."""
 
-    @property
-    def ended(self) -> bool:
-        return bool(self.cursors) and all(
-            c.state.status in ("finished", "failed") for c in self.cursors.values()
-        )
+    def done(self, branch: str | None = None) -> bool:
+        """The conversation is done: its checked-out branch (or `branch`) has finished or
+        failed, or the root agent has answered and nothing is outstanding (the user's turn;
+        a later message starts another turn, but this one is done)."""
+        cur = self.cursors.get(branch or self.info.active)
+        if cur is None:
+            return False
+        s = cur.state
+        if s.status in ("finished", "failed"):
+            return True
+        return s.status == "idle" and s.steps > 0 and s.violation is None
 
     @property
     def settled(self) -> bool:
@@ -166,9 +172,9 @@ class StoreFollower:
         return cur.state if cur else None
 
     def all_done(self) -> bool:
-        """Every followed branch has finished or failed (safe to call from another thread)."""
+        """Every followed conversation is done (`_Conv.done`; safe to call from another thread)."""
         convs = list(self.convs.values())
-        return bool(convs) and all(c.ended for c in convs)
+        return bool(convs) and all(c.done(self.branch) for c in convs)
 
     # --- polling -------------------------------------------------------------------------------
 
@@ -183,7 +189,7 @@ class StoreFollower:
                 p.zcard(k.convs)
                 p.zrange(k.convs, 0 if resync else max(0, self._seen_card - RANK_SLACK), -1)
             for c in ask:
-                p.hget(k.conv(c.info.id), "events")
+                p.hmget(k.conv(c.info.id), "events", "active")
                 p.zcard(k.branches(c.info.id))
                 p.hlen(k.scores(c.info.id))
             answers = p.execute()
@@ -199,15 +205,17 @@ class StoreFollower:
                 with self.log.guard():
                     p = self.log.r.pipeline(transaction=False)
                     for c in new:
-                        p.hget(k.conv(c.info.id), "events")
+                        p.hmget(k.conv(c.info.id), "events", "active")
                         p.zcard(k.branches(c.info.id))
                         p.hlen(k.scores(c.info.id))
                     answers += p.execute()
         moved: list[_Conv] = []
         rescore: list[_Conv] = []
         for i, c in enumerate(ask):
-            raw_events, n_branches, n_scores = answers[3 * i : 3 * i + 3]
+            (raw_events, active), n_branches, n_scores = answers[3 * i : 3 * i + 3]
             events = int(raw_events or 0)
+            if active and active.decode() != c.info.active:  # checked out elsewhere (the CLI)
+                c.info = c.info.model_copy(update={"active": active.decode()})
             grew = events != c.events or n_branches != c.branches
             if grew or n_scores != c.scores:
                 c.changed = now
