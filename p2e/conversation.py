@@ -13,6 +13,7 @@ from typing import Any
 from p2e.errors import CorruptData, EventRejected, InvalidArgument, SequenceOutOfRange
 from p2e.events import Event, Limits, Reflection, Started
 from p2e.machine import INITIAL, Command, State, fold, handle, handle_all
+from p2e.redact import default_redactor
 from p2e.runtime.interpret import Advance, advance
 from p2e.store import BranchInfo, ConversationInfo, EventLog
 from p2e.store.aio import GroupCommit
@@ -107,7 +108,8 @@ class Conversation:
         before, self.state = self.state.length, state
         self.branch = self.branch.model_copy(update={"length": state.length})
         if before // SNAPSHOT_EVERY != state.length // SNAPSHOT_EVERY:
-            return state.model_dump_json().encode()
+            # frames keep model text (a delegation's task): masked as the events it folds are
+            return default_redactor().data(state.model_dump_json().encode())
         return None
 
     def history(self, start: int = 0, end: int | None = None) -> list[Event]:

@@ -1,14 +1,17 @@
-"""Secrets out of everything p2e writes: logs, stored events, Rerun recordings.
+"""Secrets out of everything p2e writes: logs, the store, exports, Rerun recordings, errors.
 
 A model, a tool or an error message can echo an API key (the openai client quotes part of a bad
 key in its error; a tool may print its environment). Whatever leaves the process goes through
 one `Redactor`: it replaces the values of environment variables whose names say they are secret
 (`*_API_KEY`, `*_TOKEN`, `*_SECRET`, `*_PASSWORD`), values registered by the code that reads them
-(`register_secret`), and strings shaped like well-known keys (`sk-...`, `ghp_...`, `AKIA...`,
-`Bearer ...`), by `[REDACTED]`.
+(`register_secret`), strings shaped like well-known keys (`sk-...`, `ghp_...`, `AKIA...`,
+`Bearer ...`) and a URL's password, by `[REDACTED]`.
 
-It is on the store's write path (every event is checked before its append), so the common case,
-no secret at all, is one compiled-regex search over the encoded event.
+It is on the store's write path (every event is checked before its append; rows, scores,
+snapshots, the rollout record and payment reasons too), so the common case, no secret at all, is
+one compiled-regex search over the encoded record. Records that keep settings drop secret-named
+values (`without_secret_settings`: an inline `api_key` is never stored), and messages that name a
+store print its URL through `mask_url`.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ KEY_PATTERNS: tuple[str, ...] = (
     r"AKIA[0-9A-Z]{16}",  # AWS access key id
     r"AIza[0-9A-Za-z_\-]{35}",  # Google API key
     r"(?<=[Bb]earer )[A-Za-z0-9_\-.=+/]{16,}",  # an Authorization header's credential
+    r"(?<=://)[^\s/:\"'\\]*:[^\s/@\"'\\]+(?=@)",  # a URL's user:password (never a JSON quote)
+    r"(?<=[?&]password=)[^\s&#\"'\\]+",  # a URL's ?password= (redis-py takes one)
 )
 
 
@@ -116,6 +121,54 @@ def register_secret(secret: str) -> None:
 def refresh_secrets() -> None:
     """Re-read secret-named environment variables (after one was set in this process)."""
     default_redactor().refresh()
+
+
+SECRET_SETTING = re.compile(
+    r"(?:^|.*_)(?:api_?key|token|secret|secret_key|password|passwd|access_key|private_key)$", re.IGNORECASE
+)
+"""Settings whose values are secrets (matched on the name): `api_key`, `auth_token`, `password`.
+`api_key_env` names a variable and is kept."""
+
+
+def without_secret_settings(value: Any, replacement: str) -> Any:
+    """`value` (dicts and lists of settings, e.g. a spec's inline `providers:`) with the value of
+    every secret-named setting replaced by `replacement`, which should say where the secret
+    came from: for records that keep settings but must never keep a key."""
+    if isinstance(value, dict):
+        return {
+            k: replacement
+            if isinstance(k, str) and SECRET_SETTING.match(k) and isinstance(v, str) and v
+            else without_secret_settings(v, replacement)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return type(value)(without_secret_settings(x, replacement) for x in value)
+    return value
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_URL_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+
+
+def mask_url(url: str) -> str:
+    """A URL fit to print: its password (`redis://:***@host`, `rediss://user:***@host`,
+    `?password=***`) or a bare credential (`https://***@host`) masked; the rest, which tells a
+    user which server was meant, kept. Every error and log line that names a store URL uses it."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in authority:
+        userinfo, host = authority.rsplit("@", 1)
+        user, colon, _ = userinfo.partition(":")
+        authority = f"{user}:***@{host}" if colon else f"***@{host}"
+    return f"{scheme}://{authority}" + _URL_PASSWORD.sub(r"\1***", tail)
+
+
+def mask_urls(text: str) -> str:
+    """`mask_url` on every URL inside a message (an exception's text, say)."""
+    return _URL.sub(lambda m: mask_url(m.group(0)), text)
 
 
 class RedactingFilter(logging.Filter):

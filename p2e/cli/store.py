@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 
 from p2e.cli._common import console
+from p2e.redact import mask_url
 from p2e.store import embedded_status, ensure_embedded, stop_embedded
 from p2e.store.server import configured_url, describe, p2e_home
 
@@ -18,7 +20,7 @@ def status() -> None:
     """Say which store p2e uses and whether it answers (does not start anything)."""
     url = configured_url()
     if url:
-        console.print(f"store: [bold]{url}[/] (from P2E_REDIS_URL)")
+        console.print(f"store: [bold]{escape(mask_url(url))}[/] (from P2E_REDIS_URL)")
         _describe(url)
         return
     info = embedded_status()
@@ -39,7 +41,7 @@ def status() -> None:
 def start() -> None:
     """Start the embedded store (or find the one already running) and print its URL."""
     if configured_url():
-        console.print(f"P2E_REDIS_URL is set ({configured_url()}): nothing to start")
+        console.print(f"P2E_REDIS_URL is set ({escape(mask_url(configured_url() or ''))}): nothing to start")
         return
     info = ensure_embedded()
     console.print(f"embedded store running at [bold]{info.url}[/], pid {info.pid}, data in {info.data_dir}")
@@ -50,7 +52,8 @@ def stop() -> None:
     """Stop the embedded store; its append-only file keeps the data for the next start."""
     if configured_url():
         console.print(
-            f"P2E_REDIS_URL is set ({configured_url()}): p2e does not stop a server it did not start"
+            f"P2E_REDIS_URL is set ({escape(mask_url(configured_url() or ''))}): "
+            "p2e does not stop a server it did not start"
         )
         raise typer.Exit(1)
     info = stop_embedded()

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from p2e.errors import Conflict, InvalidArgument, NotFound, P2EError
+from p2e.redact import mask_url, mask_urls
 
 
 def _rebuild(cls: type[Exception], args: tuple[Any, ...], state: dict[str, Any]) -> Exception:
@@ -111,8 +112,9 @@ class CommandConflict(_Portable, Conflict):
 
 class LedgerUnavailable(_Portable, P2EError):
     def __init__(self, where: str, cause: object = ""):
+        where = mask_url(where)  # a Ledger API URL may carry credentials
         super().__init__(
-            f"cannot reach the ledger at {where} ({cause}); check that it runs "
+            f"cannot reach the ledger at {where} ({mask_urls(str(cause))}); check that it runs "
             "(for Canton: `daml sandbox`, see docs/ledger.md) and the URL"
         )
         self.where = where

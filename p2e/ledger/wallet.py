@@ -17,11 +17,12 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from p2e.errors import P2EError
 from p2e.ledger.base import Entry, Ledger, Receipt, check_command_id, check_reason, check_wallet_name
 from p2e.ledger.policy import PolicyStore, SpendingPolicy
+from p2e.redact import default_redactor
 
 if TYPE_CHECKING:
     from p2e.store import EventLog
@@ -48,6 +49,12 @@ class PayRequest(BaseModel):
     reason: str = ""
     command_id: str
     episode: str | None = None
+
+    @field_validator("reason")
+    @classmethod
+    def _redacted(cls, v: str) -> str:
+        """A model writes the reason, and the journal keeps it forever: no key gets in."""
+        return default_redactor().text(v)
 
 
 class WalletAccess(Protocol):

@@ -27,6 +27,7 @@ from p2e.evals.runner import evaluate_targets, step_seqs
 from p2e.llm import Providers
 from p2e.machine import CallAgent, Command, Fail, Reply, State, pending
 from p2e.policies.guide import GuidePolicy, GuideValue
+from p2e.redact import redact
 from p2e.store import EventLog
 
 if TYPE_CHECKING:
@@ -285,6 +286,6 @@ class GuidedSearch:
     async def _save(self, children: list[Child]) -> None:
         fields: list[Any] = []
         for c in children:
-            fields += [c.node.branch, c.node.model_dump_json()]
+            fields += [c.node.branch, redact(c.node.model_dump_json())]  # an error may quote a key
         if fields:
             await self.d.writer.command("HSET", self.key, *fields)

@@ -166,7 +166,7 @@ class EventLog:
     def mark(self, conv: str, note: str) -> None:
         """Leave a note on a conversation (its events are untouched): `conversation show` has it."""
         cid = self.resolve(conv)
-        self.r.hset(self.keys.conv(cid), "note", note)
+        self.r.hset(self.keys.conv(cid), "note", default_redactor().text(note))  # it may quote an error
 
     def free_name(self, base: str) -> str:
         """`base` if no conversation has that name or id yet, else the first free `base-N`."""

@@ -20,6 +20,8 @@ import hiredis
 import redis
 from redis.asyncio.connection import parse_url
 
+from p2e.redact import mask_url
+
 CRLF = b"\r\n"
 
 
@@ -91,7 +93,9 @@ class Pipe:
     def __init__(self, url: str, connect_timeout: float = 5.0, timeout: float = 30.0):
         opts = parse_url(url)
         if opts.get("connection_class") is not None or "path" in opts:
-            raise ValueError(f"only redis:// TCP URLs are supported by the group commit, not {url!r}")
+            raise ValueError(
+                f"only redis:// TCP URLs are supported by the group commit, not {mask_url(url)!r}"
+            )
         self.host, self.port = opts.get("host", "127.0.0.1"), int(opts.get("port", 6379))
         self.username, self.password = opts.get("username"), opts.get("password")
         self.db = int(opts.get("db", 0) or 0)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field
 
+from p2e.redact import redact
 from p2e.tools.registry import REGISTRY, ToolContext, tool
 
 # --- calculator ----------------------------------------------------------------------------------
@@ -204,7 +205,7 @@ def notes(
                 raise ValueError("add needs a non-empty text")
             if store.r.llen(key) >= MAX_NOTES:
                 raise ValueError(f"the notepad is full ({MAX_NOTES} notes); clear it first")
-            n = store.r.rpush(key, text)
+            n = store.r.rpush(key, redact(text))  # a model wrote it: no key reaches the store
             return f"added note {n}"
         if action == "list":
             items = [raw.decode() for raw in store.r.lrange(key, 0, -1)]
