@@ -6,6 +6,8 @@ not for stack traces.
 
 from __future__ import annotations
 
+from p2e.redact import mask_url, mask_urls
+
 
 class P2EError(Exception):
     """Base of every error p2e raises on purpose."""
@@ -72,11 +74,24 @@ class StoreError(P2EError):
 
 class StoreUnavailable(StoreError):
     def __init__(self, url: str, cause: object = ""):
+        url = mask_url(url)  # the message is printed, logged and pickled: never the password
         super().__init__(
-            f"cannot reach the store at {url} ({cause}); check that the server runs, "
+            f"cannot reach the store at {url} ({mask_urls(str(cause))}); check that the server runs, "
             "or unset P2E_REDIS_URL to use the embedded store (`p2e store start`)"
         )
         self.url = url
+
+
+class StoreLost(StoreError):
+    """The store stopped answering in the middle of a rollout (its driver has stopped it)."""
+
+    def __init__(self, url: str, rollout: str, spec: str, cause: object = ""):
+        super().__init__(
+            f"the store at {mask_url(url)} stopped answering during rollout {rollout} "
+            f"({mask_urls(str(cause)) or 'connection lost'}); start it again (the embedded one: "
+            f"`p2e store start`), then finish the rollout: p2e rollout run {spec} --resume {rollout}"
+        )
+        self.rollout = rollout
 
 
 class CorruptData(StoreError):

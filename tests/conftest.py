@@ -99,6 +99,7 @@ def ray_session() -> Iterator[None]:
 
     tests_dir = str(Path(__file__).parent)
     ray.init(
+        address="local",  # a new instance: never join another session's cluster (ray_current_cluster)
         num_cpus=2,
         include_dashboard=False,
         namespace="p2e",

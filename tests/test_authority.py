@@ -54,9 +54,11 @@ def ledger(log: EventLog) -> Iterator[EmbeddedLedger]:
 
 @pytest.fixture
 def ledger_tools() -> Iterator[ModuleType]:
-    import p2e.tools.ledger as lt
+    """The ledger tools, registered for this test only (other tests expect the built-ins alone)."""
+    before = set(REGISTRY._tools)
+    import p2e.tools.ledger as lt  # its first import registers the tools
 
-    added = [name for name in lt.LEDGER_TOOLS if name not in REGISTRY]
+    added = [name for name in lt.LEDGER_TOOLS if name not in before]
     for name in added:
         REGISTRY.register(getattr(lt, name))
     yield lt

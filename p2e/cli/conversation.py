@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from p2e.agents import load_team
 from p2e.cli._common import AGENTS, console, open_log
@@ -60,6 +61,9 @@ def show(
     events = log.read(b, 0, None if end is None else end + 1)
     console.print(events_table(events, f"{conv} / {b.name}", start=start))
     console.print(state_line(rebuild(log, b)))
+    note = log.conversation(conv).note
+    if note:  # e.g. an abandoned rollout attempt: it is never counted
+        console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
 
 
 @app.command()

@@ -14,6 +14,7 @@ from rich.console import Group
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from p2e.cli._common import console, open_log
 from p2e.cli.render import clip
@@ -487,6 +488,20 @@ def show(
         console.print(adaptive_lines(info.adaptive, len(all_rows)), soft_wrap=True)
     if info.ledger:
         console.print(ledger_lines(info.ledger), soft_wrap=True)
+    abandoned = sum(len(r.abandoned) for r in all_rows)
+    if abandoned:
+        console.print(
+            Text(
+                f"{abandoned} abandoned attempts (a dead supervisor or driver): not counted; their "
+                "payments are in their episode's ledger deltas (--rows lists them)"
+            ),
+            soft_wrap=True,
+        )
+    if info.status == "interrupted":
+        console.print(
+            Text(f"interrupted; finish it with: p2e rollout run {info.spec_path} --resume {info.id}"),
+            soft_wrap=True,
+        )
     if rows:
         t = Table()
         for col in (
@@ -500,6 +515,7 @@ def show(
             "steps",
             "tokens",
             "conversation",
+            "abandoned",
         ):
             t.add_column(col)
         for r in all_rows:
@@ -514,6 +530,7 @@ def show(
                 str(r.steps),
                 str(r.tokens),
                 r.conversation,
+                ", ".join(r.abandoned),
             )
         console.print(t)
 

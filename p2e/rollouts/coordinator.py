@@ -44,6 +44,11 @@ def row_scores(scores: list[Score]) -> dict[str, float | None]:
     return {e: (sum(values[e]) / len(values[e]) if e in values else None) for e in sorted(seen)}
 
 
+def attempt_name(rid: str, episode: str, n: int) -> str:
+    """The conversation name of attempt `n` at an episode (so a resumed run finds them all)."""
+    return f"{rid}.{episode[:10]}.{n}"
+
+
 def _on_ctrl_c(task: asyncio.Task[Any] | None) -> Callable[[], bool]:
     """Ctrl-C cancels `task` (the run), whatever SIGINT handler Ray or others installed before;
     the returned function says whether it happened."""
@@ -77,7 +82,7 @@ class Coordinator:
         in_flight: int,
         retries: int,
         on_row: Callable[[Row], None] | None = None,
-        ledger_deltas: Callable[[str, str], dict[str, str]] | None = None,
+        ledger_deltas: Callable[[list[tuple[str, str | None]]], dict[str, str]] | None = None,
         score_in_supervisors: bool = False,
         ramp_s: float = 0.0,
     ):
@@ -177,9 +182,11 @@ class Coordinator:
         while outcome is None and error is None:
             attempts += 1
             n = await asyncio.to_thread(self.store.next_attempt, self.rid, ep.id)
+            if attempts == 1 and n > 1:  # attempts of an earlier run of the driver: orphans
+                abandoned += await asyncio.to_thread(self._orphans, ep, n)
             req = EpisodeRequest(
                 cid=new_id(),
-                name=f"{self.rid}.{ep.id[:10]}.{n}",
+                name=attempt_name(self.rid, ep.id, n),
                 root=ep.root,
                 graph=ep.graph,
                 limits=ep.limits,
@@ -187,6 +194,9 @@ class Coordinator:
                 message=ep.message,
                 reference=ep.reference,
                 score=self.score_in_supervisors,
+                rollout=self.rid,
+                variant=ep.variant,
+                episode=ep.id,
             )
             i = await self._pick()
             self.load[i] += 1
@@ -215,9 +225,15 @@ class Coordinator:
             scores = row_scores(outcome.scores)
         elif outcome is not None and self.evaluators:
             scores = await self._score(outcome, ep.reference)
+        status = "failed" if outcome is None else outcome.status
+        if status != "done":  # a failed episode has no score (its step scores stay in the store)
+            scores = dict.fromkeys(scores)
         deltas: dict[str, str] = {}
-        if outcome is not None and self.ledger_deltas is not None:
-            deltas = await asyncio.to_thread(self.ledger_deltas, outcome.conversation, outcome.branch)
+        if self.ledger_deltas is not None:  # every attempt's payments: abandoned ones moved money too
+            attempts_run = [(name, None) for name in abandoned]
+            if outcome is not None:
+                attempts_run.append((outcome.conversation, outcome.branch))
+            deltas = await asyncio.to_thread(self.ledger_deltas, attempts_run)
         row = Row(
             rollout=self.rid,
             episode=ep.id,
@@ -226,7 +242,7 @@ class Coordinator:
             scenario=ep.scenario,
             repeat=ep.repeat,
             seed=ep.seed,
-            status="failed" if outcome is None else outcome.status,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
             error=error if outcome is None else outcome.error,
             answer=None if outcome is None else outcome.answer,
             primary=scores.get(self.primary) if self.primary else None,
@@ -247,6 +263,22 @@ class Coordinator:
         await asyncio.to_thread(self.store.put_row, row)
         if self.on_row is not None:
             self.on_row(row)
+
+    def _orphans(self, ep: Episode, n: int) -> list[str]:
+        """The conversations of attempts 1..n-1 at `ep`, made by an earlier run of the driver (it
+        was killed, or stopped with Ctrl-C, before writing the row): each is marked abandoned
+        (none counts) and listed in the row, and its payments are accounted for in it."""
+        found = []
+        for k in range(1, n):
+            name = attempt_name(self.rid, ep.id, k)
+            try:
+                info = self.store.log.conversation(name)
+            except NotFound:
+                continue  # it stopped before creating its conversation
+            if not info.note.startswith("abandoned"):
+                self.store.log.mark(name, f"abandoned: attempt {k} was cut off (its driver stopped)")
+            found.append(name)
+        return found
 
     def _mark(self, name: str, note: str) -> None:
         with contextlib.suppress(NotFound):  # it died before creating its conversation: no mark

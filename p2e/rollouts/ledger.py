@@ -17,6 +17,7 @@ from p2e.events import Event, ToolResult
 from p2e.ledger import LedgerConfig, PolicyStore, RolloutLedger, open_ledger_on
 from p2e.ledger.amount import format_amount, parse_amount
 from p2e.rollouts.plan import Episode
+from p2e.rollouts.stats import variant_means
 from p2e.rollouts.store import Row
 from p2e.store import EventLog
 
@@ -24,20 +25,23 @@ PAYMENT_TOOLS = ("transfer", "reward")
 
 
 def episode_deltas(events: Iterable[Event]) -> dict[str, str]:
-    """Wallet -> net change (decimal text) from the payments an episode's agents made."""
-    net: dict[str, int] = defaultdict(int)
+    """Wallet -> net change (decimal text) from the payments an episode's agents made, in the
+    events of one or several attempts at it. Each journal entry counts once: a retried call, or
+    an attempt repeating an abandoned one's payment, answers with the original entry
+    (`already_done`), and the money moved once."""
+    paid: dict[int, tuple[str, str, int]] = {}
     for e in events:
         if not isinstance(e, ToolResult) or e.is_error or e.name not in PAYMENT_TOOLS:
             continue
         try:
-            paid = json.loads(e.output)
-            if paid.get("already_done"):
-                continue  # a retried call: the money moved once, counted the first time
-            amount = parse_amount(paid["paid"])
-            net[e.agent] -= amount
-            net[paid["to"]] += amount
+            receipt = json.loads(e.output)
+            paid[int(receipt["entry"])] = (e.agent, str(receipt["to"]), parse_amount(receipt["paid"]))
         except (ValueError, KeyError, TypeError):
             continue  # not a payment receipt (a custom tool with the same name)
+    net: dict[str, int] = defaultdict(int)
+    for payer, payee, amount in paid.values():
+        net[payer] -= amount
+        net[payee] += amount
     return {w: format_amount(d, signed=True) for w, d in sorted(net.items()) if d}
 
 
@@ -58,22 +62,21 @@ class RolloutMoney:
     def setup(self) -> dict[str, int]:
         return self.hook.setup()
 
-    def deltas(self, conversation: str, branch: str) -> dict[str, str]:
-        return episode_deltas(self.log.history(conversation, branch))
+    def deltas(self, attempts: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+        """An episode's net payments over its attempts: (conversation, branch or None for the
+        checked-out one) each."""
+        events: list[Event] = []
+        for conversation, branch in attempts:
+            events += self.log.history(conversation, branch)
+        return episode_deltas(events)
 
     def settle(self, rows: Iterable[Row]) -> dict[str, Any]:
         """Pay the bounty by the payout rule (once: a resumed rollout replays the receipt) and
-        say what happened, with the balances after. A variant's score is the mean of its done
-        episodes' primary scores (or of the metric the payout rule names)."""
-        metric = self.config.payout.metric
-        values: dict[str, list[float]] = defaultdict(list)
-        for r in rows:
-            value = r.primary if metric is None else r.scores.get(metric)
-            if r.status == "done" and value is not None:
-                values[r.variant].append(value)
-        scores: dict[str, float | None] = {
-            v: (sum(values[v]) / len(values[v]) if values[v] else None) for v in self.variant_agents
-        }
+        say what happened, with the balances after. A variant's score is its mean as every
+        summary shows it (`stats.variant_means`: done episodes' primary scores, or the metric the
+        payout rule names; teams pooled)."""
+        means = variant_means(rows, self.config.payout.metric)
+        scores: dict[str, float | None] = {v: means.get(v) for v in self.variant_agents}
         payout = self.hook.pay_out(scores, self.variant_agents)
         out: dict[str, Any] = {"balances_after": _fmt(self.hook.balances())}
         if payout is not None:
@@ -82,6 +85,7 @@ class RolloutMoney:
                 "winners": list(payout.winners),
                 "paid": _fmt(payout.payouts),
                 "refunded": payout.refunded,
+                "scores": scores,
             }
         return out
 

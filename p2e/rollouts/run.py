@@ -13,8 +13,10 @@ result.to_parquet("quickstart.parquet")
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -22,25 +24,44 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import redis
 
 from actors.actorset import connect_ray, spawn
 from actors.wallet import spawn_wallets
-from p2e.errors import InvalidArgument, P2EError
+from p2e.errors import InvalidArgument, P2EError, StoreLost, StoreUnavailable
 from p2e.ledger.amount import format_amount
+from p2e.redact import without_secret_settings
 from p2e.rollouts.adaptive import Halving, annotate
 from p2e.rollouts.coordinator import Coordinator
-from p2e.rollouts.export import flat, write_jsonl, write_parquet
+from p2e.rollouts.export import table, write_jsonl, write_parquet
 from p2e.rollouts.ledger import RolloutMoney
 from p2e.rollouts.plan import Episode, expand
 from p2e.rollouts.spec import Resolved, load_spec
 from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
-from p2e.rollouts.store import AdaptiveRecord, RolloutInfo, RolloutStore, RoundRecord, Row
+from p2e.rollouts.store import LEASE_S, AdaptiveRecord, RolloutInfo, RolloutStore, RoundRecord, Row
 from p2e.store import EventLog, connect
 from p2e.store.server import configured_url
 
 
 def spec_hash(resolved: Resolved) -> str:
-    return hashlib.sha256(resolved.spec.model_dump_json().encode()).hexdigest()[:16]
+    """What `--resume` checks the spec file against. An inline key is not part of it: the hash
+    is stored, and must neither reveal the key nor stop a resume after the key was rotated."""
+    text = resolved.spec.model_dump_json()
+    raw = json.loads(text)
+    kept = without_secret_settings(raw, "")
+    if kept != raw:  # (a spec without one keeps the hash it always had)
+        text = json.dumps(kept, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record_spec(resolved: Resolved) -> dict[str, Any]:
+    """The spec as the rollout record keeps it: an inline key (an inline `agents:` mapping's
+    `providers.openai.api_key`) is replaced by where it came from; a resume reads the spec file
+    again, key included."""
+    spec = without_secret_settings(
+        json.loads(resolved.spec.model_dump_json()), f"<inline key from {resolved.path}: not stored>"
+    )
+    return spec | {"hash": spec_hash(resolved)}
 
 
 def new_rollout_id(name: str) -> str:
@@ -84,11 +105,12 @@ class RolloutResult:
         return Path(path)
 
     def to_pandas(self) -> Any:
+        """The rows as the Parquet export has them (same columns, types and nulls)."""
         try:
-            import pandas as pd
+            import pandas  # noqa: F401
         except ImportError:
             raise InvalidArgument("to_pandas() needs pandas: pip install pandas") from None
-        return pd.DataFrame([flat(r) for r in self.rows])
+        return table(self.rows).to_pandas()
 
 
 def plan(
@@ -110,7 +132,7 @@ def plan(
             id=new_rollout_id(resolved.spec.name),
             name=resolved.spec.name,
             spec_path=resolved.path,
-            spec=json.loads(resolved.spec.model_dump_json()) | {"hash": spec_hash(resolved)},
+            spec=record_spec(resolved),
             created=now,
             updated=now,
             episodes=len(episodes) if halving is None else halving.total,
@@ -170,6 +192,7 @@ def run_rollout(
     episodes = expand(resolved)
     halving = Halving(resolved, episodes) if resolved.spec.adaptive is not None else None
     info, todo = plan(resolved, store, resume, episodes, halving)
+    lease = Lease(store, info.id)
     money = None
     if resolved.spec.ledger is not None:
         money = RolloutMoney(log, resolved.spec.ledger, info.id, episodes)
@@ -216,15 +239,44 @@ def run_rollout(
                 rows = [r for r in rows if r.variant in info.adaptive.survivors]
             settled = money.settle(rows)
             info = store.update(info.id, ledger={**info.ledger, **settled})
+    except (redis.ConnectionError, redis.TimeoutError, StoreUnavailable) as e:
+        # nothing can be written now: the lease runs out, and the rollout reads as interrupted
+        cause = e.__cause__ if isinstance(e, StoreUnavailable) and e.__cause__ else e
+        raise StoreLost(log.url, info.id, resolved.path or "SPEC", cause) from None
     except BaseException:
-        store.update(info.id, status="interrupted")
+        with contextlib.suppress(redis.RedisError):
+            store.update(info.id, status="interrupted")
         raise
     finally:
+        lease.stop()
         if money is not None:
             money.close()
     info = store.update(info.id, status="done")
     baseline = resolved.variants[0].name if resolved.variants else None
     return RolloutResult(info, store.rows(info.id), baseline)
+
+
+class Lease:
+    """Holds the rollout's driver lease while this process drives it (a daemon thread renews
+    it), so a driver killed without a word leaves a rollout that reads as `interrupted`."""
+
+    def __init__(self, store: RolloutStore, rid: str):
+        self.store, self.rid = store, rid
+        self._stop = threading.Event()
+        store.hold(rid)
+        self._thread = threading.Thread(target=self._renew, name=f"p2e-lease-{rid}", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(LEASE_S / 3):
+            with contextlib.suppress(redis.RedisError):  # a store that is down: the lease lapses
+                self.store.hold(self.rid)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(redis.RedisError):
+            self.store.release(self.rid)
 
 
 def _rounds(

@@ -6,22 +6,32 @@
 | `ns:rollout:rid` | string | `RolloutInfo` (JSON): spec, status, counts; an adaptive rollout's rounds |
 | `ns:rollout:rid:rows` | hash | episode id -> `Row` (JSON), written once the episode is finished |
 | `ns:rollout:rid:attempts` | hash | episode id -> attempts started (names each attempt's conversation) |
+| `ns:rollout:rid:driver` | string | the running driver's lease (its pid; expires after `LEASE_S`) |
 
 A row is written only when its episode is done or has failed for good, so "resume" means: run
 every planned episode without a `done` row.
+
+Secrets never reach these keys: a row's texts (`answer`, `error`: a model or a tool may echo a
+key) and the record's spec and note go through the redactor (p2e/redact.py) on their way in,
+and a row read back is redacted again (a row stored before a key was known, or by an older p2e).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Literal
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ValidationError, field_validator
 
 from p2e.errors import CorruptData, NotFound
+from p2e.redact import default_redactor
 from p2e.store import EventLog
 
 RolloutStatus = Literal["running", "interrupted", "done"]
+LEASE_S = 15
+"""A running rollout's driver renews its lease this often x3; past it, the rollout reads as
+`interrupted` (the driver was killed: nothing else would have said so)."""
 
 
 class Row(BaseModel):
@@ -56,6 +66,12 @@ class Row(BaseModel):
     finished: float = 0.0
     round: int | None = None
     """The round of an adaptive rollout the episode ran in (1, 2, ...); None: not adaptive."""
+
+    @field_validator("answer", "error")
+    @classmethod
+    def _redacted(cls, v: str | None) -> str | None:
+        """Model and tool text: every view and export of a row starts from here."""
+        return None if v is None else default_redactor().text(v)
 
 
 class Standing(BaseModel):
@@ -149,6 +165,14 @@ class RolloutInfo(BaseModel):
     adaptive plan's total, not the full grid's)."""
 
 
+def _stored(info: RolloutInfo) -> str:
+    """The record as stored: a key-shaped string in the spec (a mock rule's text, a scenario) or
+    the note masked. (Inline provider keys are replaced by where they came from before this,
+    in `p2e.rollouts.run.plan`.)"""
+    r = default_redactor()
+    return info.model_copy(update={"spec": r.value(info.spec), "note": r.text(info.note)}).model_dump_json()
+
+
 class RolloutStore:
     def __init__(self, log: EventLog):
         self.log = log
@@ -166,18 +190,37 @@ class RolloutStore:
     def _attempts_key(self, rid: str) -> str:
         return f"{self._prefix}{rid}:attempts"
 
+    def _lease_key(self, rid: str) -> str:
+        return f"{self._prefix}{rid}:driver"
+
+    def hold(self, rid: str) -> None:
+        """Renew the running driver's lease (every `LEASE_S / 3` while it runs): a rollout whose
+        lease ran out is read as `interrupted`, since its driver died without saying so."""
+        self.r.set(self._lease_key(rid), str(os.getpid()), ex=LEASE_S)
+
+    def release(self, rid: str) -> None:
+        self.r.delete(self._lease_key(rid))
+
     def create(self, info: RolloutInfo) -> None:
         p = self.r.pipeline(transaction=True)
-        p.set(self._info_key(info.id), info.model_dump_json())
+        p.set(self._info_key(info.id), _stored(info))
         p.zadd(self._index, {info.id: info.created})
         p.execute()
 
     def update(self, rid: str, **fields: object) -> RolloutInfo:
-        info = self.get(rid).model_copy(update={**fields, "updated": time.time()})
-        self.r.set(self._info_key(rid), info.model_dump_json())
+        info = self._read(rid).model_copy(update={**fields, "updated": time.time()})
+        self.r.set(self._info_key(rid), _stored(info))
         return info
 
     def get(self, rid: str) -> RolloutInfo:
+        """The record, with a `running` rollout whose driver's lease ran out read as
+        `interrupted`."""
+        info = self._read(rid)
+        if info.status == "running" and not self.r.exists(self._lease_key(rid)):
+            return info.model_copy(update={"status": "interrupted"})  # its driver is gone
+        return info
+
+    def _read(self, rid: str) -> RolloutInfo:
         raw = self.r.get(self._info_key(rid))
         if raw is None:
             known = self.ids()[-5:]
@@ -198,7 +241,9 @@ class RolloutStore:
         return int(self.r.hincrby(self._attempts_key(rid), episode, 1))
 
     def put_row(self, row: Row) -> None:
-        self.r.hset(self.rows_key(row.rollout), row.episode, row.model_dump_json())
+        r = default_redactor()  # (a row made by model_copy skipped its validators)
+        texts = {"answer": row.answer and r.text(row.answer), "error": row.error and r.text(row.error)}
+        self.r.hset(self.rows_key(row.rollout), row.episode, row.model_copy(update=texts).model_dump_json())
 
     def count(self, rid: str) -> int:
         """How many episodes of the rollout have a row."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 from p2e.agents import AgentSpec, TeamConfig, render_persona
@@ -110,13 +110,13 @@ class AgentRunner:
         due = tools_due(req.state, reply)  # the machine's decision, before anything runs
         if not due:
             return StepResult(reply=reply)
-        results = await self._run(req.conversation, req.branch, due, spec, req.messages)
+        place = {c.id: f"{req.seq}.{i}" for i, c in enumerate(reply.tool_calls)}
+        results = await self._run(req.conversation, req.branch, due, spec, req.messages, req.episode, place)
         return StepResult(reply=reply, results=tuple(results))
 
     async def run_tools(self, req: ToolsRequest) -> list[ToolResult]:
-        return await self._run(
-            req.conversation, req.branch, req.calls, self.spec.with_overrides(req.overrides)
-        )
+        spec = self.spec.with_overrides(req.overrides)
+        return await self._run(req.conversation, req.branch, req.calls, spec, episode=req.episode)
 
     async def _run(
         self,
@@ -125,10 +125,19 @@ class AgentRunner:
         calls: Sequence[ToolCall],
         spec: AgentSpec,
         history: Sequence[Message] = (),
+        episode: str = "",
+        positions: Mapping[str, str] | None = None,
     ) -> list[ToolResult]:
         """Run the calls; `history` (the frame's messages before them) is what the duplicate-call
-        policy compares them with."""
-        ctx = ToolContext(conversation=conversation, branch=branch, agent=spec.id, store=self.store)
+        policy compares them with; `episode` and `positions` key their effects (`ToolContext`)."""
+        ctx = ToolContext(
+            conversation=conversation,
+            branch=branch,
+            agent=spec.id,
+            store=self.store,
+            episode=episode,
+            positions=positions or {},
+        )
         if spec.duplicates.is_noop:
             return await run_calls(self.registry, calls, ctx, allowed=spec.tools)
         return await run_calls_with_policy(

@@ -101,6 +101,8 @@ class Hosted:
         self.record: list[Event] | None = None
         """The branch's events as stored (seqs set), kept by an episode that is scored where it
         ran, so scoring reads nothing back; None when not kept (or no longer complete)."""
+        self.episode = ""
+        """`rollout:episode` when this is a rollout episode (see `ToolContext.episode`)."""
         self.search_tokens = 0
         self.search_cost_usd = 0.0
         """What guided searches spent on children that were not chosen (not on this branch)."""
@@ -109,7 +111,7 @@ class Hosted:
         """A child on `conv` (a fresh fork of this branch at its current length), run with
         `overrides`; it keeps its own copy of the events kept so far."""
         h = Hosted(conv, self.transcript.copy(), overrides)
-        h.reference, h.child = self.reference, True
+        h.reference, h.child, h.episode = self.reference, True, self.episode
         h.record = None if self.record is None else list(self.record)
         return h
 
@@ -264,6 +266,7 @@ class Driver:
         cid = await self.create(req.root, req.graph, req.limits, req.name, req.overrides, req.cid, scoring)
         h = self.hosted[cid]  # just created here: no need to ask the store where it stands
         h.reference = req.reference
+        h.episode = f"{req.rollout}:{req.episode}" if req.episode else ""
         scores: list[Score] = []
         try:
             turn = await self._turn(h, req.message)
@@ -330,6 +333,7 @@ class Driver:
                 agent=cmd.agent,
                 calls=cmd.calls,
                 overrides=h.overrides.get(cmd.agent, {}),
+                episode=h.episode,
             )
             results = await self._guarded(
                 h, f"tools of {cmd.agent!r}", self.agents(cmd.agent).run_tools(treq)
@@ -358,6 +362,7 @@ class Driver:
             depth=cmd.depth,
             messages=tuple(h.transcript.messages()),
             overrides=h.overrides.get(agent, {}),
+            episode=h.episode,
             state=c.state,
         )
         result = await self._guarded(h, f"agent {agent!r}", self.agents(agent).step(req))

@@ -27,6 +27,8 @@ class StepRequest(BaseModel):
     messages: tuple[Message, ...]
     overrides: dict[str, Any] = {}
     """The variant's overrides of this agent's spec."""
+    episode: str = ""
+    """`rollout:episode` of a rollout episode (see `ToolContext.episode`); empty otherwise."""
     state: State | None = None
     """The machine's state that the reply will be offered to: the agent runs the ordinary tool
     calls the machine will ask for once it accepts the reply (`interpret.tools_due`), and none
@@ -54,6 +56,7 @@ class ToolsRequest(BaseModel):
     agent: str
     calls: tuple[ToolCall, ...]
     overrides: dict[str, Any] = {}
+    episode: str = ""
 
 
 TOOL_RESULTS: TypeAdapter[list[ToolResult]] = TypeAdapter(list[ToolResult])
@@ -77,6 +80,9 @@ class EpisodeRequest(BaseModel):
     """Score the episode before answering (the supervisor hosts the rollout's evaluators)."""
     rollout: str = ""
     variant: str = ""
+    episode: str = ""
+    """The episode's id in its rollout: the same for every attempt at it (effects are keyed by
+    it, see `ToolContext.episode`)."""
     """What the episode's metrics are labelled with (`p2e.runtime.metrics.labels`)."""
 
 

@@ -6,8 +6,10 @@ agent to "pay from bob's wallet", can move another agent's money (an extra argum
 `payer` is refused by the schema). Payments go through the agent's Wallet actor under Ray, else
 through an in-process `Wallet`: the same spending-policy code either way.
 
-Each payment's command id is derived from the conversation, branch and tool call, so a retried
-call (an Agent actor restarted mid-step) pays once.
+Each payment's command id says what the payment is (`command_id`): in a rollout, the episode
+(not the attempt), the call's place and the terms, so an attempt retried after a crash pays once;
+elsewhere the conversation, branch and tool call, so a retried call pays once. The per-episode
+budget counts every attempt at an episode together.
 """
 
 from __future__ import annotations
@@ -34,13 +36,26 @@ def _wallet(ctx: ToolContext) -> WalletAccess:
     return wallet_for(ctx.store, ctx.agent)
 
 
-def command_id(ctx: ToolContext, tool_name: str) -> str:
-    """Stable for one tool call (so a retry pays once), distinct across calls and branches."""
+def command_id(ctx: ToolContext, tool_name: str, payee: str, amount: int, reason: str) -> str:
+    """Stable for one payment (so a retry pays once), distinct across payments and branches.
+
+    In a rollout episode it is what the payment is, not which attempt made it: the episode, the
+    branch, the call's place in it (the reply's seq and the call's index) and the payment's
+    terms. An attempt that repeats an abandoned attempt's payment finds it already made; one
+    that pays something else at that place makes a new payment. Outside a rollout it is the
+    conversation, branch and call id."""
     call = ctx.call_id or uuid.uuid4().hex
-    cid = f"tool:{ctx.conversation}:{ctx.branch}:{call}"
+    if ctx.episode:
+        terms = hashlib.sha256(f"{tool_name}\0{payee}\0{amount}\0{reason}".encode()).hexdigest()[:12]
+        where = ctx.positions.get(call, call)
+        cid = f"tool:{ctx.episode}:{ctx.branch}:{where}:{terms}"
+    else:
+        cid = f"tool:{ctx.conversation}:{ctx.branch}:{call}"
+        if tool_name != "transfer":
+            cid = f"{cid}:{tool_name}"
     if not COMMAND_ID_RE.fullmatch(cid):
         cid = f"tool:{hashlib.sha256(cid.encode()).hexdigest()[:40]}"
-    return cid if tool_name == "transfer" else f"{cid}:{tool_name}"
+    return cid
 
 
 class Balance(BaseModel):
@@ -69,8 +84,8 @@ def _pay(ctx: ToolContext, to: str, amount: int | str, reason: str, tool_name: s
             payee=to,
             amount=minor,
             reason=reason,
-            command_id=command_id(ctx, tool_name),
-            episode=ctx.conversation,
+            command_id=command_id(ctx, tool_name, to, minor, reason),
+            episode=ctx.episode or ctx.conversation,
         )
     )
     after = receipt.entry.after(ctx.agent)

@@ -16,7 +16,7 @@ import functools
 import inspect
 import re
 import typing
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -49,6 +49,12 @@ class ToolContext:
     branch: str = "main"
     store: EventLog | None = None
     call_id: str = ""
+    episode: str = ""
+    """The rollout episode this call belongs to (`rollout:episode`), the same for every attempt
+    at it; empty outside a rollout. Effects are keyed by it, so a retried episode pays once."""
+    positions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    """Call id -> where the call stands in the conversation (`seq.index`: the reply's seq and
+    the call's place in it), the same in every attempt that makes the same reply."""
 
 
 class Tool:
