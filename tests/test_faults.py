@@ -1,10 +1,11 @@
 """Faults in the middle of a paying rollout: money moves once per episode, whatever is retried.
 
 `experiments/payment_sweep.yaml` with a model that takes 150 ms a call, so that payments are in
-flight when the fault hits: the driver killed with SIGKILL (then resumed), a supervisor killed
-(its episodes retried). Afterwards the rollout's accounting, the rows' ledger deltas plus the
-bounty's payout, must equal what the journal says, to the unit, and each episode's advance must
-have been paid exactly once.
+flight when the fault hits: the driver killed with SIGKILL or stopped with Ctrl-C (then
+resumed), a supervisor killed (its episodes retried), the store killed (then resumed).
+Afterwards the rollout's accounting, the rows' ledger deltas plus the bounty's payout, must
+equal what the journal says, to the unit, and each episode's advance must have been paid
+exactly once.
 """
 
 from __future__ import annotations
@@ -128,6 +129,40 @@ def test_a_driver_killed_mid_payment_sweep_resumes_and_pays_once(
     assert code == 0 and "note: abandoned" in out
     code, out, _ = cli("rollout", "show", rid, "--rows")
     assert code == 0 and f"{len(orphans)} abandoned attempts" in out
+    assert_accounted(result, log)
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_payment_sweep_then_resume_pays_once(
+    ray_session: None, store_env: dict[str, str], tmp_path: Path, paying_spec: Path, log: EventLog
+) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2e.cli", "rollout", "run", str(paying_spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **store_env},
+        cwd=tmp_path,
+    )
+    store = RolloutStore(log)
+    rid = None
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        ids = store.ids()
+        if ids and store.count(ids[0]) >= 4:
+            rid = ids[0]
+            break
+        time.sleep(0.05)
+    assert rid is not None, proc.communicate(timeout=10)[1][-3000:]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 130 and f"--resume {rid}" in out, err[-2000:]
+    assert "Traceback" not in out + err
+    assert store.get(rid).status == "interrupted" and store.count(rid) < 24
+    result = run_rollout(
+        paying_spec, store_url=store_env["P2E_REDIS_URL"], namespace=store_env["P2E_NAMESPACE"], resume=rid
+    )
+    assert result.info.status == "done"
     assert_accounted(result, log)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,7 +13,6 @@ import pytest
 import redis
 import yaml
 from conftest import Cli
-from secret_tools import MODEL_KEY, TOOL_KEY
 
 import p2e.conversation
 from p2e.api import local_chat
@@ -22,8 +22,24 @@ from p2e.rollouts.export import write_trajectories
 from p2e.rollouts.run import run_rollout
 from p2e.rollouts.store import RolloutStore
 from p2e.store import EventLog, connect
+from p2e.tools import REGISTRY
 
 ROOT = Path(__file__).resolve().parent.parent
+# The keys that tests/secret_tools.py echoes (not imported here: importing it would register its
+# `leak` tool in this process for the whole session; the runtime imports it where it runs).
+TOOL_KEY = "sk-proj-ToolEchoed0123456789abcdefXYZ"
+MODEL_KEY = "ghp_ModelEchoed0123456789abcdefghijklmnop"
+
+
+@pytest.fixture(autouse=True)
+def _registry_left_as_found() -> Iterator[None]:
+    """A local run imports secret_tools (tool_modules): its tool leaves with the test."""
+    before = set(REGISTRY._tools)
+    yield
+    for name in set(REGISTRY._tools) - before:
+        REGISTRY._tools.pop(name, None)
+
+
 INLINE_KEY = "inline-hunter2-provider-key"
 """Not shaped like any known key: only not storing it keeps it out."""
 SECRETS = (TOOL_KEY, MODEL_KEY, INLINE_KEY)

@@ -493,7 +493,7 @@ def show(
         console.print(
             Text(
                 f"{abandoned} abandoned attempts (a dead supervisor or driver): not counted; their "
-                "payments are in their episode's ledger deltas (--rows lists them)"
+                "payments are in their episode's ledger deltas (its row's `abandoned` names them)"
             ),
             soft_wrap=True,
         )
@@ -515,7 +515,6 @@ def show(
             "steps",
             "tokens",
             "conversation",
-            "abandoned",
         ):
             t.add_column(col)
         for r in all_rows:
@@ -530,7 +529,6 @@ def show(
                 str(r.steps),
                 str(r.tokens),
                 r.conversation,
-                ", ".join(r.abandoned),
             )
         console.print(t)
 
