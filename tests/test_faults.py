@@ -78,6 +78,30 @@ def assert_accounted(result: RolloutResult, log: EventLog) -> None:
         ledger.close()
 
 
+def start_rollout(
+    spec: Path, env: dict[str, str], cwd: Path, store: RolloutStore, new_session: bool = False
+) -> tuple[subprocess.Popen[str], str]:
+    """`p2e rollout run SPEC` in a subprocess, returned once 4 of its episodes have rows (the
+    others are in flight): the process and the rollout id."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "p2e.cli", "rollout", "run", str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=cwd,
+        start_new_session=new_session,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:
+        ids = store.ids()
+        if ids and store.count(ids[0]) >= 4:
+            return proc, ids[0]
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"no 4 rows within 180 s: {proc.communicate(timeout=10)[1][-3000:]}")
+
+
 @pytest.mark.slow
 def test_a_driver_killed_mid_payment_sweep_resumes_and_pays_once(
     ray_session: None,
@@ -87,25 +111,8 @@ def test_a_driver_killed_mid_payment_sweep_resumes_and_pays_once(
     log: EventLog,
     cli: Cli,
 ) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "p2e.cli", "rollout", "run", str(paying_spec)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **store_env},
-        cwd=tmp_path,
-        start_new_session=True,  # its Ray goes with it
-    )
     store = RolloutStore(log)
-    rid = None
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        ids = store.ids()
-        if ids and store.count(ids[0]) >= 4:
-            rid = ids[0]
-            break
-        time.sleep(0.05)
-    assert rid is not None, proc.communicate(timeout=10)[1][-3000:]
+    proc, rid = start_rollout(paying_spec, {**os.environ, **store_env}, tmp_path, store, new_session=True)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started, without a word
     proc.wait(timeout=30)
     assert store.count(rid) < 24
@@ -136,24 +143,8 @@ def test_a_driver_killed_mid_payment_sweep_resumes_and_pays_once(
 def test_ctrl_c_mid_payment_sweep_then_resume_pays_once(
     ray_session: None, store_env: dict[str, str], tmp_path: Path, paying_spec: Path, log: EventLog
 ) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "p2e.cli", "rollout", "run", str(paying_spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **store_env},
-        cwd=tmp_path,
-    )
     store = RolloutStore(log)
-    rid = None
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:
-        ids = store.ids()
-        if ids and store.count(ids[0]) >= 4:
-            rid = ids[0]
-            break
-        time.sleep(0.05)
-    assert rid is not None, proc.communicate(timeout=10)[1][-3000:]
+    proc, rid = start_rollout(paying_spec, {**os.environ, **store_env}, tmp_path, store)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 130 and f"--resume {rid}" in out, err[-2000:]
@@ -214,26 +205,9 @@ def test_the_store_killed_mid_payment_sweep_gives_one_clear_line_and_resume_fini
     server = ensure_embedded(home)
     env = {k: v for k, v in os.environ.items() if k != "P2E_REDIS_URL"}
     env |= {"P2E_HOME": str(home), "P2E_NAMESPACE": namespace}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "p2e.cli", "rollout", "run", str(paying_spec)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    log = EventLog(server.url, namespace)
+    proc, rid = start_rollout(paying_spec, env, tmp_path, RolloutStore(log))
     try:
-        log = EventLog(server.url, namespace)
-        store = RolloutStore(log)
-        rid = None
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and proc.poll() is None:
-            ids = store.ids()
-            if ids and store.count(ids[0]) >= 4:
-                rid = ids[0]
-                break
-            time.sleep(0.05)
-        assert rid is not None, proc.communicate(timeout=10)[1][-3000:]
         log.close()
         os.kill(server.pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=120)
