@@ -12,6 +12,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import redis
@@ -108,6 +109,24 @@ def ray_session() -> Iterator[None]:
     )
     yield
     ray.shutdown()
+
+
+@pytest.fixture
+def ledger_tools() -> Iterator[ModuleType]:
+    """The ledger tools, registered in the global registry for this test only (teams load them
+    with `tool_modules: [p2e.tools.ledger]`; other tests expect the built-ins alone). The
+    module's first import registers them, so what was there before is noted first."""
+    from p2e.tools import REGISTRY
+
+    before = set(REGISTRY.names())
+    import p2e.tools.ledger as lt
+
+    for name in lt.LEDGER_TOOLS:  # (an earlier test took them out again)
+        if name not in REGISTRY:
+            REGISTRY.register(getattr(lt, name))
+    yield lt
+    for name in set(REGISTRY.names()) - before:
+        REGISTRY._tools.pop(name, None)
 
 
 Cli = Callable[..., tuple[int, str, str]]

@@ -16,7 +16,6 @@ import p2e.api
 from p2e.events import Failed, ToolResult
 from p2e.ledger import EmbeddedLedger, units
 from p2e.store import EventLog
-from p2e.tools import REGISTRY
 
 AGENTS = """
 agents:
@@ -50,20 +49,6 @@ def ledger(log: EventLog) -> Iterator[EmbeddedLedger]:
     led.mint("alice", units(100), reason="start", command_id="fund-alice")
     yield led
     led.close()
-
-
-@pytest.fixture
-def ledger_tools() -> Iterator[ModuleType]:
-    """The ledger tools, registered for this test only (other tests expect the built-ins alone)."""
-    before = set(REGISTRY._tools)
-    import p2e.tools.ledger as lt  # its first import registers the tools
-
-    added = [name for name in lt.LEDGER_TOOLS if name not in before]
-    for name in added:
-        REGISTRY.register(getattr(lt, name))
-    yield lt
-    for name in added:
-        REGISTRY._tools.pop(name, None)
 
 
 def run(tmp_path: Path, store_url: str, namespace: str, limits: str, payments: int) -> tuple[str, str | None]:

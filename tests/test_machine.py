@@ -766,3 +766,19 @@ def test_pending_after_a_restart_equals_what_handle_returned() -> None:
     assert describe(pending(fold(stored[:5]))) == [("run", "lead", ("t1",))]
     # A fold continues from any snapshot.
     assert fold(stored[7:], fold(stored[:7])) == live[-1][0]
+
+
+def test_a_batch_of_results_does_not_ask_again_for_what_was_asked_already() -> None:
+    """Recovery runs a reply's tools on `RunTools` while `RejectCalls` for its refused delegation
+    is still to be performed: the results' batch must not ask for the rejection a second time
+    (the interpreter would store it twice, and the second is refused)."""
+    from p2e.machine import handle_all
+
+    state = INITIAL
+    for e in (Started(root="a", team={"a": ()}), user()):
+        state, _ = handle(state, e)
+    calls = (tool("c0"), tool("c1"), delegate("c2", "nobody"))
+    state, commands = handle(state, reply("a", "", *calls))
+    assert describe(commands) == [("run", "a", ("c0", "c1")), ("reject", "a", ("c2",))]
+    _, after_results = handle_all(state, [result("a", calls[0]), result("a", calls[1])])
+    assert after_results == []

@@ -37,7 +37,7 @@ from p2e.ledger import (
 )
 from p2e.ledger.wallet import RAY_NAMESPACE, ActorWallet
 from p2e.store import EventLog
-from p2e.tools import REGISTRY, Registry, ToolContext, run_call
+from p2e.tools import Registry, ToolContext, run_call
 
 u = units
 
@@ -56,20 +56,6 @@ def ledger(log: EventLog) -> Iterator[EmbeddedLedger]:
 @pytest.fixture
 def policies(log: EventLog) -> PolicyStore:
     return PolicyStore(log.r, log.keys.ns)
-
-
-@pytest.fixture
-def ledger_tools() -> Iterator[ModuleType]:
-    """The ledger tools, registered in the global registry for this test only (they are not
-    built-ins yet: teams load them with `tool_modules: [p2e.tools.ledger]`)."""
-    import p2e.tools.ledger as lt
-
-    added = [name for name in lt.LEDGER_TOOLS if name not in REGISTRY]
-    for name in added:
-        REGISTRY.register(getattr(lt, name))
-    yield lt
-    for name in added:
-        REGISTRY._tools.pop(name, None)
 
 
 # --- policies ---------------------------------------------------------------------------------------

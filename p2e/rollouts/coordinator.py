@@ -266,8 +266,8 @@ class Coordinator:
 
     def _orphans(self, ep: Episode, n: int) -> list[str]:
         """The conversations of attempts 1..n-1 at `ep`, made by an earlier run of the driver (it
-        was killed, or stopped with Ctrl-C, before writing the row): each is marked abandoned
-        (none counts) and listed in the row, and its payments are accounted for in it."""
+        was killed or stopped before writing the row, or the row said failed): each is marked
+        abandoned (none counts) and listed in the row, and its payments are accounted for in it."""
         found = []
         for k in range(1, n):
             name = attempt_name(self.rid, ep.id, k)
@@ -276,7 +276,7 @@ class Coordinator:
             except NotFound:
                 continue  # it stopped before creating its conversation
             if not info.note.startswith("abandoned"):
-                self.store.log.mark(name, f"abandoned: attempt {k} was cut off (its driver stopped)")
+                self.store.log.mark(name, f"abandoned: superseded by attempt {n} (the rollout was resumed)")
             found.append(name)
         return found
 

@@ -192,16 +192,16 @@ def run_rollout(
     episodes = expand(resolved)
     halving = Halving(resolved, episodes) if resolved.spec.adaptive is not None else None
     info, todo = plan(resolved, store, resume, episodes, halving)
-    lease = Lease(store, info.id)
+    lease = Lease(store, info.id)  # from here on, this process drives the rollout
     money = None
-    if resolved.spec.ledger is not None:
-        money = RolloutMoney(log, resolved.spec.ledger, info.id, episodes)
-        before = money.setup()  # idempotent: a resumed rollout funds nothing twice
-        if "balances_before" not in info.ledger:
-            info = store.update(
-                info.id, ledger={"balances_before": {w: format_amount(v) for w, v in before.items()}}
-            )
     try:
+        if resolved.spec.ledger is not None:
+            money = RolloutMoney(log, resolved.spec.ledger, info.id, episodes)
+            before = money.setup()  # idempotent: a resumed rollout funds nothing twice
+            if "balances_before" not in info.ledger:
+                info = store.update(
+                    info.id, ledger={"balances_before": {w: format_amount(v) for w, v in before.items()}}
+                )
         if halving is not None:
             to_run = info.episodes - len(store.done_episodes(info.id))
             drive = _rounds(halving, store, info.id, on_round)

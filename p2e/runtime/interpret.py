@@ -44,11 +44,11 @@ def advance(state: State, events: Sequence[Event]) -> Advance:
         states, commands = handle_all(state, events)
         return Advance(tuple(events), states, commands)
     except EventRejected as e:
-        if state.status in ("new", "failed"):
-            if state.status == "new":
-                raise
-            return Advance((), [state], [])
+        if state.status == "new":
+            raise
         rejected = e
+    if state.status == "failed":
+        return Advance((), [state], [])
     states = [state]
     accepted: list[Event] = []
     for event in events:  # the accepted prefix (the batch raised, so some event does not fit)
