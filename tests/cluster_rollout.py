@@ -13,9 +13,15 @@ import time
 
 import ray
 from ray.cluster_utils import Cluster
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from p2e.rollouts.run import run_rollout
 from p2e.rollouts.store import Row
+
+
+@ray.remote(num_cpus=0)
+def _here() -> str:
+    return ray.get_runtime_context().get_node_id()
 
 
 def main(spec: str, store_url: str, namespace: str, remove: bool) -> None:
@@ -28,6 +34,12 @@ def main(spec: str, store_url: str, namespace: str, remove: bool) -> None:
     deadline = time.monotonic() + 60
     while ray.available_resources().get("CPU", 0) < 3 and time.monotonic() < deadline:
         time.sleep(0.2)
+    # the GCS knowing a node is not enough: the driver may be attached to any of the three raylets
+    # (they share 127.0.0.1), and that raylet places the actors; until it has heard of the other
+    # nodes, soft affinity puts every actor on its own node. A task pinned to each node runs only
+    # once the driver's raylet knows that node.
+    pinned = [NodeAffinitySchedulingStrategy(n["NodeID"], soft=False) for n in ray.nodes() if n["Alive"]]
+    ray.get([_here.options(scheduling_strategy=s).remote() for s in pinned], timeout=60)
     rows: list[Row] = []
     removed = threading.Event()
     started = time.monotonic()
