@@ -144,8 +144,9 @@ class SupervisorActor:
         request = EpisodeRequest.model_validate_json(req)
         with labels(request.rollout, request.variant):  # every metric of the episode carries them
             outcome = await self.driver.episode(request, self._score if self.scorer is not None else None)
-            for s in outcome.scores:
-                self.score_meter.score(s.evaluator, s.value)
+            if outcome.status == "done":  # a failed episode's row has no score: neither has the metric
+                for s in outcome.scores:
+                    self.score_meter.score(s.evaluator, s.value)
         return outcome.model_copy(update={"node": self.node}).model_dump_json().encode()
 
     async def _score(

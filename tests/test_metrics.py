@@ -5,6 +5,8 @@ episode (their counters used to wait a second for a flush that never came)."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 import urllib.request
 from collections import defaultdict
@@ -16,6 +18,8 @@ import yaml
 from openai_server import OpenAIServer, Reply
 from prometheus_client.parser import text_string_to_metric_families
 
+import p2e.obs
+import p2e.runtime.metrics
 from p2e.rollouts.run import run_rollout
 
 PRICE = [1000, 2000]
@@ -73,6 +77,7 @@ def test_a_rollouts_metrics_add_up_to_its_rows(
             {"name": "broken", "overrides": {"solo": {"model": "openai/broken-model"}}},
         ],
         "repeats": 2,
+        "evaluators": [{"id": "max_steps", "per": "episode", "params": {"limit": 6}}],
     }
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
     result = run_rollout(tmp_path / "spec.yaml", store_url=store_url, namespace=namespace)
@@ -114,5 +119,41 @@ def test_a_rollouts_metrics_add_up_to_its_rows(
     for variant, cost in want["ray_p2e_cost_usd_total"].items():
         assert got["ray_p2e_cost_usd_total"][variant] == pytest.approx(cost)
     # the episode wall-time histogram counts every episode too, labelled the same way
-    wall = totals(scrape(), "ray_p2e_episode_seconds_count", result.id, "variant")
+    samples = scrape()
+    wall = totals(samples, "ray_p2e_episode_seconds_count", result.id, "variant")
     assert wall == {"baseline": 4, "warm": 4, "broken": 4}
+    assert totals(samples, "ray_p2e_score_count", result.id, "variant") == {
+        "baseline": 4,
+        "warm": 4,
+    }  # not the failed ones
+    dashboard_reads_what_ray_exports(samples)
+
+
+ONLY_ON_ERROR = {"ray_p2e_score_errors_total"}
+"""Counters that appear once something fails (no evaluation fails here): the declaration is checked."""
+
+
+def test_error_counters_the_dashboard_reads_are_declared() -> None:
+    source = (Path(p2e.runtime.metrics.__file__)).read_text()
+    assert all(f'"{name.removeprefix("ray_")}"' in source for name in ONLY_ON_ERROR)
+
+
+def dashboard_reads_what_ray_exports(samples: dict[str, list[tuple[dict[str, str], float]]]) -> None:
+    """Every series the shipped Grafana dashboard queries is one Ray exports, with the labels the
+    query groups and filters by (a renamed metric or label would leave a panel empty)."""
+    dashboard = json.loads((Path(p2e.obs.__file__).parent / "grafana" / "p2e_rollouts.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    exprs += [v["definition"] for v in dashboard["templating"]["list"] if v["type"] == "query"]
+    assert len(exprs) >= 10
+    for expr in exprs:
+        names = re.findall(r"ray_p2e_\w+", expr)
+        labels = {x.strip() for group in re.findall(r"by \(([^)]*)\)", expr) for x in group.split(",")}
+        labels |= set(re.findall(r"(\w+)\s*=~?\s*\"", expr))
+        labels |= set(re.findall(r"label_values\(\w+, (\w+)\)", expr))
+        assert names, expr
+        for name in names:
+            if name in ONLY_ON_ERROR and not samples.get(name):
+                continue
+            assert samples.get(name), f"{name} (in {expr!r}) is not exported"
+            have = {k for series, _ in samples[name] for k in series}
+            assert labels <= have, (expr, labels - have)
