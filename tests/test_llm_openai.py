@@ -21,7 +21,7 @@ from p2e.events import ToolCall
 from p2e.llm import Providers
 from p2e.llm.base import Message, ModelError, ModelRequest, ModelResponse, ToolSpec
 from p2e.llm.openai import OpenAIProvider, _retry_after
-from p2e.llm.pricing import cost, price_for
+from p2e.llm.pricing import cost
 
 KEY = "sk-test-SECRET-0123456789abcdef"
 FAST = {"backoff_s": 0.001, "timeout_s": 5}
@@ -339,17 +339,33 @@ def test_cost_from_settings_prices(openai_server: OpenAIServer) -> None:
     assert ask(p, model="openai/qwen2.5:7b").usage.cost_usd == 0.0  # unknown (local) model
 
 
-def test_price_table_lookup() -> None:
-    assert price_for("gpt-4o-mini-2024-07-18") == price_for("gpt-4o-mini")
-    assert price_for("gpt-4o-2024-08-06") == price_for("gpt-4o") != price_for("gpt-4o-mini")
-    assert price_for("o3-mini-2025-01-31") == price_for("o3-mini") != price_for("o3")
-    assert price_for("gpt-4.1-nano") != price_for("gpt-4.1")
-    assert price_for("gpt-4.5-preview") is None  # not gpt-4: prefixes end at a boundary
-    assert price_for("openai/gpt-4o") == price_for("gpt-4o")  # org/model names (routers)
-    assert price_for("GPT-4o") == price_for("gpt-4o")
-    assert cost("gpt-4o", 1_000_000, 1_000_000) == pytest.approx(2.5 + 10.0)
-    assert cost("llama3", 1000, 1000) == 0.0
+def test_prices_come_from_genai_prices_and_the_settings_override_them(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert cost("gpt-4o", 1_000_000, 1_000_000) == pytest.approx(2.5 + 10.0)  # genai-prices' list price
+    assert cost("gpt-4o-mini-2024-07-18", 1_000_000, 0) == cost("gpt-4o-mini", 1_000_000, 0) > 0
+    assert cost("openai/gpt-4o", 1000, 1000) == cost("gpt-4o", 1000, 1000)  # org/model names (routers)
+    assert cost("gpt-4.5-preview", 1_000_000, 0) > cost("gpt-4o", 1_000_000, 0)  # not priced as gpt-4o
+    # overrides win, by prefix up to a boundary
+    assert cost("gpt-4o", 1_000_000, 0, extra={"gpt-4o": [1, 1]}) == pytest.approx(1.0)
+    assert cost("gpt-4o", 1_000_000, 0, extra={"gpt-4": [1, 1]}) == pytest.approx(2.5)  # gpt-4 is not gpt-4o
     assert cost("llama3", 1_000_000, 0, extra={"llama3": [0.2, 0.2]}) == pytest.approx(0.2)
+    # the server's answer (a dated snapshot) prices a model the request named by an alias
+    assert cost("my-alias", 1_000_000, 0, served="gpt-4o-2024-08-06") == pytest.approx(2.5)
+
+
+def test_an_unknown_model_costs_nothing_and_says_so_once(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="p2e.pricing"):
+        assert cost("never-heard-of-it-7b", 1000, 1000) == 0.0
+        assert cost("never-heard-of-it-7b", 1000, 1000) == 0.0
+    warned = [r.getMessage() for r in caplog.records if "never-heard-of-it-7b" in r.getMessage()]
+    assert len(warned) == 1 and "prices" in warned[0]
+
+
+@pytest.mark.parametrize("bad", [[-1, 1], [float("inf"), 1], [1], "cheap", {"input": 1}, [True, "x"]])
+def test_a_bad_price_override_is_refused(bad: object) -> None:
+    with pytest.raises(InvalidArgument, match="USD per 1M tokens"):
+        cost("m", 1, 1, extra={"m": bad})
 
 
 # client lifecycle

@@ -13,7 +13,7 @@ Settings (the `openai` section of the providers settings):
   `api_key` (the key itself) also works but is discouraged: settings files end up in repos.
 - `timeout_s` (60), `max_retries` (4), `backoff_s` (0.5, the first retry's delay; doubles per
   retry), `max_backoff_s` (60, caps the delay and any Retry-After).
-- `prices`: extra price-table entries, `{model-prefix: [input, output]}` in USD per 1M tokens.
+- `prices`: prices that override genai-prices' data, `{model-prefix: [input, output]}` in USD per 1M tokens.
 - `max_tokens_param`: `max_tokens` or `max_completion_tokens`; by default the latter for
   OpenAI's reasoning models (o1, o3, o4, gpt-5), which reject `max_tokens`, else the former,
   which every compatible server understands.
@@ -214,10 +214,7 @@ class OpenAIProvider:
         prompt = completion.usage.prompt_tokens if completion.usage else 0
         output = completion.usage.completion_tokens if completion.usage else 0
         served = completion.model or model
-        price = pricing.price_for(model, self.settings.prices) or pricing.price_for(
-            served, self.settings.prices
-        )
-        cost = (prompt * price.input + output * price.output) / 1_000_000 if price else 0.0
+        cost = pricing.cost(model, prompt, output, self.settings.prices, served=served)
         return ModelResponse(
             text=message.content or getattr(message, "refusal", None) or "",
             tool_calls=calls,

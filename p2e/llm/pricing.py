@@ -1,21 +1,32 @@
-"""What a model call cost, from a price table in USD per 1M input and output tokens.
+"""What a model call cost, in USD.
 
-Prices change, and this table is a snapshot of OpenAI's list prices (standard tier, no batch or
-cached-input discounts) that will drift out of date. Users add or correct entries through the
-provider settings (`providers.openai.prices`), which take precedence over the built-in table.
-Models the table does not know (local vLLM, Ollama, llama.cpp models) cost 0.0.
+Prices come from `genai-prices` (Pydantic's maintained price data, shipped as a snapshot with
+the package: no network), for the provider the call went to. Overrides from the provider
+settings (`providers.openai.prices: {model-prefix: [input, output]}` in USD per 1M tokens) win,
+so a local model, a negotiated price or a model newer than the snapshot is priced as the user
+says. A model neither knows costs 0.0, and a warning names it once per process, so a $0 total
+never passes silently.
 
-Lookup is by the longest matching prefix, so a dated snapshot such as
-`gpt-4o-mini-2024-07-18` is priced as `gpt-4o-mini`. A prefix only matches up to a `-`, `:` or
-`@` boundary, so `gpt-4.5-preview` is not mistaken for `gpt-4` and `gpt-4o` not for `gpt-4`.
+Overrides match by the longest prefix that ends at a `-`, `:` or `@` boundary, so an override
+for `gpt-4o-mini` prices `gpt-4o-mini-2024-07-18` and not `gpt-4o`.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
+from genai_prices import Usage, calc_price
+
 from p2e.errors import InvalidArgument
+
+log = logging.getLogger("p2e.pricing")
+
+_BOUNDARY = "-:@"
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
 
 
 class Price(NamedTuple):
@@ -25,58 +36,30 @@ class Price(NamedTuple):
     output: float
 
 
-PRICES: dict[str, Price] = {
-    # GPT-5 family
-    "gpt-5": Price(1.25, 10.00),
-    "gpt-5-mini": Price(0.25, 2.00),
-    "gpt-5-nano": Price(0.05, 0.40),
-    # GPT-4.1 family
-    "gpt-4.1": Price(2.00, 8.00),
-    "gpt-4.1-mini": Price(0.40, 1.60),
-    "gpt-4.1-nano": Price(0.10, 0.40),
-    # GPT-4o family
-    "gpt-4o": Price(2.50, 10.00),
-    "gpt-4o-2024-05-13": Price(5.00, 15.00),
-    "gpt-4o-mini": Price(0.15, 0.60),
-    "chatgpt-4o-latest": Price(5.00, 15.00),
-    # reasoning models
-    "o1": Price(15.00, 60.00),
-    "o1-mini": Price(1.10, 4.40),
-    "o3": Price(2.00, 8.00),
-    "o3-mini": Price(1.10, 4.40),
-    "o4-mini": Price(1.10, 4.40),
-    # older models
-    "gpt-4-turbo": Price(10.00, 30.00),
-    "gpt-4": Price(30.00, 60.00),
-    "gpt-3.5-turbo": Price(0.50, 1.50),
-}
-
-_BOUNDARY = "-:@"
-
-
 def _as_price(name: str, value: Any) -> Price:
     """Settings may give a price as `[input, output]` or `{input: .., output: ..}`."""
     try:
         if isinstance(value, Price):
             return value
         if isinstance(value, Mapping):
-            return Price(float(value["input"]), float(value["output"]))
-        if isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
-            return Price(float(value[0]), float(value[1]))
+            price = Price(float(value["input"]), float(value["output"]))
+        elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+            price = Price(float(value[0]), float(value[1]))
+        else:
+            price = None
+        if price is not None and all(0 <= p < float("inf") for p in price):
+            return price
     except (KeyError, TypeError, ValueError):
         pass
     raise InvalidArgument(
         f"price for model {name!r} must be [input, output] or {{input: .., output: ..}} "
-        f"in USD per 1M tokens, not {value!r}"
+        f"in USD per 1M tokens (finite, not negative), not {value!r}"
     )
 
 
 def price_table(extra: Mapping[str, Any] | None = None) -> dict[str, Price]:
-    """The built-in table with `extra` entries (from settings) added or overriding."""
-    table = dict(PRICES)
-    for name, value in (extra or {}).items():
-        table[name.lower()] = _as_price(name, value)
-    return table
+    """The overrides from settings, checked (a bad price fails at startup, not on a reply)."""
+    return {name.lower(): _as_price(name, value) for name, value in (extra or {}).items()}
 
 
 def _longest_prefix(name: str, table: Mapping[str, Price]) -> Price | None:
@@ -88,21 +71,62 @@ def _longest_prefix(name: str, table: Mapping[str, Price]) -> Price | None:
     return table[best] if best is not None else None
 
 
-def price_for(model: str, extra: Mapping[str, Any] | None = None) -> Price | None:
-    """The price of `model` (bare, or with a `provider/` or `org/` path), or None if unknown."""
-    table = price_table(extra) if extra else PRICES
+def _names(model: str) -> list[str]:
+    """`model` as given, then without its `provider/` or `org/` path (routers name models so)."""
     name = model.lower()
-    found = _longest_prefix(name, table)
-    if found is None and "/" in name:
-        found = _longest_prefix(name.rsplit("/", 1)[1], table)
-    return found
+    return [name, name.rsplit("/", 1)[1]] if "/" in name else [name]
+
+
+def override_for(model: str, extra: Mapping[str, Any] | None) -> Price | None:
+    """The user's price for `model`, if the settings give one."""
+    table = price_table(extra)
+    return next((p for n in _names(model) if (p := _longest_prefix(n, table)) is not None), None)
+
+
+def _listed(model: str, prompt_tokens: int, completion_tokens: int, provider: str) -> float | None:
+    for name in _names(model):
+        try:
+            calc = calc_price(
+                Usage(input_tokens=prompt_tokens, output_tokens=completion_tokens), name, provider_id=provider
+            )
+        except LookupError:
+            continue
+        return float(calc.total_price)
+    return None
 
 
 def cost(
-    model: str, prompt_tokens: int, completion_tokens: int, extra: Mapping[str, Any] | None = None
+    model: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    extra: Mapping[str, Any] | None = None,
+    provider: str = "openai",
+    served: str | None = None,
 ) -> float:
-    """USD for one call; 0.0 for models the table does not know (e.g. local ones)."""
-    price = price_for(model, extra)
-    if price is None:
-        return 0.0
-    return (prompt_tokens * price.input + completion_tokens * price.output) / 1_000_000
+    """USD for one call to `model` (or, failing that, the `served` name the server answered
+    with, e.g. a dated snapshot); 0.0, with a warning once per model, when nothing prices it."""
+    for name in (model, served) if served and served != model else (model,):
+        price = override_for(name, extra)
+        if price is not None:
+            return (prompt_tokens * price.input + completion_tokens * price.output) / 1_000_000
+    for name in (model, served) if served and served != model else (model,):
+        listed = _listed(name, prompt_tokens, completion_tokens, provider)
+        if listed is not None:
+            return listed
+    _warn_unpriced(model, provider)
+    return 0.0
+
+
+def _warn_unpriced(model: str, provider: str) -> None:
+    with _warned_lock:
+        if model in _warned:
+            return
+        _warned.add(model)
+    log.warning(
+        "no price known for model %r (provider %s): its calls are counted at $0. Give one in the agents "
+        "file: providers.%s.prices: {%r: [input, output]} (USD per 1M tokens)",
+        model,
+        provider,
+        provider,
+        model,
+    )
