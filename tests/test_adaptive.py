@@ -203,7 +203,7 @@ def test_bad_adaptive_settings_are_named(tmp_path: Path, change: dict, expected:
 def test_bad_adaptive_specs_point_at_their_line(tmp_path: Path) -> None:
     base = {**SPEC, "repeats": 1}
     msg = spec_error(tmp_path, {**base, "variants": [{"name": "only"}], "adaptive": {}})
-    assert "ranks variants against each other, and this spec has 1" in msg and "(line" in msg
+    assert "ranks variants against each other, and this spec has 1" in msg and ": line " in msg
     msg = spec_error(tmp_path, {**base, "evaluators": [], "adaptive": {"keep": 0.5}})
     assert "needs a primary score" in msg
     # auto rounds need 3 rounds for 8 variants, and 3 scenarios x 1 repeat suffice; 2 do not
@@ -217,7 +217,7 @@ def test_bad_adaptive_specs_point_at_their_line(tmp_path: Path) -> None:
     msg = spec_error(tmp_path, text)
     line = next(i for i, x in enumerate(text.splitlines(), 1) if x.strip().startswith("rounds:"))
     assert "rounds: auto needs 3 rounds" in msg and "only 2 scenario x repeat pairs" in msg
-    assert f"(line {line})" in msg
+    assert f"line {line}, field 'adaptive.rounds'" in msg
 
 
 def test_cli_validate_and_plan_give_the_budget(cli: Cli) -> None:

@@ -38,31 +38,31 @@ def test_the_shipped_agents_file_loads_and_every_persona_renders() -> None:
     [
         ("agents: [1, 2", "not valid YAML"),
         ("- a\n- b\n", "expected a mapping with an `agents:` section"),
-        ("agents:\n  a: 3\n", "agent 'a': expected a mapping of settings"),
+        ("agents:\n  a: 3\n", "line 2, agent 'a': expected a mapping of settings"),
         (
             "agents:\n  a:\n    modle: mock/x\n",
-            "agent 'a': field 'modle': unknown field (check its spelling)",
+            "line 3, agent 'a', field 'modle': unknown field (check its spelling)",
         ),
         (
             "agents:\n  a:\n    model: gpt-4o\n",
-            "agent 'a': field 'model': Value error, must be provider/model",
+            "line 3, agent 'a', field 'model': Value error, must be provider/model",
         ),
         (
             "agents:\n  a:\n    temperature: hot\n",
-            "agent 'a': field 'temperature': Input should be a valid number",
+            "line 3, agent 'a', field 'temperature': Input should be a valid number",
         ),
         (
             "agents:\n  a:\n    temperature: 7\n",
-            "agent 'a': field 'temperature': Input should be less than or equal to 2",
+            "line 3, agent 'a', field 'temperature': Input should be less than or equal to 2",
         ),
-        ("agents:\n  a:\n    replicas: 0\n", "agent 'a': field 'replicas'"),
+        ("agents:\n  a:\n    replicas: 0\n", "line 3, agent 'a', field 'replicas'"),
         (
             "agents:\n  a:\n    can_delegate_to: [ghost]\n",
-            "agent 'a': field 'can_delegate_to': unknown agents ['ghost']",
+            "line 3, agent 'a', field 'can_delegate_to': unknown agents ['ghost']",
         ),
-        ("agents:\n  'bad name':\n    model: mock/x\n", "agent 'bad name': field 'id'"),
-        ("agents:\n  a: {}\nlimits:\n  max_depth: 0\n", "field 'limits.max_depth'"),
-        ("agents:\n  a: {}\nextra_section: 1\n", "field 'extra_section': unknown field"),
+        ("agents:\n  'bad name':\n    model: mock/x\n", "line 2, agent 'bad name', field 'id'"),
+        ("agents:\n  a: {}\nlimits:\n  max_depth: 0\n", "line 4, field 'limits.max_depth'"),
+        ("agents:\n  a: {}\nextra_section: 1\n", "line 3, field 'extra_section': unknown field"),
     ],
 )
 def test_bad_agents_files_name_the_file_the_agent_and_the_field(
@@ -80,7 +80,8 @@ def test_a_missing_agents_file_is_a_clear_error(tmp_path: Path) -> None:
         load_team(tmp_path / "nope.yaml")
 
 
-def test_personas_missing_or_broken_name_the_agent(tmp_path: Path) -> None:
+def test_personas_missing_or_broken_say_what_is_wrong(tmp_path: Path) -> None:
+    """Without the agent: the caller names it (a doubled `agent 'a': agent 'a':` before)."""
     (tmp_path / "personas").mkdir()
     (tmp_path / "personas" / "typo.j2").write_text("You are {{ agent.idd }}")
     team = load_team(
@@ -90,9 +91,9 @@ def test_personas_missing_or_broken_name_the_agent(tmp_path: Path) -> None:
             "  c:\n    persona: 'Hi {{ agent.id }}!'\n",
         )
     )
-    with pytest.raises(InvalidArgument, match=r"agent 'a': field 'persona': no template nothere.j2 in "):
+    with pytest.raises(InvalidArgument, match=r"^no persona template nothere.j2 in "):
         render_persona(team.agent("a"), [], [], team.personas_path)
-    with pytest.raises(InvalidArgument, match=r"agent 'b': field 'persona': the template fails: .*idd"):
+    with pytest.raises(InvalidArgument, match=r"^the persona template .*typo.j2: .*idd"):
         render_persona(team.agent("b"), [], [], team.personas_path)
     assert render_persona(team.agent("c"), [], [], team.personas_path) == "Hi c!"
 
@@ -124,6 +125,6 @@ def test_bad_provider_settings_fail_when_the_file_loads(
 
     path = tmp_path / "agents.yaml"
     path.write_text(yaml.safe_dump({"agents": {"a": {"persona": "You are a."}}, "providers": providers}))
-    with pytest.raises(InvalidArgument, match="field 'providers'") as e:
+    with pytest.raises(InvalidArgument, match=r"line \d+, field 'providers\.\w+'") as e:
         load_team(path)
     assert str(path) in str(e.value) and problem in str(e.value)

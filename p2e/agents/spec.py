@@ -26,8 +26,9 @@ from p2e.llm.registry import Providers
 from p2e.policies.context import ContextPolicy
 from p2e.policies.duplicates import DuplicatePolicy
 from p2e.policies.guide import GuidePolicy
+from p2e.problems import InvalidFile, Problem, Problems
 from p2e.store.keys import NAME_RE
-from p2e.yamlfile import field_problems, read_yaml
+from p2e.yamlfile import Lines, field_problems, read_yaml_lines
 
 
 class AgentSpec(BaseModel):
@@ -164,55 +165,100 @@ class TeamConfig(BaseModel):
 
 
 def load_team(path: str | Path) -> TeamConfig:
-    """Read and validate an agents file; every error names the file, the agent and the field."""
+    """Read and validate an agents file; every problem names the file, the line, the agent and
+    the field, and all of them are raised at once (`InvalidFile`)."""
+    return read_team(path)[0]
+
+
+def read_team(path: str | Path) -> tuple[TeamConfig, Lines]:
+    """`load_team`, and the line of each value of the file (for later problems, in a rollout)."""
     path = Path(path)
-    return team_from_mapping(read_yaml(path, "agents file"), path.parent.resolve(), str(path))
+    raw, lines = read_yaml_lines(path, "agents file")
+    return team_from_mapping(raw, path.parent.resolve(), str(path), lines), lines
 
 
-def team_from_mapping(raw: Any, base: Path, where: str) -> TeamConfig:
-    """Validate an agents mapping (a file's content, or a rollout spec's inline `agents:`);
-    relative paths in it are relative to `base`; errors start with `where`."""
+def team_from_mapping(
+    raw: Any, base: Path, where: str, lines: Lines | None = None, at: tuple[Any, ...] = ()
+) -> TeamConfig:
+    """Validate an agents mapping (a file's content, or a rollout spec's inline `agents:`, `at`
+    that key of the spec's `lines`); relative paths in it are relative to `base`; problems name
+    `where`."""
+    problems = Problems(where, lines).under(*at)
     if not isinstance(raw, dict) or not isinstance(raw.get("agents"), dict):
-        raise InvalidArgument(
-            f"{where}: expected a mapping with an `agents:` section of agent id -> settings"
-        )
+        problems.add("expected a mapping with an `agents:` section of agent id -> settings")
+        problems.check()
+    ids = sorted(map(str, raw["agents"]))
     agents = {}
     for agent_id, body in raw["agents"].items():
+        at_agent = problems.under("agents", agent_id, subject=f"agent {agent_id!r}")
         if not isinstance(body, dict):
-            raise InvalidArgument(
-                f"{where}: agent {agent_id!r}: expected a mapping of settings, got {body!r}"
-            )
+            at_agent.add(f"expected a mapping of settings, got {body!r}")
+            continue
         try:
             agents[agent_id] = AgentSpec.model_validate({**body, "id": agent_id})
         except ValidationError as e:
-            raise InvalidArgument(f"{where}: agent {agent_id!r}: {field_problems(e)}") from None
+            at_agent.validation(e)
+        for field, problem in _references(agent_id, body, ids):
+            at_agent.add(problem, field)
     base = Path(base).resolve()
     providers = _resolve_paths(raw.get("providers") or {}, base)
+    of_agents = len(problems)
+    team: TeamConfig | None = None
     try:
         team = TeamConfig.model_validate(
             {**raw, "agents": agents, "providers": providers, "base_dir": str(base)}
         )
     except ValidationError as e:
-        raise InvalidArgument(f"{where}: {field_problems(e)}") from None
-    try:
-        Providers(team.providers).check()
-    except InvalidArgument as e:
-        raise InvalidArgument(f"{where}: field 'providers': {e}") from None
-    for a in agents.values():
-        unknown = [t for t in a.can_delegate_to if t not in agents]
-        if unknown:
-            raise InvalidArgument(
-                f"{where}: agent {a.id!r}: field 'can_delegate_to': unknown agents {unknown}; "
-                f"the agents are: {', '.join(sorted(agents))}"
+        problems.validation(e)
+    else:
+        built = Providers(team.providers)
+        for name in team.providers:  # bad settings fail when the file loads, not per episode
+            with problems.collect("providers", name):
+                built.provider(name)
+    if not problems:
+        assert team is not None
+        return team
+    rest = team if len(problems) == of_agents else None  # only agents fail: the rest stands
+    raise InvalidTeam(problems.where, problems.found, rest, ids, lines)
+
+
+class InvalidTeam(InvalidFile):
+    """An agents mapping's problems, and what of it loads: `team` has the agents without
+    problems of their own (None when a section of the file fails), `declared` every agent id.
+    A rollout spec is checked against them, so its own problems come in the same report."""
+
+    def __init__(
+        self,
+        where: str,
+        problems: list[Problem],
+        team: TeamConfig | None,
+        declared: list[str],
+        lines: Lines | None,
+    ):
+        super().__init__(where, problems)
+        self.team = team
+        self.declared = declared
+        self.lines = lines
+
+
+def _references(agent_id: str, body: dict[str, Any], ids: list[str]) -> list[tuple[str, str]]:
+    """(field, problem) for each agent an agent names that the file does not declare."""
+    out = []
+    delegates = body.get("can_delegate_to")
+    unknown = [t for t in delegates if t not in ids] if isinstance(delegates, list) else []
+    if unknown:
+        out.append(("can_delegate_to", f"unknown agents {unknown}; the agents are: {', '.join(ids)}"))
+    reflection = body.get("reflection")
+    critic = reflection.get("critic") if isinstance(reflection, dict) else None
+    if critic is not None and (critic not in ids or critic == agent_id):
+        out.append(
+            (
+                "reflection.critic",
+                f"{critic!r} must be another agent of the file (or leave it out for a self-review); "
+                f"the agents are: {', '.join(ids)}",
             )
-        critic = a.reflection.critic if a.reflection is not None else None
-        if critic is not None and (critic not in agents or critic == a.id):
-            raise InvalidArgument(
-                f"{where}: agent {a.id!r}: field 'reflection.critic': {critic!r} must be another "
-                f"agent of the file (or leave it out for a self-review); "
-                f"the agents are: {', '.join(sorted(agents))}"
-            )
-    return team
+        )
+    return out
 
 
 def _resolve_paths(providers: Any, base: Path) -> Any:

@@ -37,6 +37,8 @@ from p2e.evals.registry import EvalContext, EvalFailed, Verdict, evaluator
 from p2e.evals.score import add_usage
 from p2e.events import AgentReply, Critique, Event, Failed, Finished, ToolResult, Usage, UserMessage
 from p2e.llm.base import Message, ModelError, ModelRequest
+from p2e.templates import environment
+from p2e.textfile import read_text
 from p2e.yamlfile import field_problems, read_yaml
 
 SYSTEM = (
@@ -149,7 +151,7 @@ class JudgeOutput(BaseModel):
     rationale: str = ""
 
 
-_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=False)
+_ENV = environment()
 
 
 def compile_template(template: str | Path | None) -> jinja2.Template:
@@ -160,16 +162,15 @@ def compile_template(template: str | Path | None) -> jinja2.Template:
         "\n" not in template and template.strip().endswith((".j2", ".jinja", ".jinja2"))
     ):
         path = Path(template)
-        try:
-            source, where = path.read_text(), f"judge template {path}"
-        except FileNotFoundError:
-            raise InvalidArgument(f"judge template file {path} not found") from None
+        source, where = read_text(path, "judge template"), f"judge template {path}"
     else:
         source, where = template, "the inline judge template"
     try:
         return _ENV.from_string(source)
     except jinja2.TemplateSyntaxError as e:
         raise InvalidArgument(f"{where}: line {e.lineno}: {e.message}") from None
+    except RecursionError:  # Jinja parses recursively
+        raise InvalidArgument(f"{where}: nested too deep for Jinja to parse") from None
 
 
 def render_event(event: Event, limit: int = 2000) -> str:

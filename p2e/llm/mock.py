@@ -46,11 +46,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from p2e.errors import InvalidArgument, P2EError
 from p2e.events import DELEGATE, ToolCall, Usage
 from p2e.llm.base import Message, ModelRequest, ModelResponse, split_model
+from p2e.templates import environment
 from p2e.yamlfile import read_yaml
 
 DEFAULT_RULES_DIR = "experiments/mock"
 
-_env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False, keep_trailing_newline=True)
+_env = environment(keep_trailing_newline=True)
 _env.filters["fromjson"] = json.loads  # tool outputs are often JSON: `(results[0] | fromjson).city`
 
 
@@ -315,6 +316,10 @@ class MockProvider:
             cached = (mtime, load_rules(path))
             self._files[path] = cached
         return str(path), cached[1]
+
+    def check_model(self, model: str) -> None:
+        """Its rules set exists and parses (`Providers.check_model`: at validate time)."""
+        self.rules_for(model)
 
     def _find(self, name: str) -> Path:
         if name.endswith((".yaml", ".yml")):

@@ -39,6 +39,7 @@ Pure code: no Ray; `p2e/rollouts/run.py` drives the rounds with the coordinator.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -164,9 +165,7 @@ class Halving:
         )
         self.teams = len(resolved.spec.teams)
         self.grid = len(episodes)
-        self.episodes = [
-            e.model_copy(update={"round": self.round_of[(e.repeat, e.scenario)]}) for e in episodes
-        ]
+        self._expanded = episodes
         self.units = [sum(r == k for r in self.round_of.values()) for k in range(1, self.rounds + 1)]
         self.counts = schedule(cfg, len(self.order))
         self.plan = [
@@ -174,6 +173,12 @@ class Halving:
             for k, (u, n) in enumerate(zip(self.units, self.counts, strict=True))
         ]
         self.total = sum(p["episodes"] for p in self.plan)
+
+    @functools.cached_property
+    def episodes(self) -> list[Episode]:
+        """Every episode of the grid, with its round (built when first asked: a plan needs
+        only the counts)."""
+        return [e.model_copy(update={"round": self.round_of[(e.repeat, e.scenario)]}) for e in self._expanded]
 
     def record(self) -> AdaptiveRecord:
         """The plan, before any decision."""

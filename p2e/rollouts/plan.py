@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NamedTuple, overload
 
 from pydantic import BaseModel, ConfigDict
 
 from p2e.agents import AgentSpec
 from p2e.events import Limits
-from p2e.rollouts.spec import Resolved, Team, agent_specs
+from p2e.rollouts.spec import Resolved, Scenario, Team, Variant, agent_specs
 
 
 class Episode(BaseModel):
@@ -70,41 +71,84 @@ def team_graph(team: Team, specs: dict[str, Any]) -> dict[str, tuple[str, ...]]:
     return graph
 
 
-def expand(resolved: Resolved) -> list[Episode]:
-    """Every episode of the spec, in a stable order (scenario-major, so early results cover
-    every variant)."""
-    spec = resolved.spec
-    out: list[Episode] = []
-    per_variant = []
-    for v in resolved.variants:
+class Episodes(Sequence[Episode]):
+    """Every episode of a spec, in a stable order (scenario-major, so early results cover every
+    variant), without building them: counted by arithmetic, built one at a time when read (by
+    index or in order), so a plan of millions costs what one episode does."""
+
+    def __init__(self, resolved: Resolved):
+        self.resolved = resolved
+        self.seeds = resolved.spec.seeds
+        self.cells = [_Cell.of(resolved, team, v) for team in resolved.spec.teams for v in resolved.variants]
+        """Each (team, variant) in expansion order, with what its episodes share."""
+
+    def __len__(self) -> int:
+        return len(self.seeds) * len(self.resolved.scenarios) * len(self.cells)
+
+    @overload
+    def __getitem__(self, index: int) -> Episode: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Episode]: ...
+    def __getitem__(self, index: int | slice) -> Episode | list[Episode]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        rest, cell = divmod(index, len(self.cells))
+        rep, scenario = divmod(rest, len(self.resolved.scenarios))
+        scenarios = self.resolved.scenarios
+        return self.cells[cell].episode(self.resolved, rep, self.seeds[rep], scenarios[scenario])
+
+    def __iter__(self) -> Iterator[Episode]:
+        for rep, seed in enumerate(self.seeds):
+            for scenario in self.resolved.scenarios:
+                for cell in self.cells:
+                    yield cell.episode(self.resolved, rep, seed, scenario)
+
+
+class _Cell(NamedTuple):
+    """A team under a variant: what its episodes share."""
+
+    team: Team
+    variant: Variant
+    specs: dict[str, AgentSpec]
+    graph: dict[str, tuple[str, ...]]
+    own: dict[str, dict[str, Any]]
+    """Each agent of the graph: the variant's overrides of it."""
+
+    @classmethod
+    def of(cls, resolved: Resolved, team: Team, v: Variant) -> _Cell:
         specs = agent_specs(resolved, v)
-        per_variant.append((v, specs))
-    for seed_index, seed in enumerate(spec.seeds):
-        for scenario in resolved.scenarios:
-            for team in spec.teams:
-                for v, specs in per_variant:
-                    graph = team_graph(team, specs)
-                    overrides = {
-                        a: {**({"seed": seed} if specs[a].seed is None else {}), **_own(v.overrides, a)}
-                        for a in graph
-                    }
-                    out.append(
-                        Episode(
-                            id=episode_id(team, v.overrides, v.name, scenario, seed),
-                            team=team.id,
-                            variant=v.name,
-                            scenario=scenario.id,
-                            repeat=seed_index,
-                            seed=seed,
-                            root=team.root,
-                            graph=graph,
-                            overrides=overrides,
-                            message=scenario.message,
-                            reference=scenario.reference,
-                            limits=resolved.limits,
-                        )
-                    )
-    return out
+        graph = team_graph(team, specs)
+        return cls(team, v, specs, graph, {a: _own(v.overrides, a) for a in graph})
+
+    def episode(self, resolved: Resolved, rep: int, seed: int, scenario: Scenario) -> Episode:
+        """Its episode on `scenario`, repeat `rep` (seeded `seed`)."""
+        v = self.variant
+        overrides = {}
+        for a, own in self.own.items():  # the repeat's seed, unless the agent or variant sets one
+            overrides[a] = {"seed": seed, **own} if self.specs[a].seed is None else own
+        return Episode(
+            id=episode_id(self.team, v.overrides, v.name, scenario, seed),
+            team=self.team.id,
+            variant=v.name,
+            scenario=scenario.id,
+            repeat=rep,
+            seed=seed,
+            root=self.team.root,
+            graph=self.graph,
+            overrides=overrides,
+            message=scenario.message,
+            reference=scenario.reference,
+            limits=resolved.limits,
+        )
+
+
+def expand(resolved: Resolved) -> list[Episode]:
+    """Every episode of the spec, built (`Episodes` counts or streams them without)."""
+    return list(Episodes(resolved))
 
 
 def _own(overrides: dict[str, dict[str, Any]], agent: str) -> dict[str, Any]:
@@ -123,13 +167,16 @@ class PlanSummary(BaseModel):
     """Every episode running to its step limit, each step searched if its agent is guided."""
 
 
-def summarize(resolved: Resolved, episodes: list[Episode]) -> PlanSummary:
+def summarize(resolved: Resolved) -> PlanSummary:
+    """The plan's numbers, counted per (team, variant): every scenario and seed of one costs
+    the same calls."""
+    episodes = Episodes(resolved)
+    units = len(resolved.scenarios) * len(resolved.spec.seeds)
     low = high = 0
-    specs = {v.name: agent_specs(resolved, v) for v in resolved.variants}  # once per variant
-    for e in episodes:
-        root, most = _calls_per_step(specs[e.variant], e)
-        low += root
-        high += most * resolved.limits.max_steps
+    for cell in episodes.cells:
+        root, most = _calls_per_step(cell.specs, cell.graph, cell.team.root)
+        low += root * units
+        high += most * resolved.limits.max_steps * units
     return PlanSummary(
         episodes=len(episodes),
         teams=len(resolved.spec.teams),
@@ -141,17 +188,19 @@ def summarize(resolved: Resolved, episodes: list[Episode]) -> PlanSummary:
     )
 
 
-def _calls_per_step(specs: dict[str, AgentSpec], e: Episode) -> tuple[int, int]:
-    """Model calls one step can cost in this episode (its variant's `specs`): (the root's least,
-    any agent's most). A guided agent's step is a search: n children, n per kept node in a
-    beam, or the budget."""
+def _calls_per_step(
+    specs: dict[str, AgentSpec], graph: dict[str, tuple[str, ...]], root: str
+) -> tuple[int, int]:
+    """Model calls one step can cost in an episode of this team (`graph`) under its variant's
+    `specs`: (the root's least, any agent's most). A guided agent's step is a search: n
+    children, n per kept node in a beam, or the budget."""
     least, most = 1, 1
-    for agent in e.graph:
+    for agent in graph:
         guide = specs[agent].guide
         if guide is None:
             continue
         per = {"best_of_n": guide.n, "beam": guide.n * guide.width, "best_first": guide.budget}[guide.search]
         most = max(most, per)
-        if agent == e.root:
+        if agent == root:
             least = guide.n
     return least, most

@@ -20,25 +20,32 @@ run: {in_flight: 64, supervisors: 1, retries: 2}
 adaptive: {method: halving, keep: 0.5, rounds: auto}   # optional: successive halving (adaptive.py)
 ```
 
-Every problem is an `InvalidArgument` naming the file, the field and, where it can, the line.
+Loading checks the spec and everything it points to as a run would use it (`resolve`), and
+raises every problem found at once (`p2e.problems.InvalidFile`, an `InvalidArgument`), each
+naming the file, the line where it can, and the field.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
+from collections import Counter
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from p2e.agents import AgentSpec, EvaluatorConfig, TeamConfig, load_team, render_persona
-from p2e.agents.spec import team_from_mapping
+from p2e.agents import AgentSpec, EvaluatorConfig, TeamConfig
+from p2e.agents.check import AgentCheck, import_tool_modules
+from p2e.agents.spec import InvalidTeam, read_team, team_from_mapping
 from p2e.errors import InvalidArgument
 from p2e.events import Limits
 from p2e.ledger.rollout import LedgerConfig
+from p2e.problems import Problems, error_message
 from p2e.store.keys import NAME_RE
-from p2e.yamlfile import field_problems, read_yaml_lines
+from p2e.textfile import read_text
+from p2e.yamlfile import Lines, read_yaml_lines
 
 
 def _name(v: str) -> str:
@@ -103,17 +110,59 @@ class Grid(_Strict):
         return v
 
     def variants(self) -> list[Variant]:
+        """One variant per point of the grid, named after its values (`_names`)."""
         keys = list(self.grid)
-        out = []
+        labels = [key.removeprefix("*.") for key in keys]
+        points = []
         for combo in itertools.product(*(self.grid[k] for k in keys)):
             overrides: dict[str, dict[str, Any]] = {}
-            parts = []
             for key, value in zip(keys, combo, strict=True):
                 agent, _, fld = key.partition(".")
                 overrides.setdefault(agent, {})[fld] = value
-                parts.append(f"{'' if agent == '*' else agent + '.'}{fld}-{_short(value)}")
-            out.append(Variant(name=_safe_name(",".join(parts)), overrides=overrides))
-        return out
+            points.append(([_safe(_short(value)) for value in combo], overrides))
+        names = _names(labels, points)
+        return [Variant(name=n, overrides=o) for n, (_, o) in zip(names, points, strict=True)]
+
+
+NAME_MAX = 64
+"""The longest variant name (`NAME_RE`: names become store keys)."""
+DIGEST = 10
+"""Hex digits of the overrides' hash in a name that needs one."""
+
+
+def _names(labels: list[str], points: list[tuple[list[str], dict[str, Any]]]) -> list[str]:
+    """Readable names for the grid's points, `writer.temperature-0.2__model-terse`. A name that
+    is too long is cut (each value getting a fair share of the room), and one that is cut or
+    that two points would share (`_short` keeps the last part of `a/b`, `_safe` replaces
+    characters) ends with a hash of the point's whole overrides, stable across runs; the
+    overrides themselves are the variant's, and every episode's."""
+    full = [_joined(labels, values) for values, _ in points]
+    count = Counter(full)
+    out = []
+    for name, (values, overrides) in zip(full, points, strict=True):
+        if len(name) > NAME_MAX or count[name] > 1:
+            digest = hashlib.sha256(json.dumps(overrides, sort_keys=True, default=str).encode()).hexdigest()
+            room = NAME_MAX - DIGEST - 1
+            name = f"{_joined(labels, _fit(labels, values, room))[:room].rstrip('_.-')}-{digest[:DIGEST]}"
+        out.append(name)
+    return out
+
+
+def _joined(labels: list[str], values: list[str]) -> str:
+    name = "__".join(f"{label}-{value}" for label, value in zip(labels, values, strict=True))
+    return name.strip("_.-") or "variant"
+
+
+def _fit(labels: list[str], values: list[str], room: int) -> list[str]:
+    """The values cut so that the joined name fits `room`: short values whole, the long ones
+    sharing what is left equally (if the labels alone are too long, the name is cut after)."""
+    left = room - sum(len(label) + 1 for label in labels) - 2 * (len(labels) - 1)  # `label-`, `__`
+    out = list(values)
+    for n, i in enumerate(sorted(range(len(values)), key=lambda i: len(values[i]))):
+        share = max(left // (len(values) - n), 0)
+        out[i] = values[i][:share].rstrip("_.-")
+        left -= len(out[i])
+    return out
 
 
 def _short(value: Any) -> str:
@@ -121,10 +170,9 @@ def _short(value: Any) -> str:
     return text.rsplit("/", 1)[-1]
 
 
-def _safe_name(text: str) -> str:
-    """A grid point's name, made fit for keys and shells (and at most 64 characters)."""
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "_" for c in text.replace(",", "__"))
-    return cleaned.strip("_.-")[:64] or "variant"
+def _safe(text: str) -> str:
+    """A value as it may appear in a name (keys, shells): ASCII letters, digits, `._-`."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "_" for c in text)
 
 
 class RunSettings(_Strict):
@@ -240,55 +288,83 @@ class Resolved(BaseModel):
     scenarios: tuple[Scenario, ...]
     variants: tuple[Variant, ...]
     limits: Limits
+    imported: dict[str, tuple[str, ...]] = {}
+    """What checking it imported, so ran the code of: `tool modules`, `evaluator modules`,
+    `evaluator entry points` (installed packages')."""
 
 
 def load_spec(path: str | Path) -> Resolved:
-    """Read, validate and resolve a spec file."""
+    """Read, validate and resolve a spec file; every problem found is raised at once
+    (`InvalidFile`), each with its field and line."""
     path = Path(path)
     raw, lines = read_yaml_lines(path, "rollout spec")
+    problems = Problems(str(path), lines)
     if not isinstance(raw, dict):
-        raise InvalidArgument(f"{path}: a rollout spec is a mapping (name, agents, teams, scenarios, ...)")
+        problems.add("a rollout spec is a mapping (name, agents, teams, scenarios, ...)")
+        problems.check()
     try:
         spec = RolloutSpec.model_validate(raw)
     except ValidationError as e:
-        raise InvalidArgument(f"{path}: {field_problems(e, lines)}") from None
-    return resolve(spec, path.parent, str(path), lines)
+        problems.validation(e)
+        spec = _without_bad_fields(raw, e)
+        if spec is None:
+            problems.check()
+    return resolve(spec, path.parent, str(path), lines, problems)
 
 
-def resolve(spec: RolloutSpec, base: Path, where: str = "<spec>", lines: dict | None = None) -> Resolved:
-    """Load the agents and scenario files, expand the variants, check every reference."""
-
-    def fail(msg: str, *loc: Any) -> InvalidArgument:
-        line = (lines or {}).get(tuple(loc))
-        return InvalidArgument(f"{where}: {msg}" + (f" (line {line})" if line else ""))
-
-    if isinstance(spec.agents, str):
-        team_config = load_team(base / spec.agents)
-    else:
-        team_config = team_from_mapping(spec.agents, base, f"{where}: agents")
-    for i, team in enumerate(spec.teams):
-        for agent in (team.root, *team.members):
-            if agent not in team_config.agents:
-                raise fail(
-                    f"team {team.id!r}: unknown agent {agent!r}; the agents are: "
-                    f"{', '.join(sorted(team_config.agents))}",
-                    "teams",
-                    i,
-                )
-    scenarios = _scenarios(spec, base, fail)
-    variants = tuple(spec.variant_list)
-    for i, v in enumerate(variants):
-        _check_overrides(v, team_config, fail, i)
+def _without_bad_fields(raw: dict[str, Any], e: ValidationError) -> RolloutSpec | None:
+    """The spec without the top-level fields that fail, if it stands without them, so the rest
+    can be checked in the same run; None when what is left would mislead (an agents file or
+    variants of its default) or does not validate."""
+    bad = {err["loc"][0] if err["loc"] else None for err in e.errors()}
+    if bad & {None, "agents", "variants"}:
+        return None
     try:
-        limits = Limits.model_validate({**team_config.limits.model_dump(), **spec.limits})
-    except ValidationError as e:
-        raise InvalidArgument(f"{where}: limits: {field_problems(e)}") from None
-    spec = spec.model_copy(update={"evaluators": tuple(_with_paths(e, base) for e in spec.evaluators)})
-    _check_evaluators(spec, team_config, fail)
-    if spec.adaptive is not None:
-        from p2e.rollouts.adaptive import check
+        return RolloutSpec.model_validate({k: v for k, v in raw.items() if k not in bad})
+    except ValidationError:
+        return None
 
-        check(spec, len(variants), len(scenarios), fail)
+
+def resolve(
+    spec: RolloutSpec,
+    base: Path,
+    where: str = "<spec>",
+    lines: Lines | None = None,
+    problems: Problems | None = None,
+) -> Resolved:
+    """Load the agents and scenario files, expand the variants, check every reference and what
+    each agent needs to run (see `p2e.agents.check`: this imports the tool and evaluator
+    modules); raise every problem at once (with `problems`, those found before)."""
+    problems = problems or Problems(where, lines)
+    agents = _agents(spec, base, problems)
+    team_config = agents.team
+    scenarios = _scenarios(spec, base, problems)
+    variants = tuple(spec.variant_list)
+    defaults = team_config.limits if team_config is not None else Limits()
+    try:
+        limits = Limits.model_validate({**defaults.model_dump(), **spec.limits})
+    except ValidationError as e:
+        problems.validation(e, "limits")
+        limits = defaults
+    spec = spec.model_copy(update={"evaluators": tuple(_with_paths(e, base) for e in spec.evaluators)})
+    imported: dict[str, tuple[str, ...]] = {}
+    if team_config is not None:
+        _check_teams(spec, agents.ids, problems)
+        modules, failed = import_tool_modules(team_config.tool_modules)
+        for loc, problem in failed:
+            agents.declared.add(problem, "tool_modules", *loc)
+        imported["tool modules"] = tuple(m.__name__ for m in modules)
+        check = AgentCheck(team_config, modules)
+        for i, v in enumerate(variants):
+            _check_variant(v, i, spec.variants, agents, check, problems)
+        imported |= _check_evaluators(spec, team_config, problems, agents.declared)
+    if spec.adaptive is not None:
+        from p2e.rollouts.adaptive import check as check_adaptive
+
+        with problems.collect():
+            check_adaptive(spec, len(variants), len(scenarios), problems.fail)
+    problems.check()
+    assert team_config is not None  # (an agents file that does not load has problems)
     return Resolved(
         spec=spec,
         path=where,
@@ -296,10 +372,50 @@ def resolve(spec: RolloutSpec, base: Path, where: str = "<spec>", lines: dict | 
         scenarios=scenarios,
         variants=variants,
         limits=limits,
+        imported=imported,
     )
 
 
-def _scenarios(spec: RolloutSpec, base: Path, fail: Any) -> tuple[Scenario, ...]:
+class _Agents(NamedTuple):
+    """The agents a spec points to: those that load (None: the file does not), every id the
+    file declares, and where the file's problems point."""
+
+    team: TeamConfig | None
+    ids: list[str]
+    declared: Problems
+
+
+def _agents(spec: RolloutSpec, base: Path, problems: Problems) -> _Agents:
+    if isinstance(spec.agents, str):
+        path = base / spec.agents
+        declared = problems.other_file(str(path))
+    else:
+        declared = problems.under("agents")
+    try:
+        if isinstance(spec.agents, str):
+            team, declared.lines = read_team(path)
+        else:
+            team = team_from_mapping(spec.agents, base, problems.where, problems.lines, ("agents",))
+        return _Agents(team, sorted(team.agents), declared)
+    except InvalidTeam as e:  # checked against the agents that load, so its problems come too
+        problems.absorb(e)
+        declared.lines = e.lines
+        return _Agents(e.team, e.declared, declared)
+    except InvalidArgument as e:  # the file cannot be read
+        problems.absorb(e, "agents")
+        return _Agents(None, [], declared)
+
+
+def _check_teams(spec: RolloutSpec, ids: list[str], problems: Problems) -> None:
+    for i, team in enumerate(spec.teams):
+        at = problems.under("teams", i, subject=f"team {team.id!r}")
+        named = [(("root",), team.root), *((("members", j), m) for j, m in enumerate(team.members))]
+        for loc, agent in named:
+            if agent not in ids:
+                at.add(f"unknown agent {agent!r}; the agents are: {', '.join(ids)}", *loc)
+
+
+def _scenarios(spec: RolloutSpec, base: Path, problems: Problems) -> tuple[Scenario, ...]:
     out: list[Scenario] = []
     for i, item in enumerate(spec.scenarios):
         if isinstance(item, Scenario):
@@ -307,58 +423,92 @@ def _scenarios(spec: RolloutSpec, base: Path, fail: Any) -> tuple[Scenario, ...]
             continue
         path = base / item.file
         try:
-            text = path.read_text()
-        except OSError as e:
-            raise fail(f"scenarios[{i}]: cannot read {path}: {e.strerror or e}", "scenarios", i) from None
+            text = read_text(path, "scenario file")
+        except InvalidArgument as e:
+            problems.add(str(e), "scenarios", i)
+            continue
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
                 out.append(Scenario.model_validate_json(line))
             except ValidationError as e:
-                raise InvalidArgument(f"{path}: line {n}: {field_problems(e)}") from None
+                problems.other_file(str(path), line=n).validation(e)
     ids = [s.id for s in out]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
-        raise fail(f"scenario ids must be unique; repeated: {', '.join(dup)}", "scenarios")
+        problems.add(f"scenario ids must be unique; repeated: {', '.join(dup)}", "scenarios")
     return tuple(out)
 
 
-def _check_overrides(v: Variant, team: TeamConfig, fail: Any, i: int) -> None:
-    """Apply each override to each agent now, so a typo fails before any episode runs."""
+FIXED = ("id", "placement", "replicas")
+"""Agent fields a variant cannot override: they shape the actor set, which every variant of a
+rollout shares."""
+
+
+def _check_variant(
+    v: Variant,
+    i: int,
+    listed: tuple[Variant, ...] | Grid,
+    agents: _Agents,
+    check: AgentCheck,
+    problems: Problems,
+) -> None:
+    """Apply the variant's overrides to each agent now and check each agent as it would run, so
+    a typo fails before any episode runs. A problem points at the override that causes it, or
+    at the agents file when the agent's own setting does (`_blame`)."""
+    assert agents.team is not None
+    grid = listed if isinstance(listed, Grid) else None
+    known = f"{', '.join(agents.ids)} (or '*' for all)"
+
+    def add(problem: str, agent_id: str, loc: tuple[Any, ...], source: str | None = None) -> None:
+        at, loc = _blame(v, i, grid, agent_id, loc, problems, agents.declared, source)
+        at.add(problem, *loc)
+
     for agent_id, fields in v.overrides.items():
-        if agent_id != "*" and agent_id not in team.agents:
-            raise fail(
-                f"variant {v.name!r}: unknown agent {agent_id!r} in overrides; the agents are: "
-                f"{', '.join(sorted(team.agents))} (or '*' for all)",
-                "variants",
-                i,
-            )
-        fixed = sorted({"id", "placement", "replicas"} & set(fields))
-        if fixed:  # they shape the actor set, which every variant of a rollout shares
-            raise fail(
-                f"variant {v.name!r}: an override cannot change {', '.join(fixed)} (agents file only)",
-                "variants",
-                i,
-            )
-    specs = {}
-    for agent_id, spec in team.agents.items():
+        if agent_id != "*" and agent_id not in agents.ids:
+            add(f"unknown agent {agent_id!r} in overrides; the agents are: {known}", agent_id, (), agent_id)
+        for fld in sorted(set(FIXED) & set(fields)):
+            add(f"an override cannot change {fld} (agents file only)", agent_id, (fld,), agent_id)
+    for agent_id, base in agents.team.agents.items():
         try:
-            specs[agent_id] = spec.with_overrides(overrides_for(v, agent_id))
+            spec = base.with_overrides(overrides_for(v, agent_id))
         except ValidationError as e:
-            raise fail(
-                f"variant {v.name!r}: agent {agent_id!r}: {field_problems(e)}", "variants", i
-            ) from None
-    for spec in specs.values():  # a missing or broken persona template fails now, not per episode
-        delegates = [specs[d] for d in spec.can_delegate_to if d in specs]
-        try:
-            render_persona(spec, delegates, [], team.personas_path)
-        except InvalidArgument as e:
-            raise fail(f"variant {v.name!r}: {e}", "variants", i) from None
-    for agent_id in team.agents:
-        for target in overrides_for(v, agent_id).get("can_delegate_to", ()):
-            if target not in team.agents:
-                raise fail(f"variant {v.name!r}: agent {agent_id!r} cannot delegate to unknown {target!r}")
+            for err in e.errors():
+                add(error_message(err), agent_id, tuple(err["loc"]))
+            continue
+        unknown = [d for d in spec.can_delegate_to if d not in agents.ids]
+        if unknown:
+            problem = f"cannot delegate to unknown agents {unknown}; the agents are: {', '.join(agents.ids)}"
+            add(problem, agent_id, ("can_delegate_to",))
+        for loc, problem in check(spec):
+            add(problem, agent_id, loc)
+
+
+def _blame(
+    v: Variant,
+    i: int,
+    grid: Grid | None,
+    agent_id: str,
+    loc: tuple[Any, ...],
+    problems: Problems,
+    declared: Problems,
+    source: str | None = None,
+) -> tuple[Problems, tuple[Any, ...]]:
+    """Where a problem with field `loc` of agent `agent_id` under variant `v` points: the
+    override that sets the field (the agent's own, else `"*"`; `source` names it), as listed or
+    as a grid key and value; else the agent in the agents file."""
+    if source is None and loc:
+        source = next((a for a in (agent_id, "*") if loc[0] in v.overrides.get(a, {})), None)
+    if source is None:
+        return declared.under("agents", agent_id, subject=f"agent {agent_id!r}"), loc
+    if grid is None:
+        return problems.under("variants", i, subject=f"variant {v.name!r}"), ("overrides", source, *loc)
+    if not loc:
+        return problems.under("variants", "grid"), (next(k for k in grid.grid if k.startswith(f"{source}.")),)
+    key = f"{source}.{loc[0]}"
+    j = next(j for j, value in enumerate(grid.grid[key]) if value == v.overrides[source][loc[0]])
+    return problems.under("variants", "grid"), (key, j, *loc[1:])
 
 
 def overrides_for(v: Variant, agent_id: str) -> dict[str, Any]:
@@ -383,15 +533,30 @@ def _with_paths(cfg: EvaluatorConfig, base: Path) -> EvaluatorConfig:
     return cfg.model_copy(update={"params": params})
 
 
-def _check_evaluators(spec: RolloutSpec, team: TeamConfig, fail: Any) -> None:
-    from p2e.evals import default_registry
+def _check_evaluators(
+    spec: RolloutSpec, team: TeamConfig, problems: Problems, declared: Problems
+) -> dict[str, tuple[str, ...]]:
+    """Each evaluator with its parameters, after loading the evaluator modules (and installed
+    packages' entry points) as the evaluators will; what was imported."""
+    from importlib import metadata
 
-    registry = default_registry(team.evaluator_modules)
+    from p2e.evals import ENTRY_POINT_GROUP, builtin_registry
+
+    registry = builtin_registry()
+    with problems.collect():
+        registry.load_entry_points()
+    loaded = []
+    for j, name in enumerate(team.evaluator_modules):
+        with declared.collect("evaluator_modules", j):
+            registry.load_module(name)
+            loaded.append(name)
     for i, cfg in enumerate(spec.evaluators):
-        try:
+        with problems.collect("evaluators", i):
             registry.create(cfg.id, **cfg.params)
-        except InvalidArgument as e:
-            raise fail(f"evaluators[{i}]: {e}", "evaluators", i) from None
+    return {
+        "evaluator modules": tuple(loaded),
+        "evaluator entry points": tuple(ep.value for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)),
+    }
 
 
 def agent_specs(resolved: Resolved, variant: Variant) -> dict[str, AgentSpec]:
