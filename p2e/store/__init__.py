@@ -6,7 +6,14 @@ import os
 
 from p2e.store.keys import Keys
 from p2e.store.log import BranchInfo, ConversationInfo, EventLog, Segment
-from p2e.store.server import ServerInfo, embedded_status, ensure_embedded, stop_embedded, store_url
+from p2e.store.server import (
+    ServerInfo,
+    embedded_status,
+    ensure_embedded,
+    password_file,
+    stop_embedded,
+    store_url,
+)
 
 
 def connect(url: str | None = None, namespace: str | None = None) -> EventLog:
@@ -26,6 +33,7 @@ __all__ = [
     "connect",
     "embedded_status",
     "ensure_embedded",
+    "password_file",
     "stop_embedded",
     "store_url",
 ]

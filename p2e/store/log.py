@@ -28,7 +28,7 @@ from p2e.errors import (
     UnknownConversation,
 )
 from p2e.events import Event, encode, event_adapter, event_agent, events_adapter
-from p2e.redact import default_redactor
+from p2e.redact import default_redactor, register_secret
 from p2e.store.keys import NAME_RE, Keys
 
 
@@ -100,6 +100,9 @@ class EventLog:
         self.url = url
         self.keys = Keys(namespace)
         self.r = client or redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+        password = self.r.connection_pool.connection_kwargs.get("password")
+        if password:  # the URL's password masked in whatever this process writes (actors too)
+            register_secret(password)
         self._append = self.r.register_script(lua_script("append"))
         self._fork = self.r.register_script(lua_script("fork"))
         self._create = self.r.register_script(lua_script("create"))
@@ -422,7 +425,7 @@ class EventLog:
             best: tuple[int, str] | None = None
             for s, keys in zip(segs, found, strict=True):
                 for raw in keys:
-                    if not raw.isdigit():
+                    if not raw.isdecimal():
                         key = self.keys.snapshots(info.conversation, s.branch)
                         raise CorruptData(key, f"field {raw[:40]!r} is not a length")
                     n = int(raw)
@@ -531,6 +534,6 @@ def append_error(e: redis.ResponseError, conv: str, branch: str) -> Exception:
 
 def _ref(key: str, raw: bytes) -> tuple[str, int]:
     b, _, seq = raw.decode(errors="replace").rpartition(":")
-    if not b or not seq.isdigit():
+    if not b or not seq.isdecimal():
         raise CorruptData(key, f"entry {raw[:40]!r} is not a ref BRANCH:SEQ")
     return b, int(seq)

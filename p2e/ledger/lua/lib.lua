@@ -62,6 +62,25 @@ local function state(...)
   return redis.call('LLEN', JOURNAL), redis.call('HMGET', META, 'head', ...)
 end
 
+-- Seals: meta field `seal:<wallet>` holds the balance the ledger's last command left in the
+-- wallet, written with it by every script. A balance changed behind the ledger's back (an HINCRBY
+-- by hand) no longer equals its seal, and every command that would move it is refused until it is
+-- set back (`verify` names it too). A wallet without a seal passes only on a ledger from before
+-- seals (meta `sealed` unset: `initialize` seals every wallet and sets it; a new ledger's first
+-- entry sets it). An error, or nil if every wallet given is as the ledger left it.
+local function untampered(...)
+  local wallets, fields = {...}, {'sealed'}
+  for k, w in ipairs(wallets) do fields[k + 1] = 'seal:' .. w end
+  local seals, balances = redis.call('HMGET', META, unpack(fields)), redis.call('HMGET', BAL, ...)
+  for k, w in ipairs(wallets) do
+    local seal, balance = seals[k + 1], balances[k]
+    if balance and seal ~= balance and (seal or seals[1]) then
+      return fail('TAMPERED', w .. ' ' .. balance .. ' ' .. (seal or '-'))
+    end
+  end
+  return nil
+end
+
 -- Change a balance; the exact text of the new balance (HINCRBY answers a Lua number: exact
 -- below 2^53, else read back as text).
 local function move(wallet, delta)
@@ -71,14 +90,24 @@ local function move(wallet, delta)
 end
 
 -- Append the entry (seq, the previous entry's hash, the body, the moves), set the meta fields
--- (seq, head and the pairs given), record the command id. Returns the entry.
+-- (seq, head, the moved wallets' seals and the pairs given; `sealed` with a new ledger's first
+-- entry), record the command id. Returns the entry.
 local function append(seq, prev, moves, ...)
   local parts = {}
   for k, m in ipairs(moves) do parts[k] = '["' .. m[1] .. '",' .. m[2] .. ',' .. m[3] .. ']' end
   local entry = '{"seq":' .. seq .. ',"prev":"' .. (prev or GENESIS) .. '",' .. string.sub(BODY, 2, -2)
     .. ',"moves":[' .. table.concat(parts, ',') .. ']}'
+  local fields = {'seq', seq + 1, 'head', redis.sha1hex(entry), ...}
+  for _, m in ipairs(moves) do
+    table.insert(fields, 'seal:' .. m[1])
+    table.insert(fields, m[3])
+  end
+  if seq == 0 then
+    table.insert(fields, 'sealed')
+    table.insert(fields, '1')
+  end
   redis.call('RPUSH', JOURNAL, entry)
-  redis.call('HSET', META, 'seq', seq + 1, 'head', redis.sha1hex(entry), ...)
+  redis.call('HSET', META, unpack(fields))
   redis.call('HSET', CMDS, CID, seq .. ' ' .. FP)
   return entry
 end

@@ -8,6 +8,8 @@ if not positive(amount) then return fail('AMOUNT', amount) end
 if redis.call('EXISTS', KEYS[6]) == 1 then return fail('ESCROW_EXISTS', id) end
 local balance = redis.call('HGET', BAL, sponsor)
 if not balance then return fail('NO_WALLET', sponsor) end
+local tampered = untampered(sponsor)
+if tampered then return tampered end
 if redis.call('HEXISTS', KEYS[8], arbiter) == 0 then return fail('NO_PARTY', arbiter) end
 if not ge(balance, amount) then return fail('FUNDS', balance) end
 local seq, m = state('escrowed')

@@ -6,6 +6,8 @@ if done then return done end
 local to, amount = ARGV[4], ARGV[5]
 if not positive(amount) then return fail('AMOUNT', amount) end
 if redis.call('HEXISTS', BAL, to) == 0 then return fail('NO_WALLET', to) end
+local tampered = untampered(to)
+if tampered then return tampered end
 local seq, m = state('minted', 'cap')
 local minted, cap = m[2] or '0', m[3] or ARGV[6]
 local total = add(minted, amount)

@@ -18,6 +18,10 @@ for i = 7, #ARGV, 2 do
   total = add(total, ARGV[i + 1])
 end
 if total ~= e[3] then return fail('PAYOUT_SUM', e[3] .. ' ' .. total) end
+local payees = {}
+for i = 7, #ARGV, 2 do payees[#payees + 1] = ARGV[i] end
+local tampered = untampered(unpack(payees))
+if tampered then return tampered end
 local seq, m = state('escrowed')
 for k = 6, #KEYS do lists(KEYS[k]) end
 local moves = {}
