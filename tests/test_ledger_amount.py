@@ -32,7 +32,6 @@ from p2e.ledger.amount import (
         ("12.5", 125_000_000_000),
         ("0.0000000001", 1),
         ("1", UNIT),
-        (" 7 ", 7 * UNIT),
         ("100000000", MAX_AMOUNT),
         ("1.50000000000", 15 * UNIT // 10),  # trailing zeros past 10 places change nothing
         (Decimal("3.25"), 325 * UNIT // 100),
@@ -70,6 +69,8 @@ def test_good_amounts(text: object, minor: int) -> None:
         ("1e5", "exponent"),
         ("1,000", "separators"),
         ("1_000", "separators"),
+        (" 7 ", "has spaces around it; write the amount alone, e.g. '7'"),  # read as written, never trimmed
+        ("7\n", "has spaces around it"),
         ("twelve", "not a decimal amount"),
         ("", "not a decimal amount"),
         ("1.", "not a decimal amount"),

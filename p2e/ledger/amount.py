@@ -20,7 +20,8 @@ import re
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from p2e.errors import InvalidArgument
 
@@ -39,7 +40,8 @@ _EXAMPLE = "write digits with an optional '.' and up to 10 decimals, e.g. '12.5'
 
 
 def _bad(what: str, value: object, why: str) -> InvalidArgument:
-    return InvalidArgument(f"{what} {value!r} {why}")
+    shown = repr(value)  # a model may send a huge list: quote the start of it
+    return InvalidArgument(f"{what} {shown if len(shown) <= 60 else shown[:57] + '...'} {why}")
 
 
 def parse_amount(value: object, *, what: str = "amount", allow_zero: bool = False) -> int:
@@ -47,7 +49,8 @@ def parse_amount(value: object, *, what: str = "amount", allow_zero: bool = Fals
 
     Refused, each with a message saying what to write instead: floats (they cannot hold most
     decimals exactly), booleans, negative numbers, zero (unless `allow_zero`), NaN, infinity,
-    exponents, more than 10 decimal places, and anything above `MAX_UNITS`.
+    exponents, more than 10 decimal places, anything above `MAX_UNITS`, and text with anything
+    but the number in it (spaces or a newline around it too: the amount is read exactly as written).
     """
     if isinstance(value, bool) or value is None:
         raise _bad(what, value, f"is not an amount; {_EXAMPLE}")
@@ -70,12 +73,14 @@ def parse_amount(value: object, *, what: str = "amount", allow_zero: bool = Fals
 
 
 def _parse_text(text: str, what: str) -> Decimal:
-    s = text.strip()
+    s = text
     if len(s) > MAX_TEXT:
         raise _bad(what, text[:20] + "...", f"is {len(s)} characters long; the largest amount is {MAX_UNITS}")
     if not _NUMBER.fullmatch(s):
         low = s.lower()
-        if low.lstrip("+-") in ("nan", "snan", "inf", "infinity"):
+        if s != s.strip() and _NUMBER.fullmatch(s.strip()):
+            why = f"has spaces around it; write the amount alone, e.g. {s.strip()!r}"
+        elif low.lstrip("+-") in ("nan", "snan", "inf", "infinity"):
             why = "is not a number; an amount is a positive decimal"
         elif s.startswith("-"):
             why = "is negative; an amount must be more than zero (to take money back, pay the other way)"
@@ -175,6 +180,24 @@ def _units_field(value: Any) -> int:
         return parse_amount(value, allow_zero=True)
     except InvalidArgument as e:
         raise ValueError(str(e).removeprefix("amount ")) from None
+
+
+def _tool_units(value: Any) -> int:
+    """Validator of `ToolAmount`: sees the JSON value the model sent, before any coercion."""
+    try:
+        return parse_amount(value)
+    except InvalidArgument as e:
+        raise PydanticCustomError("amount", str(e).removeprefix("amount ")) from None  # after "amount: "
+
+
+ToolAmount = Annotated[
+    int,
+    BeforeValidator(_tool_units),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "integer"}]}),
+]
+"""A tool argument that moves money, in *units*: a JSON integer (`5`) or a decimal string (`"12.5"`),
+held as minor units. Checked as the model sent it, so `true` or `3.0` is refused rather than
+read as 1 or 3 (a plain `int | str` field would coerce them), and the model is told why."""
 
 
 Amount = Annotated[int, BeforeValidator(_units_field), PlainSerializer(format_amount, return_type=str)]

@@ -287,6 +287,12 @@ class Ledger(abc.ABC):
     def history(self, name: str, limit: int = 50) -> list[Entry]:
         """The last `limit` entries that touched wallet `name`, oldest first."""
 
+    def scope_entries(self, scope: str) -> list[Entry] | None:
+        """The transfers counted in budget scope `scope` (a rollout episode, over all its
+        attempts), in journal order; None when this backend keeps no such index (then a rollout
+        counts an episode's payments from its events)."""
+        return None
+
     @abc.abstractmethod
     def audit(self, since: int = 0, limit: int | None = None) -> list[Entry]:
         """Entries from position `since` on (all, or at most `limit`), oldest first."""

@@ -11,13 +11,14 @@ Keys (with `ns` the store namespace; see also `p2e/store/keys.py`):
 
 | key | type | holds |
 | --- | --- | --- |
-| `ns:ledger:meta` | hash | seq (entries), head (last entry's hash), minted, cap, escrowed, volume, ... |
+| `ns:ledger:meta` | hash | seq (entries), head (last entry's hash), minted, cap, escrowed, seals, ... |
 | `ns:ledger:bal` | hash | wallet -> balance, minor units (decimal text) |
 | `ns:ledger:journal` | list | entries (JSON, `Entry`); index = seq. Append-only |
 | `ns:ledger:cmd` | hash | command id -> "seq fingerprint" of the entry it produced |
 | `ns:ledger:parties` | hash | name -> party record (JSON) |
 | `ns:ledger:w:NAME` | list | seqs of the entries that touched wallet NAME (its history) |
 | `ns:ledger:spent:NAME` | hash | budget scope (episode) -> amount NAME paid in it |
+| `ns:ledger:scope:SCOPE` | list | seqs of the transfers counted in budget scope SCOPE (an episode) |
 | `ns:ledger:escrow:ID` | hash | sponsor, arbiter, amount, state, memo, locked (seq), settled (seq) |
 | `ns:ledger:escrows` | list | escrow ids, in the order they were locked |
 | `ns:ledger:policy` | hash | wallet -> spending policy (JSON), see `policy.py` |
@@ -28,6 +29,14 @@ and meta `head` is the SHA-1 of the last. SHA-1 because it is what Redis scripts
 (`redis.sha1hex`); the chain detects entries changed, removed or inserted after the fact. It is
 no defence against someone who can rewrite the whole store, who could recompute the chain too:
 to pin history, record `verify`'s head somewhere else.
+
+Seals: meta `seal:NAME` is the balance that the ledger's last command left in wallet NAME, written
+with it by every script (in the fields the transfer reads and writes anyway: no extra call). A
+balance changed by hand (an HINCRBY on `bal`) no longer matches, so the next command that would
+move it (paying or paid) is refused with `BalanceTampered`, and `verify` names it. Like the
+chain, it stops writes that bypass the ledger, not someone who forges both: the embedded store's
+password keeps other processes out. Meta `sealed` says every wallet has a seal (a new ledger's
+first entry sets it; `initialize` seals a ledger from before seals).
 """
 
 from __future__ import annotations
@@ -66,6 +75,7 @@ from p2e.ledger.base import (
     transfer_fingerprint,
 )
 from p2e.ledger.errors import (
+    BalanceTampered,
     BudgetExceeded,
     CapExceeded,
     CommandConflict,
@@ -105,6 +115,9 @@ class LedgerKeys:
 
     def spent(self, wallet: str) -> str:
         return f"{self.prefix}spent:{wallet}"
+
+    def scope(self, scope: str) -> str:
+        return f"{self.prefix}scope:{scope}"
 
     def escrow(self, escrow_id: str) -> str:
         return f"{self.prefix}escrow:{escrow_id}"
@@ -213,7 +226,7 @@ class EmbeddedLedger(Ledger):
         cap_text = "" if cap is None else str(check_minor(cap, "cap"))
         with self._guard():
             try:
-                self._scripts["cap"](keys=[self.keys.meta], args=[cap_text, repr(time.time())])
+                self._scripts["cap"](keys=[self.keys.meta, self.keys.bal], args=[cap_text, repr(time.time())])
             except redis.ResponseError as e:
                 if "P2E_CAP_BELOW" in str(e):
                     minted = int(str(e).split("P2E_CAP_BELOW ", 1)[1].split()[0])
@@ -298,7 +311,16 @@ class EmbeddedLedger(Ledger):
         try:
             reply = self._eval(
                 "transfer",
-                (k.meta, k.bal, k.journal, k.cmds, k.history(payer), k.history(payee), k.spent(payer)),
+                (
+                    k.meta,
+                    k.bal,
+                    k.journal,
+                    k.cmds,
+                    k.history(payer),
+                    k.history(payee),
+                    k.spent(payer),
+                    k.scope(scope),
+                ),
                 (command_id, transfer_fingerprint(payer, payee, amount, reason), fields, *args),
             )
         except redis.ResponseError as e:
@@ -515,6 +537,9 @@ class EmbeddedLedger(Ledger):
             return CorruptData(
                 first, f"a key of the wrong type ({' '.join(words[1:])}) where the ledger keeps its data"
             )
+        if code == "TAMPERED":  # wallet, balance, seal ('-': none)
+            balance, seal = " ".join(words[1:-1]), words[-1]
+            return BalanceTampered(first, _shown(balance), None if seal == "-" else _shown(seal))
         if code == "CORRUPT":
             return CorruptData(first, "it holds a balance too long to be one; run `p2e ledger verify`")
         return LedgerError(f"the ledger refused the command: {msg}")
@@ -577,6 +602,17 @@ class EmbeddedLedger(Ledger):
         end = -1 if limit is None else since + limit - 1
         with self._guard():
             raws = self.r.lrange(self.keys.journal, since, end)
+        return self._parse(raws, self.keys.journal)
+
+    def scope_entries(self, scope: str) -> list[Entry]:
+        with self._guard():
+            seqs = self.r.lrange(self.keys.scope(scope), 0, -1)
+            p = self.r.pipeline(transaction=False)
+            for seq in seqs:
+                p.lindex(self.keys.journal, int(seq))
+            raws = p.execute() if seqs else []
+        if any(raw is None for raw in raws):
+            raise CorruptData(self.keys.scope(scope), "names an entry the journal does not hold")
         return self._parse(raws, self.keys.journal)
 
     def _parse(self, raws: list[bytes], key: str) -> list[Entry]:
@@ -661,6 +697,14 @@ class EmbeddedLedger(Ledger):
             first_bad=min((i for i, _ in check.problems if i is not None), default=None),
             seconds=time.perf_counter() - t0,
         )
+
+
+def _shown(amount: str) -> str:
+    """An amount from the store as a user reads it (text that is no amount: quoted as it is)."""
+    try:
+        return format_amount(int(amount))
+    except ValueError:
+        return repr(amount)
 
 
 class _Replay:
@@ -761,6 +805,21 @@ class _Replay:
         elif kind != "open":
             self.bad(i, f"has an unknown kind {kind!r}")
 
+    def _seals(self, meta: dict[str, str], stored: dict[str, int]) -> None:
+        """Each balance against its seal (see the module docstring): a mismatch is a balance
+        changed outside the ledger, which its next command would refuse."""
+        for w, balance in sorted(stored.items()):
+            seal = meta.get(f"seal:{w}")
+            if seal is None and not meta.get("sealed"):
+                continue  # a ledger from before seals, not initialized since
+            if seal != str(balance):
+                left = f"left {seal}" if seal is not None else "never set it"
+                self.bad(
+                    None,
+                    f"wallet {w!r} holds {balance} but the ledger's last command {left}: "
+                    "its balance was tampered with (changed outside the ledger)",
+                )
+
     def finish(
         self, meta: dict[str, str], stored: dict[str, int], escrows: dict[str, tuple[int, str, str]], n: int
     ) -> None:
@@ -786,6 +845,7 @@ class _Replay:
                 )
             if stored.get(w, 0) < 0:
                 self.bad(None, f"wallet {w!r} holds a negative balance ({stored[w]})")
+        self._seals(meta, stored)
         escrowed = sum(a for a, state, _ in self.escrows.values() if state == "locked")
         for name, value in (
             ("minted", self.minted),

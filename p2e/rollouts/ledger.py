@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from p2e.events import Event, ToolResult
-from p2e.ledger import LedgerConfig, PolicyStore, RolloutLedger, open_ledger_on
+from p2e.ledger import Entry, LedgerConfig, PolicyStore, RolloutLedger, open_ledger_on
 from p2e.ledger.amount import format_amount, parse_amount
 from p2e.rollouts.plan import Episode
 from p2e.rollouts.stats import variant_means
@@ -45,6 +45,15 @@ def episode_deltas(events: Iterable[Event]) -> dict[str, str]:
     return {w: format_amount(d, signed=True) for w, d in sorted(net.items()) if d}
 
 
+def entry_deltas(entries: Iterable[Entry]) -> dict[str, str]:
+    """Wallet -> net change (decimal text) over ledger entries."""
+    net: dict[str, int] = defaultdict(int)
+    for entry in entries:
+        for wallet, delta, _ in entry.moves:
+            net[wallet] += delta
+    return {w: format_amount(d, signed=True) for w, d in sorted(net.items()) if d}
+
+
 class RolloutMoney:
     """What a rollout does with its `ledger:` section, around the coordinator."""
 
@@ -62,9 +71,14 @@ class RolloutMoney:
     def setup(self) -> dict[str, int]:
         return self.hook.setup()
 
-    def deltas(self, attempts: Sequence[tuple[str, str | None]]) -> dict[str, str]:
-        """An episode's net payments over its attempts: (conversation, branch or None for the
-        checked-out one) each."""
+    def deltas(self, episode: str, attempts: Sequence[tuple[str, str | None]]) -> dict[str, str]:
+        """An episode's net payments over its attempts. From the ledger's index of the episode's
+        payments where the backend keeps one (the embedded ledger): that counts too a payment an
+        attempt made but died before storing, whose retry then took another path. Else from the
+        attempts' events: (conversation, branch or None for the checked-out one) each."""
+        entries = self.ledger.scope_entries(episode)
+        if entries is not None:
+            return entry_deltas(entries)
         events: list[Event] = []
         for conversation, branch in attempts:
             events += self.log.history(conversation, branch)

@@ -80,10 +80,16 @@ class EpisodeRequest(BaseModel):
     """Score the episode before answering (the supervisor hosts the rollout's evaluators)."""
     rollout: str = ""
     variant: str = ""
+    """What the episode's metrics are labelled with (`p2e.runtime.metrics.labels`)."""
     episode: str = ""
     """The episode's id in its rollout: the same for every attempt at it (effects are keyed by
     it, see `ToolContext.episode`)."""
-    """What the episode's metrics are labelled with (`p2e.runtime.metrics.labels`)."""
+
+
+def episode_key(rollout: str, episode: str) -> str:
+    """`rollout:episode`: what an episode's effects are keyed by, over all its attempts (its
+    payments' command ids and budget scope, see `ToolContext.episode`)."""
+    return f"{rollout}:{episode}"
 
 
 class EpisodeOutcome(BaseModel):

@@ -20,7 +20,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, Field
 
-from p2e.ledger.amount import format_amount, parse_amount
+from p2e.ledger.amount import ToolAmount, format_amount
 from p2e.ledger.base import COMMAND_ID_RE, Entry
 from p2e.ledger.wallet import PayRequest, WalletAccess, wallet_for
 from p2e.tools.registry import REGISTRY, ToolContext, tool
@@ -73,11 +73,10 @@ class Payment(BaseModel):
     """True when this call had been applied before (a retry): nothing moved this time."""
 
 
-AMOUNT = Field(description="how much, as a decimal string such as '12.5' (at most 10 decimals)")
+AMOUNT = Field(description="how much, as a decimal string such as '12.5' (at most 10 decimals) or an integer")
 
 
-def _pay(ctx: ToolContext, to: str, amount: int | str, reason: str, tool_name: str) -> Payment:
-    minor = parse_amount(amount)
+def _pay(ctx: ToolContext, to: str, minor: int, reason: str, tool_name: str) -> Payment:
     wallet = _wallet(ctx)
     receipt = wallet.pay(
         PayRequest(
@@ -109,7 +108,7 @@ def check_balance(ctx: ToolContext) -> Balance:
 @tool(side_effect_free=False)  # moves money: a strict duplicate-call policy never repeats it
 def transfer(
     to: Annotated[str, Field(description="the agent to pay (its id)", min_length=1, max_length=64)],
-    amount: Annotated[int | str, AMOUNT],
+    amount: Annotated[ToolAmount, AMOUNT],
     reason: Annotated[str, Field(description="what the payment is for", max_length=200)],
     ctx: ToolContext,
 ) -> Payment:
@@ -123,7 +122,7 @@ def reward(
     agent: Annotated[
         str, Field(description="the agent whose work you reward (its id)", min_length=1, max_length=64)
     ],
-    amount: Annotated[int | str, AMOUNT],
+    amount: Annotated[ToolAmount, AMOUNT],
     ctx: ToolContext,
     work: Annotated[str, Field(description="the work you are paying for", max_length=200)] = "",
 ) -> Payment:

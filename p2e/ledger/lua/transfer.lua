@@ -3,8 +3,11 @@
 -- The hot path, so it is lean: self-contained (lib.lua is not prepended: no library closures to
 -- make on each call), nine redis.calls without a budget (each costs several microseconds), and a
 -- short answer (the client knows the rest of the entry).
+-- Seals (see lib.lua's `untampered`): both wallets' seals come with the meta fields it reads
+-- anyway, and are written with the ones it writes, so checking them costs no redis.call.
 -- KEYS[1] meta hash, KEYS[2] balances hash, KEYS[3] journal list, KEYS[4] command ids hash,
--- KEYS[5] payer's history list, KEYS[6] payee's history list, KEYS[7] payer's budget hash
+-- KEYS[5] payer's history list, KEYS[6] payee's history list, KEYS[7] payer's budget hash,
+-- KEYS[8] the budget scope's list of entries (seqs: what a rollout row counts for its episode)
 -- ARGV[1] command id, ARGV[2] fingerprint of the command, ARGV[3] the entry's fields that the
 -- client knows (ts, kind, cid, by, amount, reason) as JSON object members WITHOUT the braces,
 -- ARGV[4] payer, ARGV[5] payee, ARGV[6] amount, ARGV[7] budget scope ('' = none: not counted),
@@ -32,6 +35,16 @@ local b = redis.call('HMGET', BAL, payer, payee)
 local from, to = b[1], b[2]
 if not from then return redis.error_reply('P2E_NO_WALLET ' .. payer) end
 if not to then return redis.error_reply('P2E_NO_WALLET ' .. payee) end
+-- A balance that is not its seal was changed behind the ledger's back: refused, payer or payee
+-- (paid into, it would be sealed, then spent). No seal passes only on a ledger without seals yet.
+local m = redis.call('HMGET', META, 'seq', 'head', 'volume', 'transfers', 'sealed', 'seal:' .. payer,
+  'seal:' .. payee)
+if m[6] ~= from and (m[6] or m[5]) then
+  return redis.error_reply('P2E_TAMPERED ' .. payer .. ' ' .. from .. ' ' .. (m[6] or '-'))
+end
+if m[7] ~= to and (m[7] or m[5]) then
+  return redis.error_reply('P2E_TAMPERED ' .. payee .. ' ' .. to .. ' ' .. (m[7] or '-'))
+end
 if #from > 24 or #to > 24 then return redis.error_reply('P2E_CORRUPT ' .. BAL) end
 -- Amounts and balances are decimal text of integers (minor units) without leading zeros; Lua
 -- numbers are doubles, exact only below 2^53, so text is compared by length, then as text.
@@ -88,7 +101,6 @@ if scope ~= '' then
     return redis.error_reply('P2E_BUDGET ' .. before)
   end
 end
-local m = redis.call('HMGET', META, 'seq', 'head', 'volume', 'transfers')
 local seq, prev = m[1] or '0', m[2] or '0000000000000000000000000000000000000000'
 local after_from, after_to = minus(from), plus(to)
 local entry = '{"seq":' .. seq .. ',"prev":"' .. prev .. '",' .. ARGV[3] .. ',"moves":[["' .. payer
@@ -111,9 +123,19 @@ if type(pushed) == 'table' then
   redis.call('RPOP', KEYS[5])
   return pushed
 end
+if scope ~= '' then
+  pushed = redis.pcall('RPUSH', KEYS[8], seq)
+  if type(pushed) == 'table' then
+    redis.call('RPOP', JOURNAL)
+    redis.call('RPOP', KEYS[5])
+    redis.call('RPOP', KEYS[6])
+    return pushed
+  end
+end
 redis.call('HSET', BAL, payer, after_from, payee, after_to)
 if spent then redis.call('HSET', KEYS[7], scope, spent) end
 redis.call('HSET', META, 'seq', string.format('%d', seq + 1), 'head', redis.sha1hex(entry),
-  'volume', plus(m[3] or '0'), 'transfers', string.format('%d', (tonumber(m[4]) or 0) + 1))
+  'volume', plus(m[3] or '0'), 'transfers', string.format('%d', (tonumber(m[4]) or 0) + 1),
+  'seal:' .. payer, after_from, 'seal:' .. payee, after_to)
 redis.call('HSET', CMDS, CID, seq .. ' ' .. FP)
 return {0, seq, prev, after_from, after_to}
