@@ -8,12 +8,15 @@ another's. With `spread`, supervisors and agent replicas go round-robin over the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import ray
+from ray._private import ray_constants, services
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from actors.agent import AgentActor
@@ -33,6 +36,10 @@ class ClusterStoreRequired(P2EError):
     pass
 
 
+LOOPBACK = "127.0.0.1"
+"""Where a Ray that p2e starts itself listens: nothing of it is reachable from another machine."""
+
+
 def connect_ray(address: str | None, shared_store: bool, **ray_options: Any) -> bool:
     """Start or join Ray (unless this process is connected already); True if this started it.
 
@@ -47,7 +54,13 @@ def connect_ray(address: str | None, shared_store: bool, **ray_options: Any) -> 
             # Measured on 2 cores: rollout wall time 1.14-1.15x the latency-bound ideal at nice
             # 15, 1.09-1.13x at nice 0 (bench/README.md). Only a Ray started here inherits it.
             os.environ.setdefault("RAY_worker_niceness", "0")
-        ray.init(address=address, namespace=RAY_NAMESPACE, **ray_options)
+        if address in (None, "local") and services.canonicalize_bootstrap_address(address) is None:
+            # a new Ray, on this machine only
+            ray_options = {"dashboard_host": LOOPBACK, "_node_ip_address": LOOPBACK, **ray_options}
+            with _single_machine():
+                ray.init(address=address, namespace=RAY_NAMESPACE, **ray_options)
+        else:
+            ray.init(address=address, namespace=RAY_NAMESPACE, **ray_options)
     alive = alive_nodes()
     if len(alive) > 1 and not shared_store:
         raise ClusterStoreRequired(
@@ -55,6 +68,23 @@ def connect_ray(address: str | None, shared_store: bool, **ray_options: Any) -> 
             "Set P2E_REDIS_URL to a Redis every node reaches (cluster.yaml starts one on the head)"
         )
     return started
+
+
+@contextlib.contextmanager
+def _single_machine() -> Iterator[None]:
+    """Ray's single-machine mode while it starts: its node address stays 127.0.0.1, so the GCS,
+    the raylet, every worker, the agents and the metrics exporter listen on the loopback only.
+
+    On Linux, Ray replaces a loopback `_node_ip_address` with the machine's routable address and
+    its servers then listen on every interface; the switch that keeps it (Ray's default on macOS
+    and Windows, `RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`) is read when Ray is imported, too early
+    for us. So it is set for this `ray.init` alone: a later one in this process may join a cluster."""
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 @dataclasses.dataclass
@@ -106,6 +136,9 @@ def spawn(
         o: dict[str, Any] = {"name": name, "namespace": RAY_NAMESPACE, "get_if_exists": True}
         if nodes is not None:
             o["scheduling_strategy"] = NodeAffinitySchedulingStrategy(next(nodes), soft=True)
+            # Ray 2.60 ignores soft affinity for an actor that asks for no resource at all (ours
+            # are num_cpus=0) and places it anywhere: one byte of memory makes it count
+            o["memory"] = 1
         return o
 
     agents = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import defaultdict
 from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,9 +15,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from p2e.cli._common import console, open_log
+from p2e.cli._common import console, finite, open_log
 from p2e.cli.render import clip
 from p2e.cli.rerun_flags import RERUN, RERUN_CONNECT, RERUN_SAVE
+from p2e.cli.terminal import DataTable, styled
 from p2e.errors import InvalidArgument
 from p2e.obs.recording import Observation, RerunOptions, observe
 from p2e.obs.viewer import recording_path
@@ -26,7 +26,7 @@ from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
 from p2e.rollouts.store import AdaptiveRecord, RolloutInfo, RolloutStore, RoundRecord, Row
 
 if TYPE_CHECKING:
-    from p2e.rollouts.plan import Episode, PlanSummary
+    from p2e.rollouts.plan import PlanSummary
     from p2e.rollouts.spec import Resolved
 
 app = typer.Typer(
@@ -37,30 +37,48 @@ app = typer.Typer(
 SPEC = typer.Argument(..., metavar="SPEC", help="the rollout spec (YAML), e.g. experiments/quickstart.yaml")
 RID = typer.Argument(..., metavar="ID", help="a rollout id (see `p2e rollout list`)")
 
+CONFIRM_OVER = 10_000
+"""`rollout run` asks before running more episodes than this (`P2E_CONFIRM_EPISODES` sets it):
+a typo in `repeats` should not start millions of paid model calls."""
+
 
 @app.command()
 def validate(spec: Path = SPEC) -> None:
-    """Check a spec and everything it points to (agents, scenario files, evaluators), run nothing.
+    """Check a spec and everything it points to, run nothing; every problem is listed at once.
+
+    Checked: the spec, the agents, scenario files, evaluators, and for the agents and each
+    variant's overrides what an agent needs to run (its model's provider and mock rules set,
+    its tools, its persona). Checking imports the agents file's tool_modules and
+    evaluator_modules (and installed packages' evaluator entry points), running their code; it
+    names them. Counting the episodes builds none of them.
 
     Example: p2e rollout validate experiments/quickstart.yaml
     """
-    from p2e.rollouts.plan import expand
+    from p2e.rollouts.plan import Episodes
     from p2e.rollouts.spec import load_spec
 
     resolved = load_spec(spec)
-    episodes = expand(resolved)
+    for kind, names in resolved.imported.items():
+        if names:
+            console.print(f"imported {kind}: {', '.join(names)}", soft_wrap=True)
+    episodes = Episodes(resolved)
     n = len(episodes)
     if resolved.spec.adaptive is not None:
         from p2e.rollouts.adaptive import Halving
 
         h = Halving(resolved, episodes)
         console.print(
-            f"[green]ok[/] {spec}: at most {h.total} episodes in {h.rounds} rounds of successive halving, "
-            f"{_share(h.total, n)} of the full grid's {n} ({len(resolved.variants)} variants)",
+            styled(
+                ("ok", "green"),
+                f" {spec}: at most {h.total} episodes in {h.rounds} rounds of successive halving, "
+                f"{_share(h.total, n)} of the full grid's {n} ({len(resolved.variants)} variants)",
+            ),
             soft_wrap=True,
         )
         return
-    console.print(f"[green]ok[/] {spec}: {n} episodes ({len(resolved.variants)} variants)", soft_wrap=True)
+    console.print(
+        styled(("ok", "green"), f" {spec}: {n} episodes ({len(resolved.variants)} variants)"), soft_wrap=True
+    )
 
 
 def _share(part: int, whole: int) -> str:
@@ -69,28 +87,25 @@ def _share(part: int, whole: int) -> str:
 
 @app.command()
 def plan(spec: Path = SPEC) -> None:
-    """Show what a spec would run: episodes by team, variant and scenario, and model calls.
+    """Show what a spec would run: episodes by variant, and model calls (counted, not built).
 
     Example: p2e rollout plan experiments/quickstart.yaml
     """
-    from p2e.rollouts.plan import expand, summarize
+    from p2e.rollouts.plan import summarize
     from p2e.rollouts.spec import load_spec
 
     resolved = load_spec(spec)
-    episodes = expand(resolved)
-    s = summarize(resolved, episodes)
+    s = summarize(resolved)
     if resolved.spec.adaptive is not None:
-        _plan_adaptive(resolved, episodes, s)
+        _plan_adaptive(resolved, s)
         return
     t = Table(title=f"{resolved.spec.name}: {s.episodes} episodes")
     t.add_column("variant", overflow="fold")
     t.add_column("overrides", overflow="fold")
     t.add_column("episodes", justify="right")
-    per = defaultdict(int)
-    for e in episodes:
-        per[e.variant] += 1
+    per_variant = s.teams * s.scenarios * s.repeats  # every variant runs every team x scenario x seed
     for v in resolved.variants:
-        t.add_row(v.name, clip(str(v.overrides or "-"), 80), str(per[v.name]))
+        t.add_row(v.name, clip(str(v.overrides or "-"), 80), str(per_variant))
     console.print(t)
     console.print(
         f"teams {s.teams} x variants {len(s.variants)} x scenarios {s.scenarios} x repeats {s.repeats}"
@@ -105,11 +120,12 @@ def plan(spec: Path = SPEC) -> None:
     console.print(f"in flight {r.in_flight}, supervisors {r.supervisors}, retries {r.retries}")
 
 
-def _plan_adaptive(resolved: Resolved, episodes: list[Episode], s: PlanSummary) -> None:
+def _plan_adaptive(resolved: Resolved, s: PlanSummary) -> None:
     """`plan` for a spec with `adaptive:`: the variants, then the rounds and what they cost."""
     from p2e.rollouts.adaptive import Halving
+    from p2e.rollouts.plan import Episodes
 
-    h = Halving(resolved, episodes)
+    h = Halving(resolved, Episodes(resolved))
     cfg = h.cfg
     t = Table(title=f"{resolved.spec.name}: {len(resolved.variants)} variants")
     t.add_column("variant", overflow="fold")
@@ -143,6 +159,8 @@ def _plan_adaptive(resolved: Resolved, episodes: list[Episode], s: PlanSummary) 
 
 
 TABLE_EVERY_S = 1.0
+PLAIN_EVERY_S = 5.0
+"""Without a terminal (`ray job logs`, a file), a progress line this often."""
 
 
 class _Display:
@@ -151,10 +169,10 @@ class _Display:
     def __init__(self, follow: bool):
         self.follow = follow
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[stats]}"),
+            TextColumn("{task.fields[stats]}", markup=False),
             TimeElapsedColumn(),
             console=console,
         )
@@ -163,7 +181,8 @@ class _Display:
         self.rid = ""
         self.failed = self.tokens = 0
         self.cost = 0.0
-        self.t0 = time.monotonic()
+        self.t0 = self.plain_at = time.monotonic()
+        self.todo = 0
         self.table_at = -TABLE_EVERY_S
         self.live = Live(self._render(), console=console, refresh_per_second=4)
 
@@ -172,10 +191,15 @@ class _Display:
         self.rid = description = info.id
         if info.adaptive is not None:
             description += f" round {len(info.adaptive.decided) + 1}/{info.adaptive.rounds}"
-        self.progress.update(self.task, total=todo, description=description)
+        # reset: the elapsed column starts now, as the rate does (Ray's start-up counted in one only)
+        self.progress.reset(self.task, total=todo, description=description)
+        self.todo = todo
         if todo < total:
             console.print(f"resuming {info.id}: {total - todo} of {total} episodes are done already")
-        self.live.start()
+        if console.is_terminal:
+            self.live.start()
+        else:  # a job log or a file: a plain line now and every PLAIN_EVERY_S, not one redraw at the end
+            self._plain(0)
 
     def round_(self, rec: RoundRecord, record: AdaptiveRecord) -> None:
         """A round was decided: say who stopped, and what the bar is on now."""
@@ -194,10 +218,23 @@ class _Display:
         failed = f"failed {self.failed}  " if self.failed else ""
         stats = f"{failed}{rate:.1f} ep/s  tokens {self.tokens:,}  ${self.cost:.4f}"
         self.progress.update(self.task, advance=1, stats=stats)
+        due = time.monotonic() - self.plain_at >= PLAIN_EVERY_S or done == self.todo
+        if not console.is_terminal and due:
+            self._plain(done)
         # the live table bootstraps intervals over every row: redrawn at most once a second, as
         # this runs on the coordinator's loop (the progress bar refreshes by itself)
         if self.follow and time.monotonic() - self.table_at >= TABLE_EVERY_S:
             self.live.update(self._render())
+
+    def _plain(self, done: int) -> None:
+        self.plain_at = time.monotonic()
+        elapsed = self.plain_at - self.t0
+        rate = done / elapsed if elapsed > 0 else 0.0
+        console.print(
+            f"{self.rid}: {done}/{self.todo} episodes, {self.failed} failed, {rate:.1f} ep/s, "
+            f"tokens {self.tokens:,}, ${self.cost:.4f}, {elapsed:.0f} s",
+            soft_wrap=True,
+        )
 
     def _render(self) -> Group | Progress:
         if not self.follow:
@@ -238,6 +275,12 @@ def run(
     no_recording: bool = typer.Option(
         False, "--no-recording", help="keep no Rerun recording of the rows (saved by default)"
     ),
+    yes: bool = typer.Option(
+        False,
+        "--yes",
+        "-y",
+        help=f"run without asking, however many episodes (asked over {CONFIRM_OVER:,}: P2E_CONFIRM_EPISODES)",
+    ),
 ) -> None:
     """Run every episode of a spec (or what is left of one) and print the variant summary.
 
@@ -258,6 +301,8 @@ def run(
     from p2e.rollouts.spec import load_spec
 
     resolved = load_spec(spec)
+    if not yes:
+        _confirm_size(resolved)
     opts = RerunOptions.from_flags(rerun, rerun_connect, rerun_save)
     display = _Display(follow)
     rid: list[str] = []
@@ -326,6 +371,31 @@ def run(
     )
 
 
+def _confirm_size(resolved: Resolved) -> None:
+    """Ask on a terminal before a rollout of more than `P2E_CONFIRM_EPISODES` episodes; refuse
+    without one (a script passes --yes)."""
+    import os
+    import sys
+
+    from p2e.rollouts.plan import Episodes
+
+    setting = os.environ.get("P2E_CONFIRM_EPISODES", str(CONFIRM_OVER))
+    if not setting.isdecimal():
+        raise InvalidArgument(f"P2E_CONFIRM_EPISODES={setting!r}: give a number of episodes, e.g. 10000")
+    limit, episodes = int(setting), Episodes(resolved)
+    n = len(episodes)
+    if resolved.spec.adaptive is not None:
+        from p2e.rollouts.adaptive import Halving
+
+        n = Halving(resolved, episodes).total
+    if n <= limit:
+        return
+    what = f"{resolved.path} runs {n:,} episodes, more than {limit:,} (P2E_CONFIRM_EPISODES)"
+    if not sys.stdin.isatty():
+        raise InvalidArgument(f"{what}; pass --yes to run them (`p2e rollout plan` shows what they are)")
+    typer.confirm(f"{what}. Run them?", abort=True)
+
+
 def _ray_opts(address: str | None) -> dict[str, object]:
     """A local Ray started for one rollout: quiet, no dashboard unless asked (P2E_DASHBOARD=1)."""
     import os
@@ -335,8 +405,8 @@ def _ray_opts(address: str | None) -> dict[str, object]:
     return {"include_dashboard": os.environ.get("P2E_DASHBOARD") == "1", "log_to_driver": False}
 
 
-def summary_table(summaries: list[VariantSummary], title: str) -> Table:
-    t = Table(title=title)
+def summary_table(summaries: list[VariantSummary], title: str) -> DataTable:
+    t = DataTable(title=title)
     adaptive = any(s.rounds or s.outcome for s in summaries)
     for col, justify in (
         ("variant", "left"),
@@ -366,7 +436,7 @@ def summary_table(summaries: list[VariantSummary], title: str) -> Table:
         if adaptive:  # "stopped" beside rounds 1-2: stopped after round 2
             outcome = (s.outcome or "").split(" ")[0]
             style = {"winner": "green", "stopped": "dim"}.get(outcome)
-            cells += [_rounds(s.rounds), f"[{style}]{outcome}[/]" if style else outcome]
+            cells += [_rounds(s.rounds), styled((outcome, style or ""))]
         t.add_row(*cells)
     return t
 
@@ -406,9 +476,9 @@ def adaptive_lines(record: AdaptiveRecord, ran: int) -> str:
     return head + f"; winner {record.winner}: mean {_num(last.mean)} {_ci(last.ci_low, last.ci_high)}"
 
 
-def rounds_table(record: AdaptiveRecord) -> Table:
+def rounds_table(record: AdaptiveRecord) -> DataTable:
     """Each decided round: who ran, the leader, the cutoff and who stopped."""
-    t = Table(title="rounds")
+    t = DataTable(title="rounds")
     for col in ("round", "variants", "episodes", "leader", "cutoff", "stopped (mean, 95% CI)"):
         t.add_column(col, overflow="fold")
     for rec in record.decided:
@@ -425,10 +495,10 @@ def rounds_table(record: AdaptiveRecord) -> Table:
     return t
 
 
-def stopped_table(record: AdaptiveRecord) -> Table:
+def stopped_table(record: AdaptiveRecord) -> DataTable:
     """Every stopped variant: when, at what score, and how (the whole reason is in the record:
     `RolloutResult.rounds`)."""
-    t = Table(title="stopped variants")
+    t = DataTable(title="stopped variants")
     for col in ("variant", "after round", "rank", "n", "mean", "95% CI", "cutoff", "vs the leader", "tie"):
         t.add_column(col, overflow="fold")
     for rec in record.decided:
@@ -452,7 +522,7 @@ def stopped_table(record: AdaptiveRecord) -> Table:
 def list_() -> None:
     """Every rollout in the store, oldest first."""
     store = RolloutStore(open_log())
-    t = Table()
+    t = DataTable()
     for col in ("id", "status", "episodes", "rows", "spec", "created"):
         t.add_column(col)
     for info in store.list():
@@ -475,7 +545,10 @@ def show(
     info = store.get(rollout_id)
     all_rows = store.rows(rollout_id)
     console.print(
-        f"[bold]{info.id}[/]  {info.status}  {len(all_rows)}/{info.episodes} episodes  spec {info.spec_path}",
+        styled(
+            (info.id, "bold"),
+            f"  {info.status}  {len(all_rows)}/{info.episodes} episodes  spec {info.spec_path}",
+        ),
         soft_wrap=True,
     )
     from p2e.rollouts.adaptive import annotate
@@ -491,7 +564,7 @@ def show(
     abandoned = sum(len(r.abandoned) for r in all_rows)
     if abandoned:
         console.print(
-            Text(
+            styled(
                 f"{abandoned} abandoned attempts (a dead supervisor or driver): not counted; their "
                 "payments are in their episode's ledger deltas (its row's `abandoned` names them)"
             ),
@@ -499,38 +572,43 @@ def show(
         )
     if info.status == "interrupted":
         console.print(
-            Text(f"interrupted; finish it with: p2e rollout run {info.spec_path} --resume {info.id}"),
+            styled(f"interrupted; finish it with: p2e rollout run {info.spec_path} --resume {info.id}"),
             soft_wrap=True,
         )
     if rows:
-        t = Table()
-        for col in (
-            "episode",
-            "variant",
-            "scenario",
-            "rep",
-            "round",
-            "status",
-            "primary",
-            "steps",
-            "tokens",
-            "conversation",
-        ):
-            t.add_column(col)
-        for r in all_rows:
-            t.add_row(
-                r.episode,
-                r.variant,
-                r.scenario,
-                str(r.repeat),
-                "-" if r.round is None else str(r.round),
-                r.status if r.status == "done" else f"[red]{r.status}[/]: {clip(r.error or '', 40)}",
-                _num(r.primary),
-                str(r.steps),
-                str(r.tokens),
-                r.conversation,
-            )
-        console.print(t)
+        console.print(rows_table(all_rows))
+
+
+def rows_table(rows: list[Row]) -> DataTable:
+    """One line per episode; a failed one says why (cut short: `p2e rollout export` has it all)."""
+    t = DataTable()
+    for col in (
+        "episode",
+        "variant",
+        "scenario",
+        "rep",
+        "round",
+        "status",
+        "primary",
+        "steps",
+        "tokens",
+        "conversation",
+    ):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            r.episode,
+            r.variant,
+            r.scenario,
+            str(r.repeat),
+            "-" if r.round is None else str(r.round),
+            r.status if r.status == "done" else styled((r.status, "red"), f": {clip(r.error or '', 40)}"),
+            _num(r.primary),
+            str(r.steps),
+            str(r.tokens),
+            r.conversation,
+        )
+    return t
 
 
 def ledger_lines(ledger: dict) -> str:
@@ -579,11 +657,11 @@ def compare_(
     console.print(comparison_table(compare(all_rows, base), base))
 
 
-def comparison_table(comparisons: list[Comparison], baseline: str) -> Table:
+def comparison_table(comparisons: list[Comparison], baseline: str) -> DataTable:
     """The paired difference, its verdict, and what it costs: extra tokens and dollars per
     episode, and the score gained per extra 1k tokens and per extra dollar ("—" where the
     variant spends no more than the baseline: a ratio would mean nothing)."""
-    t = Table(title=f"against {baseline} (paired by scenario)")
+    t = DataTable(title=f"against {baseline} (paired by scenario)")
     for col in (
         "variant",
         "pairs",
@@ -596,13 +674,14 @@ def comparison_table(comparisons: list[Comparison], baseline: str) -> Table:
         "score per extra $",
     ):
         t.add_column(col, justify="left" if col in ("variant", "verdict") else "right", overflow="fold")
+    verdict: str | Text
     for c in comparisons:
         if c.ci_low is None or c.ci_high is None:
             verdict = "too few pairs"
         elif c.ci_low > 0:
-            verdict = "[green]better[/]"
+            verdict = styled(("better", "green"))
         elif c.ci_high < 0:
-            verdict = "[red]worse[/]"
+            verdict = styled(("worse", "red"))
         else:
             verdict = "no clear difference"
         t.add_row(
@@ -625,7 +704,7 @@ def export(
     fmt: str = typer.Option("jsonl", "--format", help="jsonl | parquet (rows), or chat (trajectories)"),
     out: Path | None = typer.Option(None, "--out", "-o", help="output file; default: <ID>.<format>"),
     min_score: float | None = typer.Option(
-        None, "--min-score", help="chat: only episodes with a primary score at least this"
+        None, "--min-score", callback=finite, help="chat: only episodes with a primary score at least this"
     ),
 ) -> None:
     """Write a rollout's rows (JSONL, Parquet), or its episodes as OpenAI chat JSONL for
