@@ -26,7 +26,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 from actors.actorset import connect_ray, spawn
 from p2e.agents import TeamConfig, load_team
 from p2e.conversation import Conversation
-from p2e.errors import NotFound, P2EError
+from p2e.errors import NotFound, P2EError, origin
 from p2e.events import Event, Limits
 from p2e.runtime.driver import Driver, TurnResult
 from p2e.runtime.local import local_driver
@@ -44,8 +44,9 @@ def _get(ref: Any, timeout: float | None = None) -> Any:
     try:
         return ray.get(ref, timeout=timeout)
     except RayTaskError as e:
-        if isinstance(e.cause, P2EError):
-            raise e.cause from None
+        cause = origin(e)
+        if isinstance(cause, P2EError):
+            raise cause from None
         raise
 
 

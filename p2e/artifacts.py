@@ -32,7 +32,7 @@ class Artifact(BaseModel):
 
 def parse_ref(ref: str) -> tuple[str, str, int]:
     parts = ref.split("/")
-    if len(parts) != 3 or not parts[2].lstrip("-").isdigit():
+    if len(parts) != 3 or not parts[2].removeprefix("-").isdecimal():  # what int() reads ("²" is a digit)
         raise UnknownArtifact(ref, "artifact refs look like CONVERSATION/BRANCH/SEQ, e.g. demo/main/4")
     return parts[0], parts[1], int(parts[2])
 

@@ -6,7 +6,15 @@ not for stack traces.
 
 from __future__ import annotations
 
+import logging
+import re
+import sys
+
 from p2e.redact import mask_url, mask_urls
+
+LINE_MAX = 300
+"""The longest error line `one_line` gives: it is stored in events and rows and shown in tables."""
+_ANSI = re.compile(r"\x1b(\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(\x07|\x1b\\)|[@-_])")  # CSI, OSC, the rest
 
 
 class P2EError(Exception):
@@ -103,3 +111,46 @@ class CorruptData(StoreError):
             "(remove the key, or use another P2E_NAMESPACE)"
         )
         self.key = key
+
+
+def origin(exc: BaseException) -> BaseException:
+    """The exception that started it all: a Ray task error (maybe nested, an actor calling an
+    actor) unwrapped to what the remote code raised."""
+    ray_exceptions = sys.modules.get("ray.exceptions")  # loaded if Ray made it; never import Ray here
+    if ray_exceptions is not None:
+        while isinstance(exc, ray_exceptions.RayTaskError) and exc.cause is not None and exc.cause is not exc:
+            exc = exc.cause
+    return exc
+
+
+def one_line(exc: BaseException, limit: int = LINE_MAX) -> str:
+    """The original exception on one line, for events, rows and the CLI: `Type: message`, or just
+    the message of a p2e error (written for users; its class name is noise). No terminal escapes,
+    no remote traceback, at most `limit` characters. The full traceback belongs in the log
+    (`log_failure`), not here."""
+    exc = origin(exc)
+    text = str(exc)
+    pydantic = sys.modules.get("pydantic")
+    if pydantic is not None and isinstance(exc, pydantic.ValidationError):  # its str is a multi-line table
+        text = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+    first = next((s for s in map(_printable, _ANSI.sub("", text).splitlines()) if s), "")
+    if isinstance(exc, P2EError) and first:
+        line = first
+    else:
+        line = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log `what` failed: a p2e error (its message is written for users) as one line at WARNING,
+    with its traceback only when DEBUG is on; anything else, a bug, at ERROR with the traceback."""
+    if isinstance(origin(exc), P2EError):
+        trace = exc if logger.isEnabledFor(logging.DEBUG) else None
+        logger.warning("%s: %s", what, one_line(exc), exc_info=trace)
+    else:
+        logger.error("%s: %s", what, one_line(exc), exc_info=exc)
+
+
+def _printable(line: str) -> str:
+    """`line` with control characters as spaces, and runs of spaces as one."""
+    return " ".join("".join(c if c.isprintable() else " " for c in line).split())

@@ -407,11 +407,11 @@ def test_a_search_that_passes_the_token_budget_ends_the_episode_with_a_budget_ev
 
 
 def test_the_plan_counts_the_children_of_guided_steps() -> None:
-    from p2e.rollouts.plan import expand, summarize
+    from p2e.rollouts.plan import summarize
     from p2e.rollouts.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parent.parent / "experiments" / "guided.yaml")
-    s = summarize(spec, expand(spec))
+    s = summarize(spec)
     # 4 plain variants x 8 scenarios at one call each, the guided one at 4 children per turn
     assert (s.episodes, s.min_model_calls) == (40, 32 + 8 * 4)
     assert s.max_model_calls == (32 + 8 * 4) * spec.limits.max_steps

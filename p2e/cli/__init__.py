@@ -5,13 +5,14 @@ Errors from p2e print as one line on stderr and exit non-zero; no tracebacks for
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
-from rich.console import Console
 
 from p2e.cli import agent, artifact, chat, conversation, eval, ledger, rollout, store, view
-from p2e.errors import P2EError
+from p2e.cli.terminal import DataConsole, styled
+from p2e.errors import P2EError, one_line, origin
 from p2e.obs.logs import configure_logging
 
 app = typer.Typer(
@@ -33,16 +34,15 @@ app.command("chat")(chat.chat)
 app.command("view")(view.view)
 app.command("observe")(view.observe_cmd)
 
-err = Console(stderr=True)
+err = DataConsole(stderr=True)
+BUG_EXIT = 70
+"""The exit code of an unexpected error (EX_SOFTWARE), so that scripts can tell it from a mistake."""
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         configure_logging()  # P2E_LOG_LEVEL, P2E_LOG_FORMAT=json; ids on every record; secrets masked
         code = app(args=argv, standalone_mode=False)
-    except P2EError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
     except typer.Abort:
         err.print("aborted")
         sys.exit(1)
@@ -52,4 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     except typer.TyperException as e:  # usage errors: bad option, missing argument
         e.show()  # type: ignore[attr-defined]
         sys.exit(getattr(e, "exit_code", 2))
+    except Exception as e:  # (an error raised in an actor is also an instance of its cause's class)
+        cause = origin(e)
+        if isinstance(cause, P2EError):
+            err.print(styled(("error:", "bold red"), f" {cause}"), soft_wrap=True)
+            sys.exit(cause.exit_code)
+        logging.getLogger("p2e.cli").debug("unexpected error", exc_info=e)
+        hint = "unexpected: run again with P2E_LOG_LEVEL=DEBUG for the traceback, and report it"
+        err.print(styled(("error:", "bold red"), f" {one_line(e)} ({hint})"), soft_wrap=True)
+        sys.exit(BUG_EXIT)
     sys.exit(code if isinstance(code, int) else 0)

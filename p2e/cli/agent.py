@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
 
 from p2e.agents import load_team, render_persona
 from p2e.cli._common import AGENTS, console
+from p2e.cli.terminal import DataTable, styled
 from p2e.tools import REGISTRY
 
 app = typer.Typer(
@@ -18,7 +18,7 @@ app = typer.Typer(
 def list_(agents: str = AGENTS) -> None:
     """List agents: model, tools, who each may delegate to."""
     team = load_team(agents)
-    table = Table(title=agents)
+    table = DataTable(title=agents)
     for col in ("agent", "model", "tools", "delegates to", "replicas", "description"):
         table.add_column(col, overflow="fold")
     for a in team.agents.values():
@@ -35,5 +35,5 @@ def show(agent: str = typer.Argument(..., metavar="AGENT", help="agent id"), age
     spec = team.agent(agent)
     delegates = [team.agent(d) for d in spec.can_delegate_to]
     console.print_json(spec.model_dump_json())
-    console.print("[bold]persona[/]:")
+    console.print(styled(("persona", "bold"), ":"))
     console.print(render_persona(spec, delegates, list(REGISTRY.specs(spec.tools)), team.personas_path))

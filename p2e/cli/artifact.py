@@ -6,11 +6,11 @@ import json
 
 import typer
 from rich.syntax import Syntax
-from rich.table import Table
 
 from p2e import artifacts
 from p2e.cli._common import console, open_log
 from p2e.cli.render import summary
+from p2e.cli.terminal import DataTable, styled, visible
 from p2e.events import EVENT_KINDS
 
 app = typer.Typer(help="Artifacts: events addressed as CONVERSATION/BRANCH/SEQ.", no_args_is_help=True)
@@ -32,7 +32,7 @@ def list_(
             f"unknown kind {kind!r}; use one of: {', '.join(EVENT_KINDS)}", param_hint="--kind"
         )
     items = artifacts.list_artifacts(open_log(), conv, branch, kind, agent)
-    table = Table()
+    table = DataTable()
     for col in ("ref", "kind", "agent", "what"):
         table.add_column(col, overflow="fold")
     for a in items:
@@ -51,11 +51,11 @@ def show(
     if raw:
         console.print_json(a.model_dump_json())
         return
-    console.print(f"[bold]{a.ref}[/]  {a.kind}  agent {a.agent or '-'}")
+    console.print(styled((a.ref, "bold"), f"  {a.kind}  agent {a.agent or '-'}"))
     if a.answers:
         console.print(f"answers {a.answers}")
     body = a.event.model_dump(mode="json", exclude={"seq"})
-    console.print(Syntax(json.dumps(body, indent=2, ensure_ascii=False), "json", word_wrap=True))
+    console.print(Syntax(visible(json.dumps(body, indent=2, ensure_ascii=False)), "json", word_wrap=True))
 
 
 @app.command()
@@ -69,4 +69,4 @@ def diff(
     """
     log = open_log()
     text = artifacts.diff(artifacts.get(log, a), artifacts.get(log, b))
-    console.print(Syntax(text, "diff") if text else "no differences")
+    console.print(Syntax(visible(text), "diff") if text else "no differences")

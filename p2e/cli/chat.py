@@ -7,20 +7,25 @@ import sys
 from typing import TYPE_CHECKING
 
 import typer
+from rich.console import Group, RenderableType
 from rich.panel import Panel
 
 from p2e.cli._common import AGENTS, console
 from p2e.cli.render import branch_tree, events_table, state_line
+from p2e.cli.terminal import styled
 from p2e.conversation import rebuild
 from p2e.errors import P2EError
 
 if TYPE_CHECKING:
     from p2e.api import ChatBase
+    from p2e.events import Event
+    from p2e.runtime.driver import TurnResult
 
 HELP = (
     "commands: /rewind SEQ (fork a new branch ending at SEQ) | /resume (let the agents finish) | "
     "/branches | /checkout BRANCH | /history | /stack | /help | /exit"
 )
+PROMPT = styled(("you>", "bold cyan"), " ")
 
 
 def chat(
@@ -57,11 +62,11 @@ def chat(
         with console.status("starting Ray and the agents..."):
             rt = init(address, agents, log_to_driver=False, logging_level=logging.ERROR)
         session = rt.chat(agent, conversation)
-    console.print(f"conversation [bold]{session.name}[/] ({session.id}); {HELP}")
+    console.print(styled("conversation ", (session.name, "bold"), f" ({session.id}); {HELP}"))
     interactive = sys.stdin.isatty()
     while True:
         try:
-            line = console.input("[bold cyan]you>[/] ") if interactive else sys.stdin.readline()
+            line = console.input(PROMPT) if interactive else sys.stdin.readline()
         except (EOFError, KeyboardInterrupt):
             break
         if not interactive and line == "":
@@ -77,7 +82,7 @@ def chat(
             else:
                 _send(session, line)
         except P2EError as e:  # a bad command inside the chat must not end it
-            console.print(f"[bold red]error:[/] {e}")
+            console.print(styled(("error:", "bold red"), f" {e}"))
     session.close()
     console.print(f"bye; continue with: p2e chat resume {session.name}")
 
@@ -91,22 +96,32 @@ def _send(session: ChatBase, text: str, resume: bool = False) -> None:
         )
     with console.status("the agents are working..."):
         result = session.resume() if resume else session.send(text)
-    console.print(events_table(session.history(), start=before + 1))
+    console.print(turn_view(session.history(), before + 1, result))
+
+
+def turn_view(history: list[Event], start: int, result: TurnResult) -> Group:
+    """What a turn shows: its events (from seq `start`), the root's answer, or why it failed."""
+    parts: list[RenderableType] = [events_table(history, start=start)]
     if result.answer is not None:
-        console.print(Panel(result.answer, title=f"{result.name} answers", border_style="green"))
+        parts.append(
+            Panel(styled(result.answer), title=styled(f"{result.name} answers"), border_style="green")
+        )
     if result.error:
-        console.print(f"[bold red]the conversation failed:[/] {result.error}")
+        parts.append(styled(("the conversation failed:", "bold red"), f" {result.error}"))
+    return Group(*parts)
 
 
 def _command(session: ChatBase, line: str) -> None:
     cmd, _, arg = line.partition(" ")
     arg = arg.strip()
     if cmd == "/rewind":
-        if not arg.lstrip("-").isdigit():
+        if not arg.removeprefix("-").isdecimal():  # what int() reads ("²" is a digit, "--1" is not)
             raise P2EError("usage: /rewind SEQ (see /history for the numbers)")
         branch = session.rewind(int(arg))
         state = rebuild(session.log, session.branch())
-        console.print(f"now on branch [bold]{branch}[/], ending at seq {arg}: {state_line(state)}")
+        console.print(
+            styled("now on branch ", (branch, "bold"), f", ending at seq {arg}: {state_line(state)}")
+        )
         if state.status == "running":
             console.print("the agents were mid-turn there: /resume lets them continue from that point")
     elif cmd == "/resume":
@@ -117,7 +132,7 @@ def _command(session: ChatBase, line: str) -> None:
         if not arg:
             raise P2EError("usage: /checkout BRANCH (see /branches)")
         session.checkout(arg)
-        console.print(f"checked out [bold]{arg}[/]")
+        console.print(styled("checked out ", (arg, "bold")))
     elif cmd == "/history":
         console.print(events_table(session.history()))
     elif cmd == "/stack":

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
 from p2e.agents import load_team
-from p2e.cli._common import AGENTS, console, open_log
+from p2e.cli._common import AGENTS, console, finite, open_log
 from p2e.cli.render import branch_tree, events_table, search_tree, stack_table, state_line, when
+from p2e.cli.terminal import DataTable, styled
 from p2e.conversation import Conversation, rebuild
 from p2e.errors import CorruptData, SequenceOutOfRange
 from p2e.runtime.guide import read_tree
@@ -30,14 +29,14 @@ def list_() -> None:
     if not rows:
         console.print("no conversations yet; `make demo` records one")
         return
-    table = Table()
+    table = DataTable()
     for col in ("name", "id", "root agent", "branches", "events", "checked out", "created"):
         table.add_column(col)
     for c in convs:
         table.add_row(c.name, c.id, c.root, str(c.branches), str(c.events), c.active, when(c.created))
     console.print(table)
     for e in broken:
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(styled(("error:", "bold red"), f" {e}"))
     if broken:
         raise typer.Exit(1)
 
@@ -63,7 +62,7 @@ def show(
     console.print(state_line(rebuild(log, b)))
     note = log.conversation(conv).note
     if note:  # e.g. an abandoned rollout attempt: it is never counted
-        console.print(Text(f"note: {note}", style="yellow"), soft_wrap=True)
+        console.print(styled(f"note: {note}", style="yellow"), soft_wrap=True)
 
 
 @app.command()
@@ -120,8 +119,11 @@ def rewind(
     """
     c = Conversation.open(open_log(), conv, branch).rewind(seq, name)
     console.print(
-        f"checked out new branch [bold]{c.branch.name}[/] of {conv}: events 0..{seq} of "
-        f"{c.branch.parent}; {state_line(c.state)}"
+        styled(
+            "checked out new branch ",
+            (c.branch.name, "bold"),
+            f" of {conv}: events 0..{seq} of {c.branch.parent}; {state_line(c.state)}",
+        )
     )
 
 
@@ -131,7 +133,7 @@ def checkout(
 ) -> None:
     """Make BRANCH the conversation's checked-out branch."""
     b = open_log().checkout(conv, branch)
-    console.print(f"checked out [bold]{b.name}[/] of {conv} ({b.length} events)")
+    console.print(styled("checked out ", (b.name, "bold"), f" of {conv} ({b.length} events)"))
 
 
 @app.command()
@@ -153,10 +155,13 @@ def replay(conv: str = CONV, branch: str | None = BRANCH, agents: str = AGENTS) 
         )
     if report.matched:
         console.print(
-            f"[bold green]matched[/]: {report.source} re-ran as {report.replay}, {report.events} events"
+            styled(
+                ("matched", "bold green"),
+                f": {report.source} re-ran as {report.replay}, {report.events} events",
+            )
         )
         return
-    console.print(f"[bold red]differs[/]: {report.source} re-ran as {report.replay}")
+    console.print(styled(("differs", "bold red"), f": {report.source} re-ran as {report.replay}"))
     for d in report.differences[:20]:
         console.print(f"  seq {d.seq}:\n    recorded {d.recorded}\n    replayed {d.replayed}")
     raise typer.Exit(1)
@@ -167,8 +172,12 @@ def watch(
     conv: str = CONV,
     branch: str | None = BRANCH,
     once: bool = typer.Option(False, "--once", help="print one frame and exit (scripts, tests)"),
-    last: int = typer.Option(12, "--last", "-n", min=1, help="how many of the last events to show"),
-    interval: float = typer.Option(0.25, "--interval", min=0.02, help="seconds between polls of the store"),
+    last: int = typer.Option(
+        12, "--last", "-n", min=1, max=10_000, help="how many of the last events to show"
+    ),
+    interval: float = typer.Option(
+        0.25, "--interval", min=0.02, max=3600, callback=finite, help="seconds between polls of the store"
+    ),
     until_idle: bool = typer.Option(False, "--until-idle", help="also stop once the root agent has answered"),
 ) -> None:
     """Follow a conversation live: the stack, the last messages and tool calls, the scores.

@@ -6,14 +6,14 @@ import asyncio
 from typing import Any
 
 import typer
-import yaml
-from rich.table import Table
 
 from p2e.agents import load_team
 from p2e.cli._common import AGENTS, console, open_log
 from p2e.cli.render import clip
+from p2e.cli.terminal import DataTable, styled
 from p2e.errors import InvalidArgument
 from p2e.evals.score import Score
+from p2e.yamlfile import parse_yaml
 
 app = typer.Typer(
     help="Evaluate conversations: run evaluators, show scores, rank branches.", no_args_is_help=True
@@ -31,7 +31,7 @@ def _params(items: list[str]) -> dict[str, dict[str, Any]]:
         ev, dot, name = key.partition(".")
         if not sep or not dot or not ev or not name:
             raise InvalidArgument(f"--param {item!r}: write EVALUATOR.NAME=VALUE, e.g. regex.pattern='^ok'")
-        out.setdefault(ev, {})[name] = yaml.safe_load(value)
+        out.setdefault(ev, {})[name] = parse_yaml(value, f"--param {key}")
     return out
 
 
@@ -76,7 +76,7 @@ def run(
     log = open_log()
     info = log.branch(conv, branch)
     providers = Providers(load_team(agents).providers)
-    with console.status(f"evaluating {conv}/{info.name}..."):
+    with console.status(styled(f"evaluating {conv}/{info.name}...")):
         run_all = evaluate_branch(
             log, info, bound, on=on, reference=reference, providers=providers, skip_done=not rerun
         )
@@ -128,7 +128,7 @@ def top(
             f"several evaluators scored {conv} ({', '.join(evaluators)}): rank by one with --evaluator ID"
         )
     per_branch = {b.name: store.of_branch(b, scores) for b in log.branches(conv)}
-    table = Table(title=f"branches of {conv}" + (f" by {metric}" if metric else ""))
+    table = DataTable(title=f"branches of {conv}" + (f" by {metric}" if metric else ""))
     for col in ("rank", "branch", "score", "from", "done", "error", "pending"):
         table.add_column(col)
     ranked = ranked_branches(per_branch, evaluator=evaluator, metric=metric)
@@ -152,7 +152,7 @@ def diff(
     log = open_log()
     store = ScoreStore(log)
     left, right = _scores_of(log, store, a), _scores_of(log, store, b)
-    table = Table(title=f"{a} vs {b}")
+    table = DataTable(title=f"{a} vs {b}")
     for col in ("evaluator", a, b, "difference"):
         table.add_column(col)
     for ev in sorted(set(left) | set(right)):
@@ -164,7 +164,7 @@ def diff(
 
 def _scores_of(log: Any, store: Any, ref: str) -> dict[str, Score]:
     parts = ref.split("/")
-    if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdigit()):
+    if len(parts) not in (2, 3) or (len(parts) == 3 and not parts[2].isdecimal()):
         raise InvalidArgument(f"{ref!r}: a target is CONV/BRANCH/SEQ (a step) or CONV/BRANCH (an episode)")
     info = log.branch(parts[0], parts[1])
     seq = int(parts[2]) if len(parts) == 3 else None
@@ -183,7 +183,7 @@ def _cell(s: Score | None) -> str:
 
 
 def _table(scores: list[Score], title: str) -> None:
-    table = Table(title=title)
+    table = DataTable(title=title)
     for col in ("target", "evaluator", "status", "value", "metrics", "rationale / error"):
         table.add_column(col, overflow="fold")
     for s in scores:

@@ -11,9 +11,9 @@ import uuid
 
 import typer
 from pydantic import ValidationError
-from rich.table import Table
 
 from p2e.cli._common import AGENTS, console, open_log
+from p2e.cli.terminal import DataTable, styled
 from p2e.errors import InvalidArgument
 from p2e.ledger import Entry, Ledger, format_amount, open_ledger_on, parse_amount
 from p2e.ledger.settings import LedgerSettings, load_settings, save_settings
@@ -24,6 +24,9 @@ app = typer.Typer(
 )
 
 AGENT = typer.Argument(..., metavar="AGENT", help="the wallet's name (an agent id)")
+MAX_LIMIT = 1_000_000
+MAX_SEQ = 2**62
+"""Bounds of --limit and --since: the store takes 64-bit list indexes, and `since + limit` must fit."""
 
 
 def _ledger() -> Ledger:
@@ -66,7 +69,7 @@ def init(
     ledger = open_ledger_on(log, settings.backend, settings.url)  # fails here, before recording
     save_settings(log, settings)
     ledger.initialize(cap_minor)
-    table = Table(title=f"wallets ({ledger.backend} ledger)")
+    table = DataTable(title=f"wallets ({ledger.backend} ledger)")
     for col in ("wallet", "party", "funded", "balance"):
         table.add_column(col)
     for name in names:
@@ -87,7 +90,7 @@ def balance(agent: str = AGENT) -> None:
 
     Example: p2e ledger balance writer
     """
-    console.print(f"{agent}: [bold]{format_amount(_ledger().balance(agent))}[/]")
+    console.print(styled(f"{agent}: ", (format_amount(_ledger().balance(agent)), "bold")))
 
 
 @app.command()
@@ -129,13 +132,18 @@ def mint(
 
 
 def _receipt(e: Entry, replayed: bool) -> None:
-    done = "[yellow]already applied[/] (nothing moved again)" if replayed else "[green]done[/]"
+    done = (
+        styled(("already applied", "yellow"), " (nothing moved again)")
+        if replayed
+        else styled(("done", "green"))
+    )
     balances = ", ".join(f"{w} {format_amount(a)}" for w, _, a in e.moves)
-    console.print(f"{done}: #{e.seq} {e.describe()}; balances now: {balances}; command id {e.cid}")
+    console.print(styled(done, f": #{e.seq} {e.describe()}; balances now: {balances}; command id {e.cid}"))
 
 
-def _entries(entries: list[Entry], title: str, wallet: str | None = None) -> None:
-    table = Table(title=title)
+def entries_table(entries: list[Entry], title: str, wallet: str | None = None) -> DataTable:
+    """Journal entries; with `wallet`, its change and balance after each."""
+    table = DataTable(title=title)
     for col in (
         "#",
         "kind",
@@ -152,21 +160,23 @@ def _entries(entries: list[Entry], title: str, wallet: str | None = None) -> Non
         amount = format_amount(e.delta(wallet), signed=True) if wallet else format_amount(e.amount)
         extra = [format_amount(e.after(wallet) or 0)] if wallet else []
         table.add_row(str(e.seq), e.kind, amount, moves, e.reason, e.cid, *extra)
-    console.print(table)
+    return table
 
 
 @app.command()
 def history(
     agent: str = AGENT,
-    limit: int = typer.Option(20, "--limit", "-n", help="how many of the latest entries"),
+    limit: int = typer.Option(
+        20, "--limit", "-n", min=1, max=MAX_LIMIT, help="how many of the latest entries"
+    ),
 ) -> None:
     """The latest entries that touched a wallet, with its balance after each.
 
     Example: p2e ledger history writer -n 50
     """
     ledger = _ledger()
-    _entries(ledger.history(agent, limit), f"history of {agent}", wallet=agent)
-    console.print(f"balance: [bold]{format_amount(ledger.balance(agent))}[/]")
+    console.print(entries_table(ledger.history(agent, limit), f"history of {agent}", wallet=agent))
+    console.print(styled("balance: ", (format_amount(ledger.balance(agent)), "bold")))
 
 
 @app.command()
@@ -176,7 +186,7 @@ def overview() -> None:
     Example: p2e ledger overview
     """
     ledger = _ledger()
-    table = Table(title=f"wallets ({ledger.backend} ledger)")
+    table = DataTable(title=f"wallets ({ledger.backend} ledger)")
     for col in ("wallet", "party", "balance"):
         table.add_column(col)
     for w in ledger.wallets():
@@ -184,7 +194,7 @@ def overview() -> None:
     console.print(table)
     escrows = ledger.escrows()
     if escrows:
-        et = Table(title="escrows")
+        et = DataTable(title="escrows")
         for col in ("escrow", "sponsor", "arbiter", "amount", "state", "memo"):
             et.add_column(col)
         for e in escrows:
@@ -200,8 +210,10 @@ def overview() -> None:
 
 @app.command()
 def audit(
-    since: int = typer.Option(0, "--since", help="the first entry to show (entries are numbered from 0)"),
-    limit: int = typer.Option(100, "--limit", "-n", help="how many entries at most"),
+    since: int = typer.Option(
+        0, "--since", min=0, max=MAX_SEQ, help="the first entry to show (entries are numbered from 0)"
+    ),
+    limit: int = typer.Option(100, "--limit", "-n", min=1, max=MAX_LIMIT, help="how many entries at most"),
 ) -> None:
     """The journal: every command applied, in order.
 
@@ -210,7 +222,7 @@ def audit(
       p2e ledger audit --since 120 -n 20
     """
     entries = _ledger().audit(since, limit)
-    _entries(entries, f"journal from #{since}")
+    console.print(entries_table(entries, f"journal from #{since}"))
 
 
 @app.command()
@@ -225,14 +237,19 @@ def verify() -> None:
         rep = _ledger().verify()
     if rep.ok:
         console.print(
-            f"[bold green]ok[/]: {rep.entries} entries, {rep.wallets} wallets, supply "
-            f"{format_amount(rep.supply)} == minted {format_amount(rep.minted)}"
-            + (f", head {rep.head[:12]}" if rep.head else "")
-            + f" ({rep.seconds:.2f} s)"
+            styled(
+                ("ok", "bold green"),
+                f": {rep.entries} entries, {rep.wallets} wallets, supply "
+                f"{format_amount(rep.supply)} == minted {format_amount(rep.minted)}"
+                + (f", head {rep.head[:12]}" if rep.head else "")
+                + f" ({rep.seconds:.2f} s)",
+            )
         )
         return
     bad = f"; first bad entry: #{rep.first_bad}" if rep.first_bad is not None else ""
-    console.print(f"[bold red]the ledger does not verify[/] ({len(rep.problems)} problems{bad}):")
+    console.print(
+        styled(("the ledger does not verify", "bold red"), f" ({len(rep.problems)} problems{bad}):")
+    )
     for p in rep.problems:
         console.print(f"  - {p}")
     raise typer.Exit(1)
@@ -288,7 +305,7 @@ def metrics() -> None:
     Example: p2e ledger metrics
     """
     m = _ledger().metrics()
-    table = Table(title=f"ledger metrics ({m.backend})")
+    table = DataTable(title=f"ledger metrics ({m.backend})")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name, value in (

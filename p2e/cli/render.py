@@ -1,14 +1,17 @@
-"""Rich views shared by the CLI commands and the demo: events, stacks, branch trees."""
+"""Rich views shared by the CLI commands and the demo: events, stacks, branch trees.
+
+Every view here is safe on any console: data goes into `DataTable` cells and `styled` lines,
+never into markup (see `p2e.cli.terminal`). `summary`, `state_line` and `clip` return data.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from p2e.cli.terminal import DataTable, styled, visible
 from p2e.events import AgentReply, Critique, Event, Failed, Finished, Started, ToolResult, UserMessage
 from p2e.machine import State, trace
 from p2e.runtime.guide import Node
@@ -30,7 +33,8 @@ def when(ts: float) -> str:
 
 
 def clip(text: str, width: int = 80) -> str:
-    text = " ".join(text.split())
+    """`text` on one line (control characters shown, see `visible`), cut to `width`."""
+    text = " ".join(visible(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -65,10 +69,10 @@ def summary(event: Event) -> str:
     return ""  # pragma: no cover
 
 
-def events_table(events: list[Event], title: str = "", start: int = 0) -> Table:
+def events_table(events: list[Event], title: str = "", start: int = 0) -> DataTable:
     """Events from seq `start` on, with the depth of the frame each belongs to, so delegations
     read as indentation (`events` must begin at seq 0 for the depths to be right)."""
-    table = Table(title=title or None, show_lines=False, expand=False)
+    table = DataTable(title=title or None, show_lines=False, expand=False)
     table.add_column("seq", justify="right")
     table.add_column("kind")
     table.add_column("agent")
@@ -87,8 +91,8 @@ def events_table(events: list[Event], title: str = "", start: int = 0) -> Table:
     return table
 
 
-def stack_table(state: State, title: str = "") -> Table:
-    table = Table(title=title or None)
+def stack_table(state: State, title: str = "") -> DataTable:
+    table = DataTable(title=title or None)
     table.add_column("depth", justify="right")
     table.add_column("agent")
     table.add_column("waits for")
@@ -114,16 +118,16 @@ def state_line(state: State) -> str:
 
 def branch_tree(conv: ConversationInfo, branches: list[BranchInfo]) -> Tree:
     """Branches as a tree of forks: each child shows where it left its parent."""
-    tree = Tree(f"[bold]{conv.name}[/] ({conv.id}) root agent {conv.root}")
+    tree = Tree(styled((conv.name, "bold"), f" ({conv.id}) root agent {conv.root}"))
     nodes: dict[str, Tree] = {}
     children: dict[str | None, list[BranchInfo]] = {}
     for b in branches:
         children.setdefault(b.parent, []).append(b)
 
-    def label(b: BranchInfo) -> str:
-        star = " [bold magenta]*checked out[/]" if b.name == conv.active else ""
+    def label(b: BranchInfo) -> Text:
+        star = (" *checked out", "bold magenta") if b.name == conv.active else ""
         fork = f", forked at {b.fork_at}" if b.parent else ""
-        return f"[bold]{b.name}[/] {b.length} events ({b.length - b.fork_at} own{fork}){star}"
+        return styled((b.name, "bold"), f" {b.length} events ({b.length - b.fork_at} own{fork})", star)
 
     def add(parent_node: Tree, parent: str | None) -> None:
         for b in children.get(parent, []):
@@ -137,19 +141,26 @@ def branch_tree(conv: ConversationInfo, branches: list[BranchInfo]) -> Tree:
 def search_tree(conv: ConversationInfo, nodes: list[Node]) -> Tree:
     """Guided-search nodes as a tree under the branches they were forked from: label, value,
     visits, and the path the conversation continued on."""
-    tree = Tree(f"[bold]{conv.name}[/] ({conv.id}): guided search, {len(nodes)} nodes")
+    tree = Tree(styled((conv.name, "bold"), f" ({conv.id}): guided search, {len(nodes)} nodes"))
     children: dict[str, list[Node]] = {}
     for n in nodes:
         children.setdefault(n.parent, []).append(n)
     placed = {n.branch for n in nodes}
 
-    def label(n: Node) -> str:
-        value = f"{n.value:.3f}" if n.value is not None else f"[red]no value[/] ({clip(n.error or '', 50)})"
-        chosen = " [bold green]chosen[/]" if n.chosen else ""
+    def label(n: Node) -> Text:
+        value = (
+            styled(f"{n.value:.3f}")
+            if n.value is not None
+            else styled(("no value", "red"), f" ({clip(n.error or '', 50)})")
+        )
+        chosen = (" chosen", "bold green") if n.chosen else ""
         end = " (frame over)" if n.terminal else ""
-        return (
-            f"[bold]{n.branch}[/] {n.agent} {escape('[' + n.label + ']')} value {value}, visits {n.visits}, "
-            f"{n.tokens} tokens{end}{chosen}"
+        return styled(
+            (n.branch, "bold"),
+            f" {n.agent} [{n.label}] value ",
+            value,
+            f", visits {n.visits}, {n.tokens} tokens{end}",
+            chosen,
         )
 
     def add(node: Tree, parent: str) -> None:
@@ -158,5 +169,5 @@ def search_tree(conv: ConversationInfo, nodes: list[Node]) -> Tree:
 
     for root in sorted({n.parent for n in nodes} - placed):
         first = children[root][0]
-        add(tree.add(f"[bold]{root}[/] at seq {first.fork_at}"), root)
+        add(tree.add(styled((root, "bold"), f" at seq {first.fork_at}")), root)
     return tree

@@ -11,8 +11,9 @@ from typing import Any
 
 import typer
 
-from p2e.cli._common import console, open_log
+from p2e.cli._common import console, finite, open_log
 from p2e.cli.rerun_flags import RERUN, RERUN_CONNECT, RERUN_SAVE
+from p2e.cli.terminal import styled
 from p2e.errors import InvalidArgument
 from p2e.obs.recording import Observation, RerunOptions, observe, record_conversation, record_rows
 from p2e.obs.viewer import check_viewer, open_viewer, resolve_target
@@ -50,11 +51,11 @@ def view(
     file = out or t.path
     if t.kind == "conversation":
         n = record_conversation(open_log(), t.name, file, branch)
-        console.print(f"recorded conversation [bold]{t.name}[/] ({n} events) to {file}")
+        console.print(styled("recorded conversation ", (t.name, "bold"), f" ({n} events) to {file}"))
     elif t.kind == "rollout" and (out is not None or not t.exists):
         rows = _rollout_rows(open_log(), t.name)
         n = record_rows(rows, t.name, file)
-        console.print(f"recorded rollout [bold]{t.name}[/] ({n} episodes) to {file}")
+        console.print(styled("recorded rollout ", (t.name, "bold"), f" ({n} episodes) to {file}"))
     if out is not None:
         return
     proc = open_viewer(file, web=web, port=port)
@@ -85,7 +86,9 @@ def observe_cmd(
     existing: bool = typer.Option(
         False, "--existing", help="without CONV: also record the conversations already in the store"
     ),
-    seconds: float | None = typer.Option(None, "--for", metavar="SECONDS", help="stop after this long"),
+    seconds: float | None = typer.Option(
+        None, "--for", metavar="SECONDS", min=0, callback=finite, help="stop after this long"
+    ),
     until_done: bool = typer.Option(
         False,
         "--until-done",

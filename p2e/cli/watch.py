@@ -11,11 +11,11 @@ import time
 from rich.console import Group, RenderableType
 from rich.live import Live
 from rich.panel import Panel
-from rich.table import Table
 from rich.text import Text
 
 from p2e.cli._common import console
 from p2e.cli.render import KIND_STYLE, clip, stack_table, state_line, summary
+from p2e.cli.terminal import DataTable, styled
 from p2e.obs.follow import StoreFollower
 from p2e.obs.watch import WatchView
 from p2e.store import EventLog
@@ -26,16 +26,16 @@ STATUS_STYLE = {"finished": "bold blue", "failed": "bold red", "running": "bold 
 def render(view: WatchView, note: str = "") -> RenderableType:
     """One frame: the header, the stack, the last events (tool calls included), the scores."""
     st = view.state
-    title = Text.assemble(
+    title = styled(
         (f"{view.conversation.name} / {view.branch}", "bold"),
         "  ",
         (st.status, STATUS_STYLE.get(st.status, "")),
     )
     usage = f"{view.tool_calls} tool calls, {view.tokens} tokens, ${view.cost_usd:.4f}"
-    parts: list[RenderableType] = [Text(f"{state_line(st)}; {usage}", style="dim")]
+    parts: list[RenderableType] = [styled(f"{state_line(st)}; {usage}", style="dim")]
     if st.stack:
         parts.append(stack_table(st, "interaction stack (top first)"))
-    events = Table(title=f"last {len(view.recent)} events", expand=True)
+    events = DataTable(title=f"last {len(view.recent)} events", expand=True)
     events.add_column("seq", justify="right")
     events.add_column("kind")
     events.add_column("agent")
@@ -52,7 +52,7 @@ def render(view: WatchView, note: str = "") -> RenderableType:
     parts.append(events)
     scores = view.sorted_scores()
     if scores:
-        t = Table(title="scores", expand=True)
+        t = DataTable(title="scores", expand=True)
         for col in ("target", "evaluator", "score", "rationale / error"):
             t.add_column(col, overflow="fold")
         for s in scores[-12:]:
@@ -60,7 +60,7 @@ def render(view: WatchView, note: str = "") -> RenderableType:
             t.add_row(s.target.ref, s.evaluator, value, clip(s.error or s.rationale, 100))
         parts.append(t)
     if note:
-        parts.append(Text(note, style="dim"))
+        parts.append(styled(note, style="dim"))
     return Panel(Group(*parts), title=title, title_align="left")
 
 

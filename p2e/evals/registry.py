@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import math
 import re
 import types
@@ -30,13 +31,14 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from p2e.errors import InvalidArgument, P2EError
+from p2e.errors import InvalidArgument, P2EError, log_failure, one_line
 from p2e.evals.score import Score, Target, params_digest
 from p2e.events import AgentReply, Event, Started, Usage, UserMessage
 
 if TYPE_CHECKING:
     from p2e.llm.registry import Providers
 
+log = logging.getLogger("p2e.evals")
 ENTRY_POINT_GROUP = "p2e.evaluators"
 ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _MARK = "__p2e_evaluator__"
@@ -230,10 +232,11 @@ class BoundEvaluator:
         except EvalFailed as e:
             return Score.failed(self.id, self.version, target, e.reason, usage=e.usage)
         except ValidationError as e:
-            return Score.failed(self.id, self.version, target, f"evaluator {self.id!r}: invalid score: {e}")
-        except Exception as e:
-            reason = f"evaluator {self.id!r} raised {type(e).__name__}: {e}"
+            reason = f"evaluator {self.id!r}: invalid score: {one_line(e)}"
             return Score.failed(self.id, self.version, target, reason)
+        except Exception as e:
+            log_failure(log, f"evaluator {self.id} on {target}", e)
+            return Score.failed(self.id, self.version, target, f"evaluator {self.id!r} raised {one_line(e)}")
 
     def _score(self, out: Any, target: Target) -> Score:
         if isinstance(out, Score):

@@ -35,14 +35,20 @@ class Providers:
         self.settings = settings or {}
         self._instances: dict[str, Provider] = {}
 
-    def check(self) -> None:
-        """Build every configured provider now, so bad settings (an unknown key, a mock rules
-        set that does not parse, a bad price) fail when the config is loaded, not per episode."""
-        for name in self.settings:
-            self.for_model(f"{name}/check")
-
-    def for_model(self, model: str) -> Provider:
-        name, _ = split_model(model)
+    def provider(self, name: str) -> Provider:
+        """The provider `name`, built from its settings (bad settings, an unknown key, a mock rules
+        set that does not parse, a bad price, fail here)."""
         if name not in self._instances:
             self._instances[name] = provider_class(name)(self.settings.get(name, {}))
         return self._instances[name]
+
+    def for_model(self, model: str) -> Provider:
+        return self.provider(split_model(model)[0])
+
+    def check_model(self, model: str) -> None:
+        """Fail now if `model` cannot be served: an unknown provider, bad settings, or what the
+        provider itself checks without a call (`check_model(model)`: the mock's rules set)."""
+        provider = self.for_model(model)
+        check = getattr(provider, "check_model", None)
+        if check is not None:
+            check(model)

@@ -19,11 +19,11 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
-from p2e.errors import NotFound, P2EError
+from p2e.errors import NotFound, P2EError, log_failure, one_line
 from p2e.evals.score import SCORES, Score
 from p2e.rollouts.plan import Episode
 from p2e.rollouts.store import RolloutStore, Row
-from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest
+from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest, episode_key
 from p2e.store.log import new_id
 
 log = logging.getLogger("p2e.rollouts")
@@ -64,12 +64,6 @@ def _on_ctrl_c(task: asyncio.Task[Any] | None) -> Callable[[], bool]:
     return lambda: bool(hit)
 
 
-def _cause(e: BaseException) -> str:
-    if isinstance(e, RayTaskError) and e.cause is not None:
-        return f"{type(e.cause).__name__}: {e.cause}"
-    return f"{type(e).__name__}: {e}"
-
-
 class Coordinator:
     def __init__(
         self,
@@ -82,7 +76,7 @@ class Coordinator:
         in_flight: int,
         retries: int,
         on_row: Callable[[Row], None] | None = None,
-        ledger_deltas: Callable[[list[tuple[str, str | None]]], dict[str, str]] | None = None,
+        ledger_deltas: Callable[[str, list[tuple[str, str | None]]], dict[str, str]] | None = None,
         score_in_supervisors: bool = False,
         ramp_s: float = 0.0,
     ):
@@ -206,13 +200,14 @@ class Coordinator:
             except _DEAD as e:
                 self._lost(i)
                 abandoned.append(req.name)
-                await asyncio.to_thread(self._mark, req.name, f"abandoned: attempt {n} died ({_cause(e)})")
+                await asyncio.to_thread(self._mark, req.name, f"abandoned: attempt {n} died ({one_line(e)})")
                 if attempts > self.retries:
-                    error = f"gave up after {attempts} attempts: {_cause(e)}"
+                    error = f"gave up after {attempts} attempts: {one_line(e)}"
                 else:
-                    log.warning("episode %s: attempt %d died (%s); retrying", ep.id, n, _cause(e))
+                    log.warning("episode %s: attempt %d died (%s); retrying", ep.id, n, one_line(e))
             except RayTaskError as e:
-                error = _cause(e)
+                log_failure(log, f"episode {ep.id}: attempt {n}", e)
+                error = one_line(e)
             finally:
                 self.load[i] -= 1
         return outcome, error, attempts, abandoned
@@ -233,7 +228,8 @@ class Coordinator:
             attempts_run = [(name, None) for name in abandoned]
             if outcome is not None:
                 attempts_run.append((outcome.conversation, outcome.branch))
-            deltas = await asyncio.to_thread(self.ledger_deltas, attempts_run)
+            key = episode_key(self.rid, ep.id)
+            deltas = await asyncio.to_thread(self.ledger_deltas, key, attempts_run)
         row = Row(
             rollout=self.rid,
             episode=ep.id,
@@ -295,6 +291,6 @@ class Coordinator:
                 return row_scores(SCORES.validate_json(raw))
             except (*_DEAD, RayTaskError) as e:
                 log.warning(
-                    "scoring %s failed (attempt %d): %s", outcome.conversation, attempt + 1, _cause(e)
+                    "scoring %s failed (attempt %d): %s", outcome.conversation, attempt + 1, one_line(e)
                 )
         return {}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import types
 import typing
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
-from p2e.errors import InvalidArgument
+from p2e.errors import InvalidArgument, P2EError
 from p2e.llm.openai import chat_message
 from p2e.redact import default_redactor
 from p2e.rollouts.store import Row
@@ -147,8 +148,8 @@ def write_jsonl(rows: Sequence[Row], path: Path) -> int:
 def write_parquet(rows: Sequence[Row], path: Path) -> int:
     import pyarrow.parquet as pq
 
-    t = table(rows)
     with _atomic(path, "wb") as f:
+        t = table(rows)
         pq.write_table(t, f)
     return t.num_rows
 
@@ -187,21 +188,52 @@ def write_trajectories(log: EventLog, rows: Iterable[Row], path: Path, min_score
     return n
 
 
+def check_output(path: Path) -> None:
+    """Fail, before anything is written, when `path` cannot take an export: it is a directory or
+    another non-file (replacing `/dev/null` would be a disaster), or its directory is missing or
+    not writable."""
+    parent, cannot = path.parent, f"cannot write the export to {path}"
+    if path.is_dir():
+        raise InvalidArgument(f"{cannot}: it is a directory; give the path of a file (in it, or elsewhere)")
+    if path.exists() and not path.is_file():
+        raise InvalidArgument(f"{cannot}: it is not a regular file; give the path of a file")
+    if not parent.is_dir():
+        what = "is not a directory" if parent.exists() else "does not exist"
+        raise InvalidArgument(f"{cannot}: {parent} {what}; create that directory first, or give another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise InvalidArgument(f"{cannot}: directory {parent} is not writable; give another path")
+
+
 class _atomic:
-    """Write to `path.tmp`, rename over `path` only on success: no half-written exports."""
+    """Write to `path.tmp`, rename it over `path` only on success: no half-written export, and
+    no temporary file left behind whatever fails (an error of the file system is one line)."""
 
     def __init__(self, path: Path, mode: str = "w"):
+        check_output(path)
         self.path = path
         self.mode = mode
         self.tmp = path.with_name(path.name + ".tmp")
 
     def __enter__(self) -> Any:
-        self.f = self.tmp.open(self.mode)
+        try:
+            self.f = self.tmp.open(self.mode)
+        except OSError as e:  # e.g. `path.tmp` is a directory: not ours to remove
+            raise _write_failed(self.path, e) from e
         return self.f
 
-    def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.f.close()
-        if exc_type is None:
-            self.tmp.replace(self.path)
-        else:
-            self.tmp.unlink(missing_ok=True)
+    def __exit__(self, exc_type: Any, exc: BaseException | None, _tb: Any) -> None:
+        try:
+            self.f.close()
+            if exc is None:
+                self.tmp.replace(self.path)
+        except OSError as e:
+            raise _write_failed(self.path, e) from e
+        finally:
+            self.tmp.unlink(missing_ok=True)  # gone already when the rename succeeded
+        if isinstance(exc, OSError):  # the disk filled up, the directory went away...
+            raise _write_failed(self.path, exc) from exc
+
+
+def _write_failed(path: Path, e: OSError) -> P2EError:
+    why = e.strerror or type(e).__name__
+    return P2EError(f"could not write the export to {path} ({why}); nothing was written there")

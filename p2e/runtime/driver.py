@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from p2e.agents import AgentSpec, TeamConfig
 from p2e.conversation import Conversation
-from p2e.errors import Conflict, P2EError
+from p2e.errors import Conflict, log_failure, one_line
 from p2e.evals.score import Score
 from p2e.events import (
     AgentReply,
@@ -40,7 +40,14 @@ from p2e.llm.base import Message
 from p2e.machine import CallAgent, Command, Reply, Review, RunTools, pending
 from p2e.policies.guide import GuidePolicy
 from p2e.runtime.interpret import advance, settle
-from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest, StepRequest, StepResult, ToolsRequest
+from p2e.runtime.steps import (
+    EpisodeOutcome,
+    EpisodeRequest,
+    StepRequest,
+    StepResult,
+    ToolsRequest,
+    episode_key,
+)
 from p2e.store import BranchInfo, EventLog
 from p2e.store.aio import GroupCommit
 from p2e.transcript import Transcript
@@ -266,7 +273,7 @@ class Driver:
         cid = await self.create(req.root, req.graph, req.limits, req.name, req.overrides, req.cid, scoring)
         h = self.hosted[cid]  # just created here: no need to ask the store where it stands
         h.reference = req.reference
-        h.episode = f"{req.rollout}:{req.episode}" if req.episode else ""
+        h.episode = episode_key(req.rollout, req.episode) if req.episode else ""
         scores: list[Score] = []
         try:
             turn = await self._turn(h, req.message)
@@ -419,11 +426,9 @@ class Driver:
                     raise  # a timeout of the agent's own, not the deadline
             msg = f"deadline of {deadline:g}s passed while waiting for {what}"
             await self._submit(h, Failed(code="deadline", message=msg))
-        except P2EError as e:
-            await self._submit(h, Failed(code="agent_error", message=f"{what}: {e}"))
-        except Exception as e:  # an actor that died for good, a bug in a tool wrapper, ...
-            log.exception("%s failed in conversation %s", what, h.conv.id)
-            await self._submit(h, Failed(code="agent_error", message=f"{what}: {type(e).__name__}: {e}"))
+        except Exception as e:  # a model that keeps failing, an actor dead for good, a bug in a tool
+            log_failure(log, f"{what} failed in conversation {h.conv.id}", e)
+            await self._submit(h, Failed(code="agent_error", message=f"{what}: {one_line(e)}"))
         return None
 
     async def _submit(self, h: Hosted, *events: Event) -> list[Command]:

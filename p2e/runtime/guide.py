@@ -66,7 +66,7 @@ def read_tree(log: EventLog, conv: str) -> list[Node]:
     """Every search node of a conversation, in creation order."""
     raw = log.r.hgetall(log.keys.tree(log.resolve(conv)))
     nodes = [Node.model_validate_json(v) for k, v in raw.items() if k.decode() != NEXT]
-    return sorted(nodes, key=lambda n: int(n.branch[1:]) if n.branch[1:].isdigit() else 0)
+    return sorted(nodes, key=lambda n: int(n.branch[1:]) if n.branch[1:].isdecimal() else 0)
 
 
 class Child:
