@@ -50,8 +50,10 @@ def test_the_head_runs_a_locked_store_that_every_job_finds() -> None:
     head = " ".join(_commands("head_setup_commands"))
     assert "redis-server" in head and "appendonly yes" in head
     assert "requirepass" in head and "umask 077" in head  # a password only this user reads
+    assert "P2E_REDIS_URL=redis://:$(cat ~/.p2e-redis-password)@" in head and ":6379" in head
+    assert "> ~/.p2e-store-env" in head and "'. ~/.p2e-store-env' >> ~/.bashrc" in head  # shells too
     start = " ".join(_commands("head_start_ray_commands"))
-    assert "P2E_REDIS_URL=redis://:$(cat ~/.p2e-redis-password)@" in start and ":6379" in start
+    assert start.index(". ~/.p2e-store-env") < start.index("ray start --head")  # jobs inherit it
     assert "--port=6380" in start  # Ray's GCS port must not be the store's
     assert all("6380" in c for c in CONFIG["worker_start_ray_commands"] if "--address" in c)
 
