@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import ray
 
+from actors.metrics import ScoreMeter
 from p2e.agents import TeamConfig
 from p2e.evals.score import SCORES
 from p2e.evals.service import EvalService
-from p2e.runtime.metrics import ScoreMeter
 from p2e.store import EventLog
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import ray
 
+from actors.metrics import RayMeter, ScoreMeter, labels
 from p2e.agents import TeamConfig
 from p2e.evals.score import Score
 from p2e.evals.service import EvalService
@@ -21,7 +22,6 @@ from p2e.evals.store import ScoreStore
 from p2e.events import Event, Limits, ToolResult
 from p2e.runtime.agent import AgentRunner
 from p2e.runtime.driver import AgentHandle, Driver, TurnResult
-from p2e.runtime.metrics import RayMeter, ScoreMeter, labels
 from p2e.runtime.steps import TOOL_RESULTS, EpisodeRequest, StepRequest, StepResult, ToolsRequest
 from p2e.store import BranchInfo, EventLog
 from p2e.store.aio import GroupCommit

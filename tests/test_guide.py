@@ -418,8 +418,8 @@ def test_the_plan_counts_the_children_of_guided_steps() -> None:
 
 
 def test_the_ray_meter_sums_counters_and_hands_them_over_within_a_second(ray_session: None) -> None:
+    from actors import metrics as m
     from p2e.events import Usage
-    from p2e.runtime import metrics as m
 
     meter = m.RayMeter()
     seen: list[tuple[str, float, dict]] = []

@@ -18,8 +18,8 @@ import yaml
 from openai_server import OpenAIServer, Reply
 from prometheus_client.parser import text_string_to_metric_families
 
+import actors.metrics
 import p2e.obs
-import p2e.runtime.metrics
 from p2e.rollouts.run import run_rollout
 
 PRICE = [1000, 2000]
@@ -134,7 +134,7 @@ ONLY_ON_ERROR = {"ray_p2e_score_errors_total"}
 
 
 def test_error_counters_the_dashboard_reads_are_declared() -> None:
-    source = (Path(p2e.runtime.metrics.__file__)).read_text()
+    source = (Path(actors.metrics.__file__)).read_text()
     assert all(f'"{name.removeprefix("ray_")}"' in source for name in ONLY_ON_ERROR)
 
 

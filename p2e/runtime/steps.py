@@ -80,7 +80,7 @@ class EpisodeRequest(BaseModel):
     """Score the episode before answering (the supervisor hosts the rollout's evaluators)."""
     rollout: str = ""
     variant: str = ""
-    """What the episode's metrics are labelled with (`p2e.runtime.metrics.labels`)."""
+    """What the episode's metrics are labelled with (`actors.metrics.labels`)."""
     episode: str = ""
     """The episode's id in its rollout: the same for every attempt at it (effects are keyed by
     it, see `ToolContext.episode`)."""
