@@ -18,17 +18,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import yaml
+from paying import assert_accounted, write_paying_spec
 from ray.job_submission import JobStatus, JobSubmissionClient
 from ray_cli_cluster import CliCluster, Node, scrape
 
-from p2e.ledger import open_ledger_on, units
-from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
+from p2e.rollouts.store import RolloutStore
 from p2e.store import EventLog
 
 ROOT = Path(__file__).resolve().parent.parent
 P2E = str(Path(sys.executable).parent / "p2e")
-FEES = {"baseline": 2, "rush": 5}
 REPEATS = 20
 EPISODES = 2 * 3 * REPEATS  # variants x scenarios x repeats
 BALANCE = 1000
@@ -48,47 +46,10 @@ def cluster() -> Iterator[CliCluster]:
 
 @pytest.fixture
 def cluster_spec(tmp_path: Path) -> Path:
-    """The payment sweep (as tests/test_faults.py's `paying_spec`), its mock models slowed to
-    150 ms a call so that episodes are in flight on every node; three supervisors, one per node."""
-    mock = tmp_path / "mock"
-    mock.mkdir()
-    for name in ("pay", "pay-rush"):
-        rules = yaml.safe_load((ROOT / f"experiments/mock/{name}.yaml").read_text())
-        (mock / f"{name}.yaml").write_text(yaml.safe_dump({**rules, "latency_ms": 150}))
-    spec = yaml.safe_load((ROOT / "experiments/payment_sweep.yaml").read_text())
-    spec["agents"]["providers"]["mock"]["rules_dirs"] = [str(mock)]
-    spec["repeats"] = REPEATS
-    spec["ledger"]["balance"] = BALANCE
-    spec["run"] = {"in_flight": 6, "supervisors": 3, "retries": 3}
-    path = tmp_path / "payment_sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def signed(delta: str) -> int:
-    """A row's signed delta (`-2`, `+5`) in minor units."""
-    return -units(delta[1:]) if delta.startswith("-") else units(delta.lstrip("+") or "0")
-
-
-def assert_accounted(rows: list[Row], info: RolloutInfo, log: EventLog) -> None:
-    """Rows + payout == journal, to the unit; each episode paid its fee exactly once (the logic
-    of tests/test_faults.py's `assert_accounted`)."""
-    for r in rows:
-        fee = FEES[r.variant]
-        assert r.ledger_deltas == {"planner": f"-{fee}", "writer": f"+{fee}"}, (r.episode, r.abandoned)
-    paid = info.ledger["payout"]["paid"]
-    ledger = open_ledger_on(log)
-    try:
-        for wallet in ("planner", "writer"):
-            moved = sum(signed(r.ledger_deltas.get(wallet, "0")) for r in rows)
-            expected = units(BALANCE) + moved + units(paid.get(wallet, "0"))
-            assert ledger.balance(wallet) == expected, wallet
-        advances = [e for e in ledger.audit() if e.kind == "transfer" and e.cid.startswith("tool:")]
-        assert len(advances) == EPISODES  # one advance per episode, retries included
-        assert sum(e.amount for e in advances) == units(sum(FEES[r.variant] for r in rows))
-        assert ledger.verify().ok
-    finally:
-        ledger.close()
+    """The payment sweep (as tests/test_faults.py's), its mock models slowed to 150 ms a call so
+    that episodes are in flight on every node; three supervisors, one per node."""
+    run = {"in_flight": 6, "supervisors": 3, "retries": 3}
+    return write_paying_spec(tmp_path, repeats=REPEATS, run=run, balance=BALANCE)
 
 
 def wait_for(what: str, ready: Callable[[], object], timeout: float, why: Callable[[], object]) -> None:
@@ -166,7 +127,7 @@ def test_a_paying_rollout_as_a_ray_job_survives_a_node_and_adds_up(
     assert retried, "the node died with no episode in flight"
     assert victim.id not in {r.node for r in retried}
     assert len({r.node for r in rows}) >= 2  # the supervisors ran on more than one node
-    assert_accounted(rows, info, log)
+    assert_accounted(rows, info.ledger["payout"], log, episodes=EPISODES, balance=BALANCE)
 
     # the alive nodes' metrics agree with the rows they ran. The killed node's metrics agent
     # died with it, taking the counts of the episodes its supervisor had finished (their rows

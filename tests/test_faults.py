@@ -19,63 +19,29 @@ import time
 from decimal import Decimal
 from pathlib import Path
 
+import paying
 import pytest
 import ray
-import yaml
 from conftest import Cli
+from paying import write_paying_spec
 
-from p2e.ledger import open_ledger_on, units
 from p2e.rollouts.run import RolloutResult, run_rollout
 from p2e.rollouts.store import LEASE_S, RolloutStore
 from p2e.store import EventLog
 from p2e.store.server import ensure_embedded, stop_embedded
 
 ROOT = Path(__file__).resolve().parent.parent
-FEES = {"baseline": 2, "rush": 5}
 
 
 @pytest.fixture
 def paying_spec(tmp_path: Path) -> Path:
     """The payment sweep, 4 repeats (24 episodes), its mock models slowed to 150 ms a call."""
-    mock = tmp_path / "mock"
-    mock.mkdir()
-    for name in ("pay", "pay-rush"):
-        rules = yaml.safe_load((ROOT / f"experiments/mock/{name}.yaml").read_text())
-        (mock / f"{name}.yaml").write_text(yaml.safe_dump({**rules, "latency_ms": 150}))
-    spec = yaml.safe_load((ROOT / "experiments/payment_sweep.yaml").read_text())
-    spec["agents"]["providers"]["mock"]["rules_dirs"] = [str(mock)]
-    spec["repeats"] = 4
-    spec["run"] = {"in_flight": 6, "supervisors": 2, "retries": 3}
-    path = tmp_path / "payment_sweep.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
-
-
-def signed(delta: str) -> int:
-    """A row's signed delta (`-2`, `+5`) in minor units."""
-    return -units(delta[1:]) if delta.startswith("-") else units(delta.lstrip("+") or "0")
+    return write_paying_spec(tmp_path, repeats=4, run={"in_flight": 6, "supervisors": 2, "retries": 3})
 
 
 def assert_accounted(result: RolloutResult, log: EventLog) -> None:
     """Rows + payout == journal, to the unit; each episode paid its fee exactly once."""
-    rows = result.rows
-    assert len(rows) == 24 and all(r.status == "done" for r in rows), [r.error for r in rows]
-    for r in rows:
-        fee = FEES[r.variant]
-        assert r.ledger_deltas == {"planner": f"-{fee}", "writer": f"+{fee}"}, (r.episode, r.abandoned)
-    paid = result.info.ledger["payout"]["paid"]
-    ledger = open_ledger_on(log)
-    try:
-        for wallet in ("planner", "writer"):
-            moved = sum(signed(r.ledger_deltas.get(wallet, "0")) for r in rows)
-            expected = units(100) + moved + units(paid.get(wallet, "0"))
-            assert ledger.balance(wallet) == expected, wallet
-        advances = [e for e in ledger.audit() if e.kind == "transfer" and e.cid.startswith("tool:")]
-        assert len(advances) == 24  # one advance per episode, retries and resumes included
-        assert sum(e.amount for e in advances) == units(sum(FEES[r.variant] for r in rows))
-        assert ledger.verify().ok
-    finally:
-        ledger.close()
+    paying.assert_accounted(result.rows, result.info.ledger["payout"], log, episodes=24, balance=100)
 
 
 def start_rollout(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import ray
 import yaml
 from openai_server import OpenAIServer, Reply
-from prometheus_client.parser import text_string_to_metric_families
+from ray_cli_cluster import scrape as scrape_url
 
 import actors.metrics
 import p2e.obs
@@ -29,13 +28,7 @@ PRICE = [1000, 2000]
 def scrape() -> dict[str, list[tuple[dict[str, str], float]]]:
     """Every sample the local Ray node exports: name -> [(labels, value)]."""
     node = next(n for n in ray.nodes() if n.get("Alive"))
-    url = f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    out: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[s.name].append((s.labels, s.value))
-    return out
+    return scrape_url(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics")
 
 
 def totals(samples: dict, name: str, rollout: str, by: str) -> dict[str, float]:
