@@ -147,13 +147,14 @@ def without_secret_settings(value: Any, replacement: str) -> Any:
 
 
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
-_URL_PASSWORD = re.compile(r"([?&]password=)[^&#]*")
+_URL_PASSWORD = re.compile(r"([?&](?:ssl_)?password=)[^&#]*")
 
 
 def mask_url(url: str) -> str:
     """A URL fit to print: its password (`redis://:***@host`, `rediss://user:***@host`,
-    `?password=***`) or a bare credential (`https://***@host`) masked; the rest, which tells a
-    user which server was meant, kept. Every error and log line that names a store URL uses it."""
+    `?password=***`, `&ssl_password=***`) or a bare credential (`https://***@host`) masked; the
+    rest, which tells a user which server was meant, kept. Every error and log line that names a
+    store URL uses it."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url

@@ -213,6 +213,11 @@ def test_an_unreachable_store_is_named_without_its_password(
         ("rediss://user:hunter2@cache.example:6380", "rediss://user:***@cache.example:6380"),
         ("redis://127.0.0.1:6379/0?password=hunter2&db=1", "redis://127.0.0.1:6379/0?password=***&db=1"),
         ("unix:///tmp/valkey.sock?password=hunter2", "unix:///tmp/valkey.sock?password=***"),
+        ("unix://:hunter2@/tmp/valkey.sock?db=1", "unix://:***@/tmp/valkey.sock?db=1"),
+        (
+            "rediss://u:hunter2@h:6380/0?ssl_keyfile=/k.pem&ssl_password=hunter2",
+            "rediss://u:***@h:6380/0?ssl_keyfile=/k.pem&ssl_password=***",
+        ),
         ("https://hunter2@host/v1", "https://***@host/v1"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     ],

@@ -45,10 +45,6 @@ def log_context(**ids: str | None) -> Iterator[None]:
         _ids.reset(token)
 
 
-def current_ids() -> dict[str, str]:
-    return dict(_ids.get())
-
-
 class _Bound(logging.LoggerAdapter):  # type: ignore[type-arg]
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}

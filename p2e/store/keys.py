@@ -82,7 +82,3 @@ class Keys:
 
     def tree(self, cid: str) -> str:
         return f"{self.ns}:conv:{cid}:tree"
-
-    def all_of(self, cid: str) -> str:
-        """Pattern matching every key of one conversation (for SCAN)."""
-        return f"{self.ns}:conv:{cid}:*"

@@ -28,8 +28,10 @@ from p2e.errors import (
     UnknownConversation,
 )
 from p2e.events import Event, encode, event_adapter, event_agent, events_adapter
+from p2e.prefix import ENOUGH, first, match_pattern
 from p2e.redact import default_redactor, register_secret
 from p2e.store.keys import NAME_RE, Keys
+from p2e.store.url import options
 
 
 class Segment(BaseModel):
@@ -99,7 +101,10 @@ class EventLog:
     def __init__(self, url: str, namespace: str = "p2e", client: redis.Redis | None = None):
         self.url = url
         self.keys = Keys(namespace)
-        self.r = client or redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+        if client is None:
+            options(url)  # a URL redis-py would refuse on first use: one line that says why, now
+            client = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+        self.r = client
         password = self.r.connection_pool.connection_kwargs.get("password")
         if password:  # the URL's password masked in whatever this process writes (actors too)
             register_secret(password)
@@ -166,6 +171,24 @@ class EventLog:
             raw, n = p.execute()
         return self._conv_info(cid, raw, n)
 
+    def matching(self, prefix: str, limit: int | None = ENOUGH) -> dict[str, str]:
+        """Ids and names that begin with `prefix` -> their conversation id, at most `limit`
+        conversations (None: all). A server-side scan of the id and name indexes (O(n) in
+        conversations; no record or event is read); see `p2e.prefix`."""
+        pattern = match_pattern(prefix)
+        out: dict[str, str] = {}
+        with self.guard(self.keys.convs, self.keys.names):
+            for member, _ in self.r.zscan_iter(self.keys.convs, match=pattern, count=1000):
+                cid = member.decode(errors="replace")
+                out[cid] = cid
+                if limit is not None and len(set(out.values())) >= limit:
+                    return out
+            for name, cid_raw in self.r.hscan_iter(self.keys.names, match=pattern, count=1000):
+                out[name.decode(errors="replace")] = cid_raw.decode(errors="replace")
+                if limit is not None and len(set(out.values())) >= limit:
+                    return out
+        return out
+
     def mark(self, conv: str, note: str) -> None:
         """Leave a note on a conversation (its events are untouched): `conversation show` has it."""
         cid = self.resolve(conv)
@@ -189,11 +212,20 @@ class EventLog:
                 raise row
         return rows  # type: ignore[return-value]
 
-    def conversation_rows(self) -> list[ConversationInfo | CorruptData]:
-        """Every conversation, oldest first; an entry that does not parse is its `CorruptData`
-        in place, so a listing can show the healthy ones and name the broken ones."""
+    def conversation_ids(self, since: float | None = None) -> list[str]:
+        """Ids of the conversations created at or after `since` (all by default), newest first:
+        the id index only (O(n) in ids), no record read."""
+        with self.guard(self.keys.convs):
+            raw = self.r.zrevrangebyscore(self.keys.convs, "+inf", "-inf" if since is None else since)
+        return [i.decode(errors="replace") for i in raw]
+
+    def conversation_rows(self, ids: list[str] | None = None) -> list[ConversationInfo | CorruptData]:
+        """The conversations `ids` (default: every one, oldest first); an entry that does not parse
+        is its `CorruptData` in place, so a listing can show the healthy ones and name the broken
+        ones."""
         with self.guard(self.keys.convs, f"{self.keys.ns}:conv:*"):
-            ids = [i.decode(errors="replace") for i in self.r.zrange(self.keys.convs, 0, -1)]
+            if ids is None:
+                ids = [i.decode(errors="replace") for i in self.r.zrange(self.keys.convs, 0, -1)]
             p = self.r.pipeline(transaction=False)
             for cid in ids:
                 p.hgetall(self.keys.conv(cid))
@@ -243,6 +275,16 @@ class EventLog:
                 p.hgetall(self.keys.branch(cid, n))
             raws = p.execute()
         return [self._branch_info(cid, n, raw) for n, raw in zip(names, raws, strict=True)]
+
+    def branches_matching(self, conv: str, prefix: str) -> list[str]:
+        """Names of the conversation's branches that begin with `prefix` (a few: see `p2e.prefix`);
+        just `prefix` when a branch has that name."""
+        key = self.keys.branches(self.resolve(conv))
+        with self.guard(key):
+            if self.r.zscore(key, prefix) is not None:
+                return [prefix]
+            found = self.r.zscan_iter(key, match=match_pattern(prefix), count=1000)
+            return first(m.decode(errors="replace") for m, _ in found)
 
     def _branch_info(self, cid: str, name: str, raw: dict[bytes, bytes]) -> BranchInfo:
         key = self.keys.branch(cid, name)
@@ -425,7 +467,7 @@ class EventLog:
             best: tuple[int, str] | None = None
             for s, keys in zip(segs, found, strict=True):
                 for raw in keys:
-                    if not raw.isdecimal():
+                    if not raw.isdigit():  # (bytes: ASCII digits only)
                         key = self.keys.snapshots(info.conversation, s.branch)
                         raise CorruptData(key, f"field {raw[:40]!r} is not a length")
                     n = int(raw)

@@ -4,7 +4,9 @@ written at once, replies parsed by hiredis in C.
 Why not redis-py's asyncio pipeline: on the supervisor's hot path (a few appends per step) its
 per-batch Python (connection checkout, command packing, response dispatch) cost more CPU than
 the round trip itself. This client does only what the group commit needs: send N commands, get
-N replies in order, reconnect after a failure. Replies are what redis-py returns without
+N replies in order, reconnect after a failure. It connects over TCP, TLS (`rediss://`) or a unix
+socket, to the address, credentials and certificate checks that redis-py reads from the same URL
+(`p2e.store.url`). Replies are what redis-py returns without
 `decode_responses`: bytes, ints, lists, None; server errors come back as `redis.ResponseError`
 values (not raised), as from a pipeline with `raise_on_error=False`.
 """
@@ -18,9 +20,8 @@ from typing import Any, cast
 
 import hiredis
 import redis
-from redis.asyncio.connection import parse_url
 
-from p2e.redact import mask_url
+from p2e.store.url import address
 
 CRLF = b"\r\n"
 
@@ -91,17 +92,22 @@ class Pipe:
     """One connection to the server at `url`; `run(commands)` pipelines them in one write."""
 
     def __init__(self, url: str, connect_timeout: float = 5.0, timeout: float = 30.0):
-        opts = parse_url(url)
-        if opts.get("connection_class") is not None or "path" in opts:
-            raise ValueError(
-                f"only redis:// TCP URLs are supported by the group commit, not {mask_url(url)!r}"
-            )
-        self.host, self.port = opts.get("host", "127.0.0.1"), int(opts.get("port", 6379))
-        self.username, self.password = opts.get("username"), opts.get("password")
-        self.db = int(opts.get("db", 0) or 0)
+        self.address = address(url)  # redis://, rediss:// (TLS) or unix://, as redis-py reads them
         self.connect_timeout, self.timeout = connect_timeout, timeout
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
+
+    async def _open(self) -> _Protocol:
+        a, loop = self.address, asyncio.get_running_loop()
+        if a.path is not None:
+            opening = loop.create_unix_connection(_Protocol, a.path)
+        else:
+            opening = loop.create_connection(_Protocol, a.host, a.port, ssl=a.tls)
+        try:
+            _, proto = await asyncio.wait_for(opening, self.connect_timeout)
+        except (OSError, TimeoutError) as e:  # ssl.SSLError (an untrusted certificate) is an OSError
+            raise redis.ConnectionError(f"cannot connect to the store at {a.where}: {e}") from e
+        return proto
 
     async def _connection(self) -> _Protocol:
         proto = self._proto
@@ -112,23 +118,16 @@ class Pipe:
         async with self._connecting:
             if self._proto is not None and self._proto.lost is None:
                 return self._proto
-            loop = asyncio.get_running_loop()
-            try:
-                _, proto = await asyncio.wait_for(
-                    loop.create_connection(_Protocol, self.host, self.port), self.connect_timeout
-                )
-            except (OSError, TimeoutError) as e:
-                raise redis.ConnectionError(
-                    f"cannot connect to the store at {self.host}:{self.port}: {e}"
-                ) from e
+            proto = await self._open()
+            a = self.address
             hello: list[list[object]] = []
-            if self.password is not None:
-                auth: list[object] = ["AUTH", self.password]
-                if self.username:
-                    auth.insert(1, self.username)
+            if a.password is not None:
+                auth: list[object] = ["AUTH", a.password]
+                if a.username:
+                    auth.insert(1, a.username)
                 hello.append(auth)
-            if self.db:
-                hello.append(["SELECT", self.db])
+            if a.db:
+                hello.append(["SELECT", a.db])
             self._proto = proto
             if hello:
                 for reply in await self._send(proto, hello):

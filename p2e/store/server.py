@@ -35,6 +35,7 @@ from redis.retry import Retry
 
 from p2e.errors import StoreError, StoreUnavailable
 from p2e.redact import register_secret
+from p2e.store.url import options
 
 START_TIMEOUT_S = 15.0
 PASSWORD_FILE = "password"
@@ -380,6 +381,7 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 def describe(url: str) -> dict[str, object]:
     """What `p2e store status` shows about a reachable server."""
+    options(url)  # a URL that cannot work: one line saying why, not redis-py's error on first use
     r = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
     with contextlib.closing(r):
         try:
