@@ -311,11 +311,12 @@ def test_rollout_runs_scores_and_resumes(
         (r.episode, r.conversation) for r in result.rows
     }
     # trajectories: the root's side of each done episode, filtered by score
-    n = write_trajectories(log, again.rows, tmp_path / "chat.jsonl", min_score=1.0)
+    n = write_trajectories(log, again.rows, tmp_path / "chat.jsonl", min_score=1.0, metadata=True)
     lines = [json.loads(x) for x in (tmp_path / "chat.jsonl").read_text().splitlines()]
     assert n == len(lines) == 6 + 2  # the baseline's six and terse's two Paris episodes
     msgs = lines[0]["messages"]
-    assert msgs[0]["role"] == "user" and msgs[1]["tool_calls"][0]["function"]["name"] == "delegate"
+    assert [m["role"] for m in msgs[:2]] == ["system", "user"]
+    assert msgs[2]["tool_calls"][0]["function"]["name"] == "delegate"
     answers = {r.episode: r.answer for r in again.rows}
     assert msgs[-1] == {"role": "assistant", "content": answers[lines[0]["metadata"]["episode"]]}
     assert all(x["metadata"]["score"] == 1.0 for x in lines)

@@ -188,7 +188,7 @@ class OpenAIProvider:
             "messages": [chat_message(m) for m in request.messages],
         }
         if request.tools:
-            kwargs["tools"] = [_tool(t) for t in request.tools]
+            kwargs["tools"] = [chat_tool(t) for t in request.tools]
         if request.temperature is not None:
             kwargs["temperature"] = request.temperature
         if request.seed is not None:
@@ -279,7 +279,8 @@ def chat_message(m: Message) -> dict[str, Any]:
     return out
 
 
-def _tool(t: ToolSpec) -> dict[str, Any]:
+def chat_tool(t: ToolSpec) -> dict[str, Any]:
+    """A p2e ToolSpec as an OpenAI function tool (what a request's `tools` holds)."""
     function: dict[str, Any] = {"name": t.name, "parameters": t.parameters}
     if t.description:
         function["description"] = t.description

@@ -3,8 +3,9 @@
 Rows leave as flat records whose column names work unquoted in SQL (`primary_score`,
 `score_<evaluator>`), with types from the `Row` model, and null scores for failed episodes.
 
-A trajectory is what the root agent saw and said in an episode (the user's message, its replies
-with their tool calls, each tool's and delegate's answer): the shape fine-tuning APIs take.
+A trajectory is what one agent saw and said in one frame of an episode (its system message, its
+task, its replies with their tool calls, each tool's and delegate's answer), with the tools it was
+offered: one line of OpenAI's chat fine-tuning format.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+from p2e.agents import TeamConfig
+from p2e.agents.spec import read_team, team_from_mapping
 from p2e.errors import InvalidArgument, P2EError
-from p2e.llm.openai import chat_message
+from p2e.events import Event, Started
+from p2e.llm.base import Message
+from p2e.llm.openai import chat_message, chat_tool
+from p2e.machine import INITIAL, apply
+from p2e.machine.state import Frame
 from p2e.redact import default_redactor
-from p2e.rollouts.store import Row
+from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
+from p2e.runtime.agent import AgentRunner, Prepared
 from p2e.store import EventLog
 from p2e.transcript import Transcript
 
@@ -140,7 +148,7 @@ def write_jsonl(rows: Sequence[Row], path: Path) -> int:
     n = 0
     with _atomic(path) as f:
         for record in records(rows):
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            f.write(jsonl_line(record))
             n += 1
     return n
 
@@ -154,38 +162,138 @@ def write_parquet(rows: Sequence[Row], path: Path) -> int:
     return t.num_rows
 
 
-def trajectory(log: EventLog, row: Row) -> dict[str, Any]:
-    """The root agent's side of an episode as `{"messages": [...]}` plus where it came from.
+ROOT, ALL = "root", "all"
+"""`agent=` choices besides an agent's id: the episode's root agent (the default), every frame."""
+
+
+class Prompts:
+    """Each agent's system message and tools exactly as the runtime sent them to its model:
+    `AgentRunner.prepare` (the rendered persona, the registry's tool schemas, the `delegate`
+    tool), under the overrides the episode's `started` event recorded. They are rendered from the
+    agents file as it is now: edit a persona after a run, and its export shows the edit."""
+
+    def __init__(self, team: TeamConfig):
+        self.team = team
+        self._runners: dict[str, AgentRunner] = {}
+
+    def prepare(self, agent: str, overrides: dict[str, Any]) -> Prepared:
+        runner = self._runners.get(agent)
+        if runner is None:
+            runner = self._runners[agent] = AgentRunner(agent, self.team)
+        return runner.prepare(overrides)
+
+
+def rollout_team(info: RolloutInfo) -> TeamConfig:
+    """The agents a rollout ran with, read again from its spec's `agents` (a file beside the
+    spec, or the inline mapping the record keeps)."""
+    base = Path(info.spec_path).parent
+    agents = info.spec.get("agents", "agents.yaml")
+    try:
+        if isinstance(agents, str):
+            return read_team(base / agents)[0]
+        return team_from_mapping(agents, base.resolve(), info.spec_path)
+    except InvalidArgument as e:
+        raise InvalidArgument(
+            f"rollout {info.id}: cannot load its agents, which the chat export renders system "
+            f"messages and tools from ({e}); run the export where the rollout ran"
+        ) from None
+
+
+def frames(events: Sequence[Event]) -> list[tuple[Frame, list[Message]]]:
+    """Every frame of a branch in the order they opened, each with the messages its agent saw
+    and said (as `Transcript` folds them), including the frames that have popped."""
+    t, state = Transcript(), INITIAL
+    seen: dict[int, tuple[Frame, list[Message]]] = {}
+    for e in events:
+        after = apply(state, e)
+        t.update(state, e, after)
+        for frame, messages in zip(after.stack, t.frames, strict=True):
+            seen[id(messages)] = (frame, messages)  # (the list object lives on in `seen`)
+        state = after
+    return list(seen.values())
+
+
+def trajectories(
+    log: EventLog, row: Row, prompts: Prompts, agent: str = ROOT, metadata: bool = False
+) -> list[dict[str, Any]]:
+    """An episode as OpenAI chat fine-tuning examples, one per frame of `agent` (`ROOT`: the
+    root agent's frame; `ALL`: every frame): `{"messages", "tools", "parallel_tool_calls"}`,
+    with the agent's system message first and `tools` left out when it has none. With
+    `metadata`, a `metadata` object says where each came from (OpenAI's upload may refuse it).
     Redacted again on the way out: events stored before a key was known still hold it."""
     events = log.history(row.conversation, row.branch)
-    transcript, _ = Transcript.rebuild(events)
-    root = transcript.frames[0] if transcript.frames else []
-    return {
-        "messages": default_redactor().value([chat_message(m) for m in root]),
-        "metadata": {
-            "rollout": row.rollout,
-            "episode": row.episode,
-            "variant": row.variant,
-            "scenario": row.scenario,
-            "score": row.primary,
-            "conversation": row.conversation,
-            "branch": row.branch,
-        },
-    }
+    start = events[0]
+    assert isinstance(start, Started)  # (every branch begins with its `started` event)
+    out = []
+    for frame, messages in frames(events):
+        if not _picked(agent, frame):
+            continue
+        if not messages or messages[-1].role != "assistant":  # (none in a done episode)
+            continue
+        _, system, tools = prompts.prepare(frame.agent, start.overrides.get(frame.agent, {}))
+        example: dict[str, Any] = {"messages": [chat_message(m) for m in (system, *messages)]}
+        if tools:
+            example["tools"] = [chat_tool(t) for t in tools]
+        example["parallel_tool_calls"] = start.limits.max_tool_calls_per_turn > 1
+        if metadata:
+            example["metadata"] = {
+                "rollout": row.rollout,
+                "episode": row.episode,
+                "variant": row.variant,
+                "scenario": row.scenario,
+                "score": row.primary,
+                "conversation": row.conversation,
+                "branch": row.branch,
+                "agent": frame.agent,
+                "frame_start": frame.start,
+            }
+        out.append(default_redactor().value(example))
+    return out
 
 
-def write_trajectories(log: EventLog, rows: Iterable[Row], path: Path, min_score: float | None) -> int:
-    """Done episodes (at or above `min_score` on the primary metric, if given) as chat JSONL."""
+def _picked(agent: str, frame: Frame) -> bool:
+    if agent == ROOT:
+        return frame.call_id is None
+    return agent == ALL or agent == frame.agent
+
+
+def write_trajectories(
+    log: EventLog,
+    rows: Iterable[Row],
+    path: Path,
+    min_score: float | None = None,
+    agent: str = ROOT,
+    metadata: bool = False,
+) -> int:
+    """Done episodes (at or above `min_score` on the primary metric, if given) as OpenAI chat
+    fine-tuning JSONL, one example per frame of `agent` (see `trajectories`). Each rollout's
+    agents are loaded from its record (`rollout_team`); returns the examples written."""
     n = 0
+    prompts: dict[str, Prompts] = {}
     with _atomic(path) as f:
         for row in rows:
             if row.status != "done" or not row.conversation:
                 continue
             if min_score is not None and (row.primary is None or row.primary < min_score):
                 continue
-            f.write(json.dumps(trajectory(log, row), ensure_ascii=False) + "\n")
-            n += 1
+            if row.rollout not in prompts:
+                p = prompts[row.rollout] = Prompts(rollout_team(RolloutStore(log).get(row.rollout)))
+                if agent not in (ROOT, ALL):
+                    p.team.agent(agent)  # an unknown agent is a mistake, not an empty export
+            for example in trajectories(log, row, prompts[row.rollout], agent, metadata):
+                f.write(jsonl_line(example))
+                n += 1
     return n
+
+
+def jsonl_line(value: Any) -> str:
+    """`value` as one JSON line. Characters that `str.splitlines` takes as line breaks (U+0085,
+    U+2028, U+2029) are escaped too, so a model's text cannot split a line for any reader."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text.translate(_LINE_BREAKS) + "\n"
+
+
+_LINE_BREAKS = {ord(c): f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029"}
 
 
 def check_output(path: Path) -> None:
