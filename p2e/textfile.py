@@ -18,6 +18,12 @@ MAX_BYTES = 16 * 1024 * 1024
 def read_text(path: str | Path, what: str, limit: int = MAX_BYTES) -> str:
     """The file's text; `what` ("rollout spec", "judge template", ...) names it in errors."""
     path = Path(path)
+    return _decode(read_bytes(path, what, limit), path, what)
+
+
+def read_bytes(path: str | Path, what: str, limit: int = MAX_BYTES) -> bytes:
+    """The file's bytes, with the same checks (for binary formats: a Parquet scenario file)."""
+    path = Path(path)
     try:
         _check(os.stat(path), path, what, limit)  # before opening: opening a device can act on it
         # O_NONBLOCK: a FIFO swapped in since the stat must not wait for a writer
@@ -31,7 +37,7 @@ def read_text(path: str | Path, what: str, limit: int = MAX_BYTES) -> str:
         raise InvalidArgument(f"cannot read {what} {path}: {e.strerror or e}") from None
     if len(data) > limit:  # it grew after the stat
         raise _too_large(path, what, limit)
-    return _decode(data, path, what)
+    return data
 
 
 def _check(st: os.stat_result, path: Path, what: str, limit: int) -> None:

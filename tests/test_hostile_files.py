@@ -1,6 +1,6 @@
-"""Hostile files: every file p2e reads from a user (specs, agents files, scenario files, rubrics,
-judge and persona templates, mock rules) is refused on one line naming it, with a non-zero exit:
-no traceback, no hang, no unbounded memory, nothing written.
+"""Hostile files: every file p2e reads from a user (specs, agents files, scenario files in JSONL,
+CSV and Parquet, rubrics, judge and persona templates, mock rules) is refused on one line naming
+it, with a non-zero exit: no traceback, no hang, no unbounded memory, nothing written.
 
 The small files are in tests/hostile/; the large ones (a "billion laughs", deep nesting, a file
 over the size limit) and the special ones (a directory, a FIFO) are made here."""
@@ -14,7 +14,10 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import redis
 from conftest import Cli
@@ -73,8 +76,60 @@ YAML = {  # hostile to a YAML file
     "not_mapping": (_corpus("not_mapping.yaml"), "mapping"),
 }
 JINJA = {"deep_template": (_bytes(b"{{ " + b"(" * 5000 + b"1" + b")" * 5000 + b" }}"), "too deep")}
-JSONL = {"deep_list": (_bytes(b"[" * 10_000 + b"]" * 10_000), "recursion limit")}
-RISKY = {"laughs", "fifo"}  # a regression would eat the machine or hang: run in a bounded subprocess
+JSONL = {
+    "deep_list": (_bytes(b"[" * 10_000 + b"]" * 10_000), "recursion limit"),
+    "empty": (_bytes(b""), "no scenarios in it"),
+}
+CSV = {  # hostile to a CSV scenario file (a header row: id, message, ...)
+    "empty": (_bytes(b""), "no scenarios in it"),
+    "header_only": (_bytes(b"id,message\n"), "no scenarios in it"),
+    "no_message_column": (_bytes(b"id,question\na,hi\n"), "line 1: no 'message' column"),
+    "duplicate_ids": (_bytes(b"id,message\na,hi\na,again\n"), "line 3: scenario id 'a' is repeated"),
+    "ragged_row": (_bytes(b"id,message\na,hi\nb,hi, there\n"), "line 3: 3 values, but the header has 2"),
+    "latin1": (_bytes("id,message\na,caf\xe9\n".encode("latin-1")), "not UTF-8 text (byte 0xe9 at line 2"),
+}
+
+
+def _parquet(columns: dict[str, Any]) -> Callable[[Path], None]:
+    return lambda path: pq.write_table(pa.table(columns), path)
+
+
+def _truncated(path: Path) -> None:
+    """A Parquet file cut short, its end marker put back."""
+    _parquet({"id": ["a"], "message": ["hi"]})(path)
+    path.write_bytes(path.read_bytes()[:-20] + b"PAR1")
+
+
+NOT_PARQUET = "not a Parquet file"
+PARQUET = {  # hostile to a Parquet scenario file; as text files, they are not Parquet
+    **{kind: (write, NOT_PARQUET) for kind, (write, _) in TEXT.items() if kind in {"binary", "utf16", "nul"}},
+    "text": (_bytes(b'{"id": "a", "message": "hi"}\n'), NOT_PARQUET),
+    "truncated": (_truncated, NOT_PARQUET),
+    "empty": (_bytes(b""), "no scenarios in it"),
+    "no_rows": (
+        _parquet({"id": pa.array([], pa.string()), "message": pa.array([], pa.string())}),
+        "no scenarios",
+    ),
+    "int_messages": (_parquet({"id": ["a"], "message": [1]}), "column 'message' holds int64, not text"),
+    "null_id": (_parquet({"id": ["a", None], "message": ["hi", "ho"]}), "row 2, field 'id'"),
+    # 2 GB of one repeated value once decoded, in a file of a few kB
+    "decoded_bomb": (
+        _parquet(
+            {
+                "id": [f"s{i}" for i in range(2048)],
+                "message": pa.DictionaryArray.from_arrays(pa.array([0] * 2048), pa.array(["x" * 2**20])),
+            }
+        ),
+        "too large",
+    ),
+}
+
+
+RISKY = {
+    "laughs",
+    "fifo",
+    "decoded_bomb",
+}  # a regression would eat the machine or hang: run in a bounded subprocess
 
 
 # --- file kinds: each places the hostile file and says how to read it -----------------------------
@@ -119,6 +174,17 @@ KINDS: dict[str, tuple[Place, dict]] = {
             ["rollout", "validate", str(_spec(t, scenarios="[{file: more.jsonl}]"))],
         ),
         JSONL,
+    ),
+    "scenario file (csv)": (
+        lambda t: (t / "more.csv", ["rollout", "validate", str(_spec(t, scenarios="[{file: more.csv}]"))]),
+        CSV,
+    ),
+    "scenario file (parquet)": (
+        lambda t: (
+            t / "more.parquet",
+            ["rollout", "validate", str(_spec(t, scenarios="[{file: more.parquet}]"))],
+        ),
+        PARQUET,
     ),
     "rubric": (lambda t: (t / "rubric.yaml", ["rollout", "validate", str(_spec(t, evaluators=JUDGE))]), YAML),
     "judge template": (
@@ -269,7 +335,7 @@ def test_a_template_that_would_hang_or_eat_memory_is_refused_when_rendered(bomb:
 
 
 def test_a_mock_rule_template_bomb_fails_the_reply_not_the_machine(tmp_path: Path) -> None:
-    (tmp_path / "hostile.yaml").write_text("default: \"{{ range(10**9) | list | length }}\"\n")
+    (tmp_path / "hostile.yaml").write_text('default: "{{ range(10**9) | list | length }}"\n')
     script = (
         "import asyncio, sys\n"
         "from p2e.errors import P2EError\n"

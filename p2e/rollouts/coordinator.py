@@ -21,6 +21,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError,
 
 from p2e.errors import NotFound, P2EError, log_failure, one_line
 from p2e.evals.score import SCORES, Score
+from p2e.rollouts.failures import FailureLimit, TooManyFailures
 from p2e.rollouts.plan import Episode
 from p2e.rollouts.store import RolloutStore, Row
 from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest, episode_key
@@ -79,6 +80,7 @@ class Coordinator:
         ledger_deltas: Callable[[str, list[tuple[str, str | None]]], dict[str, str]] | None = None,
         score_in_supervisors: bool = False,
         ramp_s: float = 0.0,
+        failures: FailureLimit | None = None,
     ):
         self.rid = rid
         self.store = store
@@ -96,11 +98,15 @@ class Coordinator:
         self.ledger_deltas = ledger_deltas
         self.score_in_supervisors = score_in_supervisors
         self.ramp_s = ramp_s
+        self.failures = failures
+        """`run.max_failures`: past it, a row's episode raises `TooManyFailures`, which stops the
+        run as Ctrl-C does (the other episodes in flight are cancelled, their rows unwritten)."""
         self._refs: set[ray.ObjectRef] = set()
 
     async def run(self, episodes: list[Episode]) -> None:
         """Run every episode, at most `in_flight` at once. On cancellation (Ctrl-C) the remote
-        work in flight is cancelled too; finished episodes keep their rows."""
+        work in flight is cancelled too; finished episodes keep their rows. So it is when the
+        rollout passes `run.max_failures` (`TooManyFailures`)."""
         queue: asyncio.Queue[Episode] = asyncio.Queue()
         for e in episodes:
             queue.put_nowait(e)
@@ -259,6 +265,8 @@ class Coordinator:
         await asyncio.to_thread(self.store.put_row, row)
         if self.on_row is not None:
             self.on_row(row)
+        if self.failures is not None and self.failures.add(row):
+            raise TooManyFailures(self.failures.reason())
 
     def _orphans(self, ep: Episode, n: int) -> list[str]:
         """The conversations of attempts 1..n-1 at `ep`, made by an earlier run of the driver (it

@@ -5,8 +5,10 @@ name: quickstart
 agents: agents.yaml                  # an agents file (relative to this spec) or an inline mapping
 teams:
   - {id: research, root: planner}    # members: [planner, researcher] limits who may be delegated to
-scenarios:                           # inline, and/or `- file: more.jsonl` (one scenario per line)
+scenarios:                           # inline, and/or from files (.jsonl, .csv, .parquet) or code
   - {id: paris, message: "What is the weather in Paris?", reference: Paris}
+  - {file: more.csv, fields: {message: question, reference: answer}}   # columns -> fields
+  - {callable: "my_pkg.data:scenarios", args: {n: 100}}                # dicts or Scenarios
 variants:                            # a list of named overrides ...
   - name: baseline
   - name: hot-writer
@@ -16,7 +18,7 @@ repeats: 2                           # or a list of seeds: [7, 11, 13]
 evaluators: [{id: contains}]
 primary: contains                    # the metric variants are ranked by (default: the first)
 limits: {max_steps: 40, deadline_s: 120, max_cost_usd: 0.5}
-run: {in_flight: 64, supervisors: 1, retries: 2}
+run: {in_flight: 64, supervisors: 1, retries: 2, max_failures: 10%}   # stop a failing rollout
 adaptive: {method: halving, keep: 0.5, rounds: auto}   # optional: successive halving (adaptive.py)
 ```
 
@@ -43,8 +45,8 @@ from p2e.errors import InvalidArgument
 from p2e.events import Limits
 from p2e.ledger.rollout import LedgerConfig
 from p2e.problems import Problems, error_message
+from p2e.rollouts.failures import parse_limit
 from p2e.store.keys import NAME_RE
-from p2e.textfile import read_text
 from p2e.yamlfile import Lines, read_yaml_lines
 
 
@@ -68,9 +70,46 @@ class Scenario(_Strict):
     _id = field_validator("id")(classmethod(lambda cls, v: _name(v)))
 
 
+class ScenarioFields(_Strict):
+    """Which column (CSV, Parquet) or key (JSONL) holds each field of a scenario, like
+    inspect_ai's `FieldSpec`: `{message: question, reference: answer}`."""
+
+    id: str = "id"
+    message: str = "message"
+    reference: str = "reference"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ScenarioFields:
+        columns = [self.id, self.message, self.reference]
+        if len(set(columns)) < len(columns):
+            raise ValueError(f"id, message and reference need a column each; given: {', '.join(columns)}")
+        return self
+
+
 class ScenarioFile(_Strict):
     file: str
-    """A JSONL file of scenarios, relative to the spec."""
+    """Scenarios, one per line or row, relative to the spec; the format by its extension:
+    `.jsonl`, `.csv` (a header row; columns other than the fields become metadata) or
+    `.parquet` (likewise). See `p2e.rollouts.scenarios`."""
+    fields: ScenarioFields = ScenarioFields()
+
+
+class ScenarioCall(_Strict):
+    """A Python callable that returns the scenarios (dicts or `Scenario`s); importing and
+    calling it runs its code, as `rollout validate` says."""
+
+    callable: str
+    """`package.module:function`, imported from the PYTHONPATH."""
+    args: dict[str, Any] = {}
+    """Keyword arguments it is called with."""
+
+    @field_validator("callable")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        module, sep, name = v.partition(":")
+        if not sep or not module or not name:
+            raise ValueError(f"{v!r}: give the callable as package.module:function")
+        return v
 
 
 class Team(_Strict):
@@ -188,6 +227,15 @@ class RunSettings(_Strict):
     scoring: Literal["supervisor", "evaluators"] = "supervisor"
     """Who scores an episode: the supervisor that ran it, right after (one Ray call less per
     episode), or a pool of `evaluators` Evaluator actors (isolated, scaled on their own)."""
+    max_failures: int | float | None = None
+    """Stop the rollout once more than this many of its episodes failed (a count), or more than
+    this share of the finished ones (0.1 or "10%", checked from 20 finished on); None: never.
+    Not part of the spec's hash: a resume may change it (p2e/rollouts/failures.py)."""
+
+    @field_validator("max_failures", mode="before")
+    @classmethod
+    def _max_failures(cls, v: object) -> int | float | None:
+        return parse_limit(v)
 
 
 class Adaptive(_Strict):
@@ -220,7 +268,7 @@ class RolloutSpec(_Strict):
     name: str
     agents: str | dict[str, Any] = "agents.yaml"
     teams: tuple[Team, ...] = Field(min_length=1)
-    scenarios: tuple[Scenario | ScenarioFile, ...] = Field(min_length=1)
+    scenarios: tuple[Scenario | ScenarioFile | ScenarioCall, ...] = Field(min_length=1)
     variants: tuple[Variant, ...] | Grid = (Variant(name="baseline"),)
     repeats: int | tuple[int, ...] = 1
     """How many times each (team, variant, scenario) runs; or the seeds, one run each."""
@@ -289,8 +337,8 @@ class Resolved(BaseModel):
     variants: tuple[Variant, ...]
     limits: Limits
     imported: dict[str, tuple[str, ...]] = {}
-    """What checking it imported, so ran the code of: `tool modules`, `evaluator modules`,
-    `evaluator entry points` (installed packages')."""
+    """What checking it imported, so ran the code of: `scenario callables`, `tool modules`,
+    `evaluator modules`, `evaluator entry points` (installed packages')."""
 
 
 def load_spec(path: str | Path) -> Resolved:
@@ -338,7 +386,9 @@ def resolve(
     problems = problems or Problems(where, lines)
     agents = _agents(spec, base, problems)
     team_config = agents.team
-    scenarios = _scenarios(spec, base, problems)
+    from p2e.rollouts.scenarios import load_scenarios  # (it imports this module's models)
+
+    scenarios, called = load_scenarios(spec.scenarios, base, problems)
     variants = tuple(spec.variant_list)
     defaults = team_config.limits if team_config is not None else Limits()
     try:
@@ -347,7 +397,7 @@ def resolve(
         problems.validation(e, "limits")
         limits = defaults
     spec = spec.model_copy(update={"evaluators": tuple(_with_paths(e, base) for e in spec.evaluators)})
-    imported: dict[str, tuple[str, ...]] = {}
+    imported: dict[str, tuple[str, ...]] = {"scenario callables": called}
     if team_config is not None:
         _check_teams(spec, agents.ids, problems)
         modules, failed = import_tool_modules(team_config.tool_modules)
@@ -413,32 +463,6 @@ def _check_teams(spec: RolloutSpec, ids: list[str], problems: Problems) -> None:
         for loc, agent in named:
             if agent not in ids:
                 at.add(f"unknown agent {agent!r}; the agents are: {', '.join(ids)}", *loc)
-
-
-def _scenarios(spec: RolloutSpec, base: Path, problems: Problems) -> tuple[Scenario, ...]:
-    out: list[Scenario] = []
-    for i, item in enumerate(spec.scenarios):
-        if isinstance(item, Scenario):
-            out.append(item)
-            continue
-        path = base / item.file
-        try:
-            text = read_text(path, "scenario file")
-        except InvalidArgument as e:
-            problems.add(str(e), "scenarios", i)
-            continue
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                out.append(Scenario.model_validate_json(line))
-            except ValidationError as e:
-                problems.other_file(str(path), line=n).validation(e)
-    ids = [s.id for s in out]
-    dup = sorted({i for i in ids if ids.count(i) > 1})
-    if dup:
-        problems.add(f"scenario ids must be unique; repeated: {', '.join(dup)}", "scenarios")
-    return tuple(out)
 
 
 FIXED = ("id", "placement", "replicas")

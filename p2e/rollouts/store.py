@@ -25,10 +25,12 @@ from typing import Literal
 from pydantic import BaseModel, ValidationError, field_validator
 
 from p2e.errors import CorruptData, NotFound
+from p2e.prefix import first, match_pattern
 from p2e.redact import default_redactor
 from p2e.store import EventLog
 
-RolloutStatus = Literal["running", "interrupted", "done"]
+RolloutStatus = Literal["running", "interrupted", "stopped", "done"]
+"""`stopped`: it passed `run.max_failures` (its `note` says why); `--resume` runs the rest."""
 LEASE_S = 15
 """A running rollout's driver renews its lease this often x3; past it, the rollout reads as
 `interrupted` (the driver was killed: nothing else would have said so)."""
@@ -158,6 +160,7 @@ class RolloutInfo(BaseModel):
     status: RolloutStatus = "running"
     episodes: int = 0
     note: str = ""
+    """Why it stopped, when it did (`stopped`); cleared by a resume."""
     ledger: dict = {}
     """With a `ledger:` section: balances before and after, and the bounty's payout."""
     adaptive: AdaptiveRecord | None = None
@@ -233,6 +236,14 @@ class RolloutStore:
 
     def ids(self) -> list[str]:
         return [i.decode() for i in self.r.zrange(self._index, 0, -1)]
+
+    def matching(self, prefix: str) -> list[str]:
+        """Ids that begin with `prefix` (a few: a server-side scan of the index, see `p2e.prefix`);
+        just `prefix` when it is an id."""
+        if self.r.exists(self._info_key(prefix)):
+            return [prefix]
+        found = self.r.zscan_iter(self._index, match=match_pattern(prefix), count=1000)
+        return first(m.decode(errors="replace") for m, _ in found)
 
     def list(self) -> list[RolloutInfo]:
         return [self.get(i) for i in self.ids()]
