@@ -56,6 +56,18 @@ class InvalidArgument(P2EError):
     exit_code = 2
 
 
+class AmbiguousPrefix(InvalidArgument):
+    """The start of an id or name that more than one id or name begins with."""
+
+    def __init__(self, given: str, what: str, matches: list[str], shown: int = 4):
+        more = f" and {len(matches) - shown} more" if len(matches) > shown else ""
+        super().__init__(
+            f"{what} {given!r} is ambiguous: it begins {', '.join(matches[:shown])}{more}; "
+            "give more characters"
+        )
+        self.given, self.matches = given, matches
+
+
 class SequenceOutOfRange(InvalidArgument):
     def __init__(self, seq: int, length: int, what: str = "branch"):
         last = f"0..{length - 1}" if length else "none: it is empty"
@@ -84,10 +96,27 @@ class StoreUnavailable(StoreError):
     def __init__(self, url: str, cause: object = ""):
         url = mask_url(url)  # the message is printed, logged and pickled: never the password
         super().__init__(
-            f"cannot reach the store at {url} ({mask_urls(str(cause))}); check that the server runs, "
-            "or unset P2E_REDIS_URL to use the embedded store (`p2e store start`)"
+            f"cannot reach the store at {url} ({mask_urls(str(cause))}); {_store_fix(url, cause)}"
         )
         self.url = url
+
+
+def _store_fix(url: str, cause: object) -> str:
+    """What to do: mostly start the server, but a managed Redis also refuses a wrong password,
+    an untrusted certificate and a client without TLS (it closes the connection)."""
+    text = str(cause)
+    if any(s in text for s in ("WRONGPASS", "NOAUTH", "password", "uthentication required")):
+        return "check the user name and password in P2E_REDIS_URL (redis://USER:PASSWORD@... or ?password=)"
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return (
+            "the server's certificate is not trusted: add ?ssl_ca_certs=/path/to/ca.pem to the URL "
+            "(or ssl_cert_reqs=none to skip the check)"
+        )
+    if url.startswith("redis://") and any(s in text for s in ("closed by", "reset by peer")):
+        return "check that the server runs; if it expects TLS (managed Redis often does), use rediss://"
+    if url.startswith("rediss://") and "SSL" in text:
+        return "the TLS handshake failed: check the port, and use redis:// if the server has no TLS"
+    return "check that the server runs, or unset P2E_REDIS_URL to use the embedded store (`p2e store start`)"
 
 
 class StoreLost(StoreError):

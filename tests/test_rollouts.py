@@ -21,13 +21,13 @@ import yaml
 from conftest import Cli
 from test_obs_rerun import read_rrd, verify
 
-from p2e.errors import InvalidArgument, NotFound
+from p2e.errors import CorruptData, InvalidArgument, NotFound
 from p2e.rollouts.export import write_jsonl, write_parquet, write_trajectories
 from p2e.rollouts.plan import expand
 from p2e.rollouts.run import RolloutResult, plan, run_rollout
 from p2e.rollouts.spec import load_spec
 from p2e.rollouts.stats import bootstrap_ci, compare, summarize
-from p2e.rollouts.store import RolloutStore, Row
+from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
 from p2e.store import EventLog
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -607,3 +607,14 @@ def test_a_recorded_payment_sweep_has_balances_over_time(
     # the starting balance, one point per paid episode, and the balance after the payout
     assert len(writer) == 1 + 12 + 1
     assert writer[0]["Scalars:scalars"] == 100 and writer[-1]["Scalars:scalars"] == 157
+
+
+def test_a_corrupt_rollout_record_or_row_is_one_line_naming_the_key(log: EventLog) -> None:
+    store = RolloutStore(log)
+    log.r.set(store._info_key("bogus-1"), b"{not json")
+    with pytest.raises(CorruptData, match=r"bogus-1.*does not hold a rollout"):
+        store.get("bogus-1")
+    store.create(RolloutInfo(id="bogus-2", name="b", spec_path="s.yaml", spec={}, created=0, updated=0))
+    log.r.hset(store.rows_key("bogus-2"), "e1", b"[1, 2]")
+    with pytest.raises(CorruptData, match=r"bogus-2.*entry 'e1' is not a row"):
+        store.rows("bogus-2")

@@ -8,9 +8,11 @@ import typer
 from rich.syntax import Syntax
 
 from p2e import artifacts
+from p2e.cli import ids
 from p2e.cli._common import console, open_log
+from p2e.cli.fit import Col, FitTable
 from p2e.cli.render import summary
-from p2e.cli.terminal import DataTable, styled, visible
+from p2e.cli.terminal import styled, visible
 from p2e.events import EVENT_KINDS
 
 app = typer.Typer(help="Artifacts: events addressed as CONVERSATION/BRANCH/SEQ.", no_args_is_help=True)
@@ -18,7 +20,9 @@ app = typer.Typer(help="Artifacts: events addressed as CONVERSATION/BRANCH/SEQ."
 
 @app.command("list")
 def list_(
-    conv: str = typer.Argument(..., metavar="CONV", help="conversation name or id"),
+    conv: str = typer.Argument(
+        ..., metavar="CONV", help=f"conversation name or id ({ids.PREFIX})", callback=ids.on_conversation
+    ),
     branch: str | None = typer.Option(None, "--branch", "-b", help="only this branch's history"),
     kind: str | None = typer.Option(None, "--kind", "-k", help=f"one of: {', '.join(EVENT_KINDS)}"),
     agent: str | None = typer.Option(None, "--agent", "-a", help="only this agent's events"),
@@ -31,23 +35,24 @@ def list_(
         raise typer.BadParameter(
             f"unknown kind {kind!r}; use one of: {', '.join(EVENT_KINDS)}", param_hint="--kind"
         )
-    items = artifacts.list_artifacts(open_log(), conv, branch, kind, agent)
-    table = DataTable()
-    for col in ("ref", "kind", "agent", "what"):
-        table.add_column(col, overflow="fold")
-    for a in items:
-        table.add_row(a.ref, a.kind, a.agent or "", summary(a.event))
-    console.print(table)
+    log = open_log()
+    items = artifacts.list_artifacts(log, conv, ids.branch(log, conv, branch), kind, agent)
+    cols = (Col("ref", "id"), Col("kind", drop=1), Col("agent", drop=2), Col("what", "text"))
+    rows = [(a.ref, a.kind, a.agent or "", summary(a.event)) for a in items]
+    console.print(FitTable(cols, rows))
     console.print(f"{len(items)} artifacts")
 
 
 @app.command()
 def show(
-    ref: str = typer.Argument(..., metavar="REF", help="CONVERSATION/BRANCH/SEQ, e.g. demo/main/4"),
+    ref: str = typer.Argument(
+        ..., metavar="REF", help=f"CONVERSATION/BRANCH/SEQ, e.g. demo/main/4 (each part: {ids.PREFIX})"
+    ),
     raw: bool = typer.Option(False, "--json", help="print the artifact as JSON"),
 ) -> None:
     """Show one artifact: its event, where it is stored, and what it answers."""
-    a = artifacts.get(open_log(), ref)
+    log = open_log()
+    a = artifacts.get(log, ids.ref(log, ref))
     if raw:
         console.print_json(a.model_dump_json())
         return
@@ -68,5 +73,5 @@ def diff(
     Example: p2e artifact diff demo/main/6 demo/b1/6
     """
     log = open_log()
-    text = artifacts.diff(artifacts.get(log, a), artifacts.get(log, b))
+    text = artifacts.diff(artifacts.get(log, ids.ref(log, a)), artifacts.get(log, ids.ref(log, b)))
     console.print(Syntax(visible(text), "diff") if text else "no differences")

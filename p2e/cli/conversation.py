@@ -5,39 +5,110 @@ from __future__ import annotations
 import typer
 
 from p2e.agents import load_team
+from p2e.cli import ids
 from p2e.cli._common import AGENTS, console, finite, open_log
+from p2e.cli.fit import Col, FitTable
 from p2e.cli.render import branch_tree, events_table, search_tree, stack_table, state_line, when
-from p2e.cli.terminal import DataTable, styled
+from p2e.cli.terminal import styled
 from p2e.conversation import Conversation, rebuild
-from p2e.errors import CorruptData, SequenceOutOfRange
+from p2e.errors import SequenceOutOfRange
+from p2e.listing import STATUSES, list_conversations, parse_since
 from p2e.runtime.guide import read_tree
 
 app = typer.Typer(
     help="Inspect and steer conversations: history, interaction stack, branches.", no_args_is_help=True
 )
 
-CONV = typer.Argument(..., metavar="CONV", help="conversation name or id (see `p2e conversation list`)")
-BRANCH = typer.Option(None, "--branch", "-b", help="branch name; default: the checked-out branch")
+CONV = typer.Argument(
+    ...,
+    metavar="CONV",
+    help=f"conversation name or id, {ids.PREFIX} (see `p2e conversation list`)",
+    callback=ids.on_conversation,
+)
+BRANCH = typer.Option(
+    None, "--branch", "-b", help=f"branch name ({ids.PREFIX}); default: the checked-out branch"
+)
+LIST_COLUMNS = (
+    Col("id", "id"),
+    Col("name"),
+    Col("status"),
+    Col("created", drop=1),
+    Col("events", "num", drop=2, justify="right"),
+    Col("root agent", drop=3),
+    Col("branches", "num", drop=4, justify="right"),
+    Col("checked out", drop=5),
+)
 
 
 @app.command("list")
-def list_() -> None:
-    """List conversations with their root agent, branches and event counts."""
-    rows = open_log().conversation_rows()
-    convs = [r for r in rows if not isinstance(r, CorruptData)]
-    broken = [r for r in rows if isinstance(r, CorruptData)]
-    if not rows:
-        console.print("no conversations yet; `make demo` records one")
+def list_(
+    rollout: str | None = typer.Option(
+        None,
+        "--rollout",
+        "-r",
+        metavar="ID",
+        help="only the episodes of this rollout",
+        callback=ids.on_rollout,
+    ),
+    status: str | None = typer.Option(None, "--status", "-s", help=f"only these: {', '.join(STATUSES)}"),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        metavar="WHEN",
+        help="only those created since: 30m, 2h, 7d ago, or a date (2025-01-31)",
+    ),
+    limit: int = typer.Option(20, "--limit", "-n", min=1, max=10_000, help="how many to show"),
+    offset: int = typer.Option(0, "--offset", min=0, max=10**9, help="skip this many (the next page)"),
+) -> None:
+    """List conversations, newest first, a page at a time: id, name and status (on a wider
+    terminal also when, events, root agent, branches and the checked-out branch).
+
+    Ids are shown whole; every command takes any unique start of an id or name instead.
+    `done` means idle after an answer, or finished.
+
+    Examples: p2e conversation list --status failed --since 2h |
+    p2e conversation list --rollout quickstart-1a2b --offset 20
+    """
+    page = list_conversations(
+        open_log(),
+        rollout=rollout,
+        status=status,
+        since=None if since is None else parse_since(since),
+        limit=limit,
+        offset=offset,
+    )
+    if not page.items and not page.broken:
+        filtered = rollout or status or since or offset
+        console.print(
+            "no conversations match" if filtered else "no conversations yet; `make demo` records one"
+        )
         return
-    table = DataTable()
-    for col in ("name", "id", "root agent", "branches", "events", "checked out", "created"):
-        table.add_column(col)
-    for c in convs:
-        table.add_row(c.name, c.id, c.root, str(c.branches), str(c.events), c.active, when(c.created))
-    console.print(table)
-    for e in broken:
-        console.print(styled(("error:", "bold red"), f" {e}"))
-    if broken:
+    rows = [
+        (
+            c.info.id,
+            c.info.name,
+            c.status,
+            when(c.info.created),
+            str(c.info.events),
+            c.info.root,
+            str(c.info.branches),
+            c.info.active,
+        )
+        for c in page.items
+    ]
+    console.print(FitTable(LIST_COLUMNS, rows))
+    for e in page.broken:
+        console.print(styled(("error:", "bold red"), f" {e}"), soft_wrap=True)
+    shown = f"{offset + 1}-{offset + len(page.items)}" if page.items else "none"
+    of = f" of {page.total}" if page.total is not None else ""
+    if page.more:
+        flags = [f"--{k} {v}" for k, v in (("rollout", rollout), ("status", status), ("since", since)) if v]
+        flags += [f"--limit {limit}"] if limit != 20 else []
+        nxt = " ".join(["p2e conversation list", *flags, f"--offset {offset + limit}"])
+        console.print(f"{shown}{of}, newest first; next page: {nxt}", soft_wrap=True)
+    elif offset:
+        console.print(f"{shown}{of}, newest first; the last page")
+    if page.broken:
         raise typer.Exit(1)
 
 
@@ -53,7 +124,7 @@ def show(
     Example: p2e conversation show demo --from 2 --to 8
     """
     log = open_log()
-    b = log.branch(conv, branch)
+    b = log.branch(conv, ids.branch(log, conv, branch))
     for seq in (start, end):
         if seq is not None and not 0 <= seq < max(b.length, 1):
             raise SequenceOutOfRange(seq, b.length)
@@ -73,7 +144,7 @@ def stack(
 ) -> None:
     """Show the interaction stack: the root at the bottom, each delegate above its caller."""
     log = open_log()
-    b = log.branch(conv, branch)
+    b = log.branch(conv, ids.branch(log, conv, branch))
     if at is not None and not 0 <= at < b.length:
         raise SequenceOutOfRange(at, b.length)
     state = rebuild(log, b, None if at is None else at + 1)
@@ -117,7 +188,8 @@ def rewind(
     Nothing is deleted: the old branch keeps its events, and `checkout` returns to it.
     Example: p2e conversation rewind demo 4
     """
-    c = Conversation.open(open_log(), conv, branch).rewind(seq, name)
+    log = open_log()
+    c = Conversation.open(log, conv, ids.branch(log, conv, branch)).rewind(seq, name)
     console.print(
         styled(
             "checked out new branch ",
@@ -129,10 +201,12 @@ def rewind(
 
 @app.command()
 def checkout(
-    conv: str = CONV, branch: str = typer.Argument(..., metavar="BRANCH", help="branch to check out")
+    conv: str = CONV,
+    branch: str = typer.Argument(..., metavar="BRANCH", help=f"branch to check out ({ids.PREFIX})"),
 ) -> None:
     """Make BRANCH the conversation's checked-out branch."""
-    b = open_log().checkout(conv, branch)
+    log = open_log()
+    b = log.checkout(conv, ids.branch(log, conv, branch) or branch)
     console.print(styled("checked out ", (b.name, "bold"), f" of {conv} ({b.length} events)"))
 
 
@@ -147,7 +221,8 @@ def replay(conv: str = CONV, branch: str | None = BRANCH, agents: str = AGENTS) 
 
     from p2e.runtime.replay import replay_branch
 
-    report = asyncio.run(replay_branch(open_log(), load_team(agents), conv, branch))
+    log = open_log()
+    report = asyncio.run(replay_branch(log, load_team(agents), conv, ids.branch(log, conv, branch)))
     for d in report.tool_outputs:
         console.print(
             f"  note: seq {d.seq}: the tool ran again and answered differently:\n    "
@@ -187,6 +262,15 @@ def watch(
     """
     from p2e.cli.watch import watch as follow
 
-    code = follow(open_log(), conv, branch, once=once, last=last, interval=interval, until_idle=until_idle)
+    log = open_log()
+    code = follow(
+        log,
+        conv,
+        ids.branch(log, conv, branch),
+        once=once,
+        last=last,
+        interval=interval,
+        until_idle=until_idle,
+    )
     if code:
         raise typer.Exit(code)

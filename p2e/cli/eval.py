@@ -8,7 +8,9 @@ from typing import Any
 import typer
 
 from p2e.agents import load_team
+from p2e.cli import ids
 from p2e.cli._common import AGENTS, console, open_log
+from p2e.cli.fit import Col, FitTable
 from p2e.cli.render import clip
 from p2e.cli.terminal import DataTable, styled
 from p2e.errors import InvalidArgument
@@ -19,8 +21,12 @@ app = typer.Typer(
     help="Evaluate conversations: run evaluators, show scores, rank branches.", no_args_is_help=True
 )
 
-CONV = typer.Argument(..., metavar="CONV", help="conversation name or id")
-BRANCH = typer.Option(None, "--branch", "-b", help="branch name; default: the checked-out branch")
+CONV = typer.Argument(
+    ..., metavar="CONV", help=f"conversation name or id ({ids.PREFIX})", callback=ids.on_conversation
+)
+BRANCH = typer.Option(
+    None, "--branch", "-b", help=f"branch name ({ids.PREFIX}); default: the checked-out branch"
+)
 
 
 def _params(items: list[str]) -> dict[str, dict[str, Any]]:
@@ -74,7 +80,7 @@ def run(
     registry = default_registry(module)
     bound = [registry.create(e, **params.get(e, {})) for e in evaluator]
     log = open_log()
-    info = log.branch(conv, branch)
+    info = log.branch(conv, ids.branch(log, conv, branch))
     providers = Providers(load_team(agents).providers)
     with console.status(styled(f"evaluating {conv}/{info.name}...")):
         run_all = evaluate_branch(
@@ -97,7 +103,7 @@ def show(conv: str = CONV, branch: str | None = BRANCH) -> None:
     from p2e.evals.store import ScoreStore
 
     log = open_log()
-    info = log.branch(conv, branch)
+    info = log.branch(conv, ids.branch(log, conv, branch))
     scores = ScoreStore(log).of_branch(info)
     _table(scores, f"scores of {conv}/{info.name}")
     for ev in sorted({s.evaluator for s in scores}):
@@ -151,7 +157,7 @@ def diff(
 
     log = open_log()
     store = ScoreStore(log)
-    left, right = _scores_of(log, store, a), _scores_of(log, store, b)
+    left, right = _scores_of(log, store, ids.ref(log, a)), _scores_of(log, store, ids.ref(log, b))
     table = DataTable(title=f"{a} vs {b}")
     for col in ("evaluator", a, b, "difference"):
         table.add_column(col)
@@ -183,13 +189,23 @@ def _cell(s: Score | None) -> str:
 
 
 def _table(scores: list[Score], title: str) -> None:
-    table = DataTable(title=title)
-    for col in ("target", "evaluator", "status", "value", "metrics", "rationale / error"):
-        table.add_column(col, overflow="fold")
-    for s in scores:
-        value = "" if s.value is None else f"{s.value:.3f}"
-        metrics = ", ".join(f"{k} {v:.2f}" for k, v in s.metrics.items())
-        table.add_row(
-            s.target.ref, s.evaluator, s.status, value, clip(metrics, 50), clip(s.error or s.rationale, 80)
+    cols = (
+        Col("target", "id"),
+        Col("evaluator"),
+        Col("status", drop=2),
+        Col("value", "num", justify="right"),
+        Col("metrics", "text", drop=1),
+        Col("rationale / error", "text"),
+    )
+    rows = [
+        (
+            s.target.ref,
+            s.evaluator,
+            s.status,
+            "" if s.value is None else f"{s.value:.3f}",
+            clip(", ".join(f"{k} {v:.2f}" for k, v in s.metrics.items()), 50),
+            clip(s.error or s.rationale, 80),
         )
-    console.print(table)
+        for s in scores
+    ]
+    console.print(FitTable(cols, rows, title))

@@ -11,18 +11,19 @@ from typing import Any
 
 import typer
 
+from p2e.cli import ids
 from p2e.cli._common import console, finite, open_log
 from p2e.cli.rerun_flags import RERUN, RERUN_CONNECT, RERUN_SAVE
 from p2e.cli.terminal import styled
 from p2e.errors import InvalidArgument
 from p2e.obs.recording import Observation, RerunOptions, observe, record_conversation, record_rows
-from p2e.obs.viewer import check_viewer, open_viewer, resolve_target
+from p2e.obs.viewer import RECORDING_SUFFIXES, check_viewer, open_viewer, resolve_target
 from p2e.store import EventLog
 
 
 def view(
     target: str = typer.Argument(
-        ..., metavar="ROLLOUT|CONV|FILE.rrd", help="a recording, conversation or rollout"
+        ..., metavar="ROLLOUT|CONV|FILE.rrd", help=f"a recording, conversation or rollout ({ids.PREFIX})"
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", metavar="FILE.rrd", help="write the recording to FILE.rrd and do not open it"
@@ -43,6 +44,9 @@ def view(
     """
     if out is not None and out.suffix != ".rrd":
         raise InvalidArgument(f"--out {out}: a recording file must end in .rrd")
+    p = Path(target).expanduser()
+    if not (p.suffix in RECORDING_SUFFIXES or p.is_file()):
+        target = ids.conversation_or_rollout(open_log(), target)
     t = resolve_target(target, open_log)
     if t.kind == "file" and out is not None:
         raise InvalidArgument(f"{target} is a recording already; open it without --out")
@@ -79,9 +83,15 @@ def _rollout_rows(log: EventLog, rid: str) -> list[object]:
 
 
 def observe_cmd(
-    conversations: list[str] = typer.Argument(None, metavar="[CONV]...", help="conversations to follow"),
+    conversations: list[str] = typer.Argument(
+        None, metavar="[CONV]...", help=f"conversations to follow ({ids.PREFIX})"
+    ),
     rollout: str | None = typer.Option(
-        None, "--rollout", metavar="ROLLOUT", help="follow a running rollout's new episodes"
+        None,
+        "--rollout",
+        metavar="ROLLOUT",
+        help=f"follow a running rollout's new episodes ({ids.PREFIX})",
+        callback=ids.on_rollout,
     ),
     existing: bool = typer.Option(
         False, "--existing", help="without CONV: also record the conversations already in the store"
@@ -118,6 +128,7 @@ def observe_cmd(
     if until_done and not conversations and rollout is None:
         raise InvalidArgument("--until-done needs what to wait for: CONV... or --rollout ROLLOUT")
     log = open_log()
+    conversations = [ids.conversation(log, c) for c in conversations or ()]
     ended = _rollout_ended(log, rollout) if rollout is not None else None
     names = conversations or None
     deadline = None if seconds is None else time.monotonic() + seconds

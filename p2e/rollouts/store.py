@@ -24,7 +24,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ValidationError, field_validator
 
-from p2e.errors import CorruptData, NotFound
+from p2e.errors import CorruptData, NotFound, one_line
 from p2e.prefix import first, match_pattern
 from p2e.redact import default_redactor
 from p2e.store import EventLog
@@ -232,7 +232,7 @@ class RolloutStore:
         try:
             return RolloutInfo.model_validate_json(raw)
         except ValidationError as e:
-            raise CorruptData(f"{self._info_key(rid)} does not hold a rollout: {e}") from None
+            raise CorruptData(self._info_key(rid), f"does not hold a rollout: {one_line(e)}") from None
 
     def ids(self) -> list[str]:
         return [i.decode() for i in self.r.zrange(self._index, 0, -1)]
@@ -267,7 +267,7 @@ class RolloutStore:
             try:
                 out.append(Row.model_validate_json(raw))
             except ValidationError as e:
-                raise CorruptData(f"{self.rows_key(rid)} entry {eid.decode()!r} is not a row: {e}") from None
+                raise CorruptData(self.rows_key(rid), f"entry {eid.decode()!r} is not a row: {one_line(e)}") from None
         out.sort(key=lambda r: (r.variant, r.scenario, r.repeat, r.team))
         return out
 
