@@ -147,7 +147,9 @@ def test_the_cli_turns_an_unexpected_error_into_one_line_and_exit_70(
     code, out, err = cli("agent", "list")
     assert code == 70 and "Traceback" not in out + err
     (line,) = err.strip().splitlines()
-    assert line.startswith("error: RuntimeError: the flux capacitor (unexpected: run again with P2E_LOG_LEVEL")
+    assert line.startswith(
+        "error: RuntimeError: the flux capacitor (unexpected: run again with P2E_LOG_LEVEL"
+    )
 
     def remote_p2e(path: str) -> None:  # a p2e error raised in an actor, two calls deep: its own line
         ray.get(_raise_remote_p2e.remote())
