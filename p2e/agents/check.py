@@ -14,11 +14,10 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
-from p2e.agents.persona import render_persona
 from p2e.agents.spec import AgentSpec, TeamConfig
 from p2e.errors import InvalidArgument
 from p2e.llm.registry import Providers
-from p2e.runtime.agent import delegate_spec
+from p2e.runtime.agent import prepare_agent
 from p2e.tools import REGISTRY, Registry, Tool
 
 Found = list[tuple[tuple[Any, ...], str]]
@@ -94,12 +93,8 @@ class AgentCheck:
             self.providers.check_model(spec.model)
         except InvalidArgument as e:
             found.append(((*at, "model"), str(e)))
-        delegates = [self.team.agents[d] for d in spec.can_delegate_to if d in self.team.agents]
-        tools = self.registry.specs([t for t in spec.tools if t in self.registry], agent=spec.id)
-        if delegates:
-            tools.append(delegate_spec(delegates))
-        try:
-            render_persona(spec, delegates, tools, self.team.personas_path)
+        try:  # (its unknown tools are reported above)
+            prepare_agent(spec, self.team, self.registry, [t for t in spec.tools if t in self.registry])
         except InvalidArgument as e:
             found.append(((*at, "persona"), str(e)))
         return found

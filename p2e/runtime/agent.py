@@ -47,6 +47,19 @@ class Prepared(NamedTuple):
     tools: tuple[ToolSpec, ...]
 
 
+def prepare_agent(
+    spec: AgentSpec, team: TeamConfig, registry: Registry, tools: Sequence[str] | None = None
+) -> Prepared:
+    """`spec` as it runs a step: its tools' schemas (`tools`, default all it names), `delegate`
+    when it may delegate, and its persona rendered with both."""
+    delegates = [team.agent(a) for a in spec.can_delegate_to]
+    specs = list(registry.specs(spec.tools if tools is None else tools, agent=spec.id))
+    if delegates:
+        specs.append(delegate_spec(delegates))
+    system = render_persona(spec, delegates, specs, team.personas_path)
+    return Prepared(spec, Message(role="system", content=system), tuple(specs))
+
+
 class AgentRunner:
     def __init__(
         self,
@@ -71,13 +84,9 @@ class AgentRunner:
         key = json.dumps(overrides, sort_keys=True, default=str) if overrides else ""
         p = self._prepared.get(key)
         if p is None:
-            spec = self.spec.with_overrides(overrides)
-            delegates = [self.team.agent(a) for a in spec.can_delegate_to]
-            tools = list(self.registry.specs(spec.tools, agent=spec.id))
-            if delegates:
-                tools.append(delegate_spec(delegates))
-            system = render_persona(spec, delegates, tools, self.team.personas_path)
-            p = self._prepared[key] = Prepared(spec, Message(role="system", content=system), tuple(tools))
+            p = self._prepared[key] = prepare_agent(
+                self.spec.with_overrides(overrides), self.team, self.registry
+            )
         return p
 
     async def step(self, req: StepRequest) -> StepResult:
