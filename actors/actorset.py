@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import logging
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -29,7 +30,7 @@ from actors.supervisor import (
     supervisor_actor_name,
 )
 from p2e.agents import TeamConfig
-from p2e.errors import P2EError
+from p2e.errors import InvalidArgument, P2EError
 
 
 class ClusterStoreRequired(P2EError):
@@ -39,6 +40,36 @@ class ClusterStoreRequired(P2EError):
 LOOPBACK = "127.0.0.1"
 """Where a Ray that p2e starts itself listens: nothing of it is reachable from another machine."""
 
+_dashboard: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Dashboard:
+    """The Ray dashboard of the Ray this process started or joined, as Ray reports it."""
+
+    url: str
+    token_auth: bool
+    """Ray's token authentication is on (RAY_AUTH_MODE=token): a client must send the token."""
+
+
+def dashboard_setting(default: bool) -> bool:
+    """Whether a Ray that p2e starts runs its dashboard: P2E_DASHBOARD=1 or 0, else `default`
+    (on for `rollout run` and `p2e.init()`, off for `p2e chat`)."""
+    setting = os.environ.get("P2E_DASHBOARD", "")
+    if setting not in ("", "0", "1"):
+        raise InvalidArgument(f"P2E_DASHBOARD={setting!r}: use 1 (dashboard on) or 0 (off)")
+    return default if setting == "" else setting == "1"
+
+
+def dashboard() -> Dashboard | None:
+    """The dashboard of the Ray the last `connect_ray` started or joined; None if it has none
+    (started without one, or Ray was running in this process already)."""
+    if _dashboard is None or not ray.is_initialized():
+        return None
+    url = _dashboard if "://" in _dashboard else f"http://{_dashboard}"
+    # Ray sets RAY_AUTH_MODE=token in this process when it turns token auth on by itself
+    return Dashboard(url, os.environ.get("RAY_AUTH_MODE", "").lower() == "token")
+
 
 def connect_ray(address: str | None, shared_store: bool, **ray_options: Any) -> bool:
     """Start or join Ray (unless this process is connected already); True if this started it.
@@ -46,7 +77,9 @@ def connect_ray(address: str | None, shared_store: bool, **ray_options: Any) -> 
     A cluster of several nodes needs a store they all reach (`shared_store`): the embedded one
     lives on one machine.
     """
+    global _dashboard
     started = not ray.is_initialized()
+    _dashboard = None
     if started:
         if address is None:
             # Ray runs its workers at nice 15; p2e's actors are the service itself (the driver
@@ -56,11 +89,17 @@ def connect_ray(address: str | None, shared_store: bool, **ray_options: Any) -> 
             os.environ.setdefault("RAY_worker_niceness", "0")
         if address in (None, "local") and services.canonicalize_bootstrap_address(address) is None:
             # a new Ray, on this machine only
-            ray_options = {"dashboard_host": LOOPBACK, "_node_ip_address": LOOPBACK, **ray_options}
-            with _single_machine():
-                ray.init(address=address, namespace=RAY_NAMESPACE, **ray_options)
+            ray_options = {
+                "dashboard_host": LOOPBACK,
+                "_node_ip_address": LOOPBACK,
+                "include_dashboard": dashboard_setting(True),
+                **ray_options,
+            }
+            with _single_machine(), _without_token_notice():
+                context = ray.init(address=address, namespace=RAY_NAMESPACE, **ray_options)
         else:
-            ray.init(address=address, namespace=RAY_NAMESPACE, **ray_options)
+            context = ray.init(address=address, namespace=RAY_NAMESPACE, **ray_options)
+        _dashboard = context.dashboard_url or None
     alive = alive_nodes()
     if len(alive) > 1 and not shared_store:
         raise ClusterStoreRequired(
@@ -85,6 +124,31 @@ def _single_machine() -> Iterator[None]:
         yield
     finally:
         ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+"""Ray 2.60's warning on every local start with RAY_AUTH_MODE unset: it turns token auth on."""
+
+
+class _DropTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(TOKEN_NOTICE)
+
+
+@contextlib.contextmanager
+def _without_token_notice() -> Iterator[None]:
+    """Start a local Ray without its token-auth warning, that warning alone.
+
+    It is no fault to act on: Ray keeps its default (token auth on, the token in
+    ~/.ray/auth_token), and p2e's dashboard line says how to pass the token (docs/cluster.md).
+    Setting RAY_AUTH_MODE=token ourselves would not do: Ray reads it when it is imported."""
+    setup = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    quiet = _DropTokenNotice()
+    setup.addFilter(quiet)
+    try:
+        yield
+    finally:
+        setup.removeFilter(quiet)
 
 
 @dataclasses.dataclass

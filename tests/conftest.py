@@ -67,8 +67,15 @@ def log(store_url: str, namespace: str) -> Iterator[EventLog]:
 def store_env(
     store_url: str, namespace: str, store_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, str]:
-    """Environment that points the CLI (in-process or a subprocess) at the test store."""
-    env = {"P2E_REDIS_URL": store_url, "P2E_NAMESPACE": namespace, "P2E_HOME": str(store_home)}
+    """Environment that points the CLI (in-process or a subprocess) at the test store. A Ray
+    that the CLI starts runs no dashboard (P2E_DASHBOARD=0): a few seconds less per start on 2
+    cores; tests/test_dashboard.py checks the default."""
+    env = {
+        "P2E_REDIS_URL": store_url,
+        "P2E_NAMESPACE": namespace,
+        "P2E_HOME": str(store_home),
+        "P2E_DASHBOARD": "0",
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     return env

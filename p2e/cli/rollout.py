@@ -15,7 +15,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from p2e.cli import ids
 from p2e.cli._common import console, finite, open_log
+from p2e.cli.dashboard import announce, ray_options, wanted
+from p2e.cli.fit import Col, FitTable
 from p2e.cli.render import clip
 from p2e.cli.rerun_flags import RERUN, RERUN_CONNECT, RERUN_SAVE
 from p2e.cli.terminal import DataTable, styled
@@ -35,7 +38,9 @@ app = typer.Typer(
 )
 
 SPEC = typer.Argument(..., metavar="SPEC", help="the rollout spec (YAML), e.g. experiments/quickstart.yaml")
-RID = typer.Argument(..., metavar="ID", help="a rollout id (see `p2e rollout list`)")
+RID = typer.Argument(
+    ..., metavar="ID", help=f"a rollout id, {ids.PREFIX} (see `p2e rollout list`)", callback=ids.on_rollout
+)
 
 CONFIRM_OVER = 10_000
 """`rollout run` asks before running more episodes than this (`P2E_CONFIRM_EPISODES` sets it):
@@ -49,8 +54,9 @@ def validate(spec: Path = SPEC) -> None:
     Checked: the spec, the agents, scenario files, evaluators, and for the agents and each
     variant's overrides what an agent needs to run (its model's provider and mock rules set,
     its tools, its persona). Checking imports the agents file's tool_modules and
-    evaluator_modules (and installed packages' evaluator entry points), running their code; it
-    names them. Counting the episodes builds none of them.
+    evaluator_modules (and installed packages' evaluator entry points) and calls the spec's
+    scenario callables, running their code; it names them. Counting the episodes builds none
+    of them.
 
     Example: p2e rollout validate experiments/quickstart.yaml
     """
@@ -267,7 +273,13 @@ def run(
     address: str | None = typer.Option(
         None, "--address", help="join a Ray cluster: `auto`, or ray://HOST:10001; default: local Ray"
     ),
-    resume: str | None = typer.Option(None, "--resume", help="finish rollout ID: skip its done episodes"),
+    resume: str | None = typer.Option(
+        None,
+        "--resume",
+        metavar="ID",
+        help=f"finish rollout ID ({ids.PREFIX}): skip its done episodes",
+        callback=ids.on_rollout,
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="show a live table per variant"),
     rerun: bool = RERUN,
     rerun_connect: str | None = RERUN_CONNECT,
@@ -281,15 +293,23 @@ def run(
         "-y",
         help=f"run without asking, however many episodes (asked over {CONFIRM_OVER:,}: P2E_CONFIRM_EPISODES)",
     ),
+    no_dashboard: bool = typer.Option(
+        False, "--no-dashboard", help="start Ray without its dashboard (on by default, at 127.0.0.1:8265)"
+    ),
 ) -> None:
     """Run every episode of a spec (or what is left of one) and print the variant summary.
 
     Ctrl-C stops cleanly; the episodes that finished keep their rows, and `--resume ID` runs
-    the rest. On a cluster the store must be a Redis every node reaches (P2E_REDIS_URL).
+    the rest (failed episodes again). With `run.max_failures` in the spec, a rollout whose
+    episodes keep failing stops early the same way, prints how many failed and the most common
+    error, and exits 3. On a cluster the store must be a Redis every node reaches (P2E_REDIS_URL).
 
     A Rerun recording of the rows (leaderboard, scores, cost per variant) is kept in
     $P2E_HOME/recordings (`p2e view ID` opens it); --rerun, --rerun-connect or --rerun-save add
     every episode's conversation to it, live.
+
+    The local Ray it starts runs its dashboard on 127.0.0.1 (the URL is printed on stderr;
+    --no-dashboard or P2E_DASHBOARD=0 for none); with --address, the cluster's is printed.
 
     Examples:
       p2e rollout run experiments/quickstart.yaml
@@ -323,6 +343,7 @@ def run(
             balances.update({w: Decimal(v) for w, v in info.ledger.get("balances_before", {}).items()})
             if balances:
                 obs.ledger(balances)
+        announce()
         display.start(info, todo, total)
 
     def on_row(row: Row) -> None:
@@ -343,7 +364,7 @@ def run(
                 on_start=on_start,
                 on_row=on_row,
                 on_round=display.round_,
-                **_ray_opts(address),
+                **ray_options(address, not no_dashboard and wanted(True)),
             )
             after = result.info.ledger.get("balances_after")
             for obs in observations:  # after the bounty's payout
@@ -396,32 +417,19 @@ def _confirm_size(resolved: Resolved) -> None:
     typer.confirm(f"{what}. Run them?", abort=True)
 
 
-def _ray_opts(address: str | None) -> dict[str, object]:
-    """A local Ray started for one rollout: quiet, no dashboard unless asked (P2E_DASHBOARD=1)."""
-    import os
-
-    if address is not None:
-        return {}
-    return {"include_dashboard": os.environ.get("P2E_DASHBOARD") == "1", "log_to_driver": False}
-
-
-def summary_table(summaries: list[VariantSummary], title: str) -> DataTable:
-    t = DataTable(title=title)
+def summary_table(summaries: list[VariantSummary], title: str) -> FitTable:
+    """A line per variant; on a narrow terminal wall time, tokens and cost give way first."""
     adaptive = any(s.rounds or s.outcome for s in summaries)
-    for col, justify in (
-        ("variant", "left"),
-        ("n", "right"),
-        ("failed", "right"),
-        ("mean", "right"),
-        ("95% CI", "right"),
-        ("tokens", "right"),
-        ("cost $", "right"),
-        ("wall s", "right"),
-    ):
-        t.add_column(col, justify=justify, overflow="fold", no_wrap=col == "95% CI")  # type: ignore[arg-type]
+    cols = [
+        Col("variant"),
+        *(Col(h, "num", justify="right") for h in ("n", "failed", "mean", "95% CI")),
+        Col("tokens", "num", drop=2, justify="right"),
+        Col("cost $", "num", drop=1, justify="right"),
+        Col("wall s", "num", drop=3, justify="right"),
+    ]
     if adaptive:
-        t.add_column("rounds", justify="right")
-        t.add_column("outcome")
+        cols += [Col("rounds", "num", drop=4, justify="right"), Col("outcome")]
+    rows = []
     for s in summaries:
         cells = [
             s.variant,
@@ -437,8 +445,8 @@ def summary_table(summaries: list[VariantSummary], title: str) -> DataTable:
             outcome = (s.outcome or "").split(" ")[0]
             style = {"winner": "green", "stopped": "dim"}.get(outcome)
             cells += [_rounds(s.rounds), styled((outcome, style or ""))]
-        t.add_row(*cells)
-    return t
+        rows.append(cells)
+    return FitTable(cols, rows, title)
 
 
 def _rounds(rounds: list[int]) -> str:
@@ -522,14 +530,24 @@ def stopped_table(record: AdaptiveRecord) -> DataTable:
 def list_() -> None:
     """Every rollout in the store, oldest first."""
     store = RolloutStore(open_log())
-    t = DataTable()
-    for col in ("id", "status", "episodes", "rows", "spec", "created"):
-        t.add_column(col)
-    for info in store.list():
-        n = store.count(info.id)
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created))
-        t.add_row(info.id, info.status, str(info.episodes), str(n), info.spec_path, created)
-    console.print(t)
+    cols = (
+        Col("id", "id"),
+        Col("status"),
+        Col("rows/episodes", "num", justify="right"),
+        Col("created", drop=1),
+        Col("spec", drop=2),
+    )
+    rows = [
+        (
+            info.id,
+            info.status,
+            f"{store.count(info.id)}/{info.episodes}",
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(info.created)),
+            info.spec_path,
+        )
+        for info in store.list()
+    ]
+    console.print(FitTable(cols, rows))
 
 
 @app.command()
@@ -548,8 +566,7 @@ def show(
         styled(
             (info.id, "bold"),
             f"  {info.status}  {len(all_rows)}/{info.episodes} episodes  spec {info.spec_path}",
-        ),
-        soft_wrap=True,
+        )
     )
     from p2e.rollouts.adaptive import annotate
 
@@ -565,7 +582,8 @@ def show(
     if abandoned:
         console.print(
             styled(
-                f"{abandoned} abandoned attempts (a dead supervisor or driver): not counted; their "
+                f"{abandoned} abandoned attempts (a dead supervisor or driver, a stopped rollout, or a "
+                "failed attempt that --resume ran again): not counted; their "
                 "payments are in their episode's ledger deltas (its row's `abandoned` names them)"
             ),
             soft_wrap=True,
@@ -575,28 +593,37 @@ def show(
             styled(f"interrupted; finish it with: p2e rollout run {info.spec_path} --resume {info.id}"),
             soft_wrap=True,
         )
+    if info.status == "stopped":  # it passed run.max_failures: the note says how it went
+        console.print(
+            styled(
+                (info.note or "stopped", "red"),
+                f"; fix the cause, then run the failed and the remaining episodes: "
+                f"p2e rollout run {info.spec_path} --resume {info.id}",
+            ),
+            soft_wrap=True,
+        )
     if rows:
         console.print(rows_table(all_rows))
 
 
-def rows_table(rows: list[Row]) -> DataTable:
-    """One line per episode; a failed one says why (cut short: `p2e rollout export` has it all)."""
-    t = DataTable()
-    for col in (
-        "episode",
-        "variant",
-        "scenario",
-        "rep",
-        "round",
-        "status",
-        "primary",
-        "steps",
-        "tokens",
-        "conversation",
-    ):
-        t.add_column(col)
-    for r in rows:
-        t.add_row(
+def rows_table(rows: list[Row]) -> FitTable:
+    """One line per episode; a failed one says why (cut short: `p2e rollout export` has it all).
+    On a narrow terminal the episode id (no command takes it), steps, round and the like give
+    way first; the conversation id, which `p2e conversation show` takes, stays whole."""
+    cols = (
+        Col("episode", "id", drop=6),
+        Col("variant"),
+        Col("scenario", drop=1),
+        Col("rep", "num", drop=4, justify="right"),
+        Col("round", "num", drop=5, justify="right"),
+        Col("status", "text"),
+        Col("primary", "num", justify="right"),
+        Col("steps", "num", drop=3, justify="right"),
+        Col("tokens", "num", drop=2, justify="right"),
+        Col("conversation", "id"),
+    )
+    table = [
+        (
             r.episode,
             r.variant,
             r.scenario,
@@ -608,7 +635,9 @@ def rows_table(rows: list[Row]) -> DataTable:
             str(r.tokens),
             r.conversation,
         )
-    return t
+        for r in rows
+    ]
+    return FitTable(cols, table)
 
 
 def ledger_lines(ledger: dict) -> str:
@@ -657,23 +686,22 @@ def compare_(
     console.print(comparison_table(compare(all_rows, base), base))
 
 
-def comparison_table(comparisons: list[Comparison], baseline: str) -> DataTable:
+def comparison_table(comparisons: list[Comparison], baseline: str) -> FitTable:
     """The paired difference, its verdict, and what it costs: extra tokens and dollars per
     episode, and the score gained per extra 1k tokens and per extra dollar ("—" where the
     variant spends no more than the baseline: a ratio would mean nothing)."""
-    t = DataTable(title=f"against {baseline} (paired by scenario)")
-    for col in (
-        "variant",
-        "pairs",
-        "difference",
-        "95% CI",
-        "verdict",
-        "extra tokens/ep",
-        "score per 1k extra tokens",
-        "extra $/ep",
-        "score per extra $",
-    ):
-        t.add_column(col, justify="left" if col in ("variant", "verdict") else "right", overflow="fold")
+    cols = (
+        Col("variant"),
+        Col("pairs", "num", justify="right"),
+        Col("difference", "num", justify="right"),
+        Col("95% CI", "num", justify="right"),
+        Col("verdict", "text"),
+        Col("extra tokens/ep", "num", drop=2, justify="right"),
+        Col("score per 1k extra tokens", "num", drop=1, justify="right"),
+        Col("extra $/ep", "num", drop=4, justify="right"),
+        Col("score per extra $", "num", drop=3, justify="right"),
+    )
+    rows = []
     verdict: str | Text
     for c in comparisons:
         if c.ci_low is None or c.ci_high is None:
@@ -684,18 +712,20 @@ def comparison_table(comparisons: list[Comparison], baseline: str) -> DataTable:
             verdict = styled(("worse", "red"))
         else:
             verdict = "no clear difference"
-        t.add_row(
-            c.variant,
-            str(c.pairs),
-            _num(c.difference),
-            _ci(c.ci_low, c.ci_high),
-            verdict,
-            "-" if c.extra_tokens is None else f"{c.extra_tokens:+,.0f}",
-            _ratio(c.score_per_1k_tokens),
-            "-" if c.extra_cost_usd is None else f"{c.extra_cost_usd:+.4f}",
-            _ratio(c.score_per_usd),
+        rows.append(
+            (
+                c.variant,
+                str(c.pairs),
+                _num(c.difference),
+                _ci(c.ci_low, c.ci_high),
+                verdict,
+                "-" if c.extra_tokens is None else f"{c.extra_tokens:+,.0f}",
+                _ratio(c.score_per_1k_tokens),
+                "-" if c.extra_cost_usd is None else f"{c.extra_cost_usd:+.4f}",
+                _ratio(c.score_per_usd),
+            )
         )
-    return t
+    return FitTable(cols, rows, f"against {baseline} (paired by scenario)")
 
 
 @app.command()
@@ -706,18 +736,28 @@ def export(
     min_score: float | None = typer.Option(
         None, "--min-score", callback=finite, help="chat: only episodes with a primary score at least this"
     ),
+    agent: str = typer.Option(
+        "root", "--agent", help="chat: whose frames: root (the episode's root agent), an agent's id, or all"
+    ),
+    metadata: bool = typer.Option(
+        False, "--metadata", help="chat: add where each line came from (OpenAI's upload may refuse it)"
+    ),
 ) -> None:
-    """Write a rollout's rows (JSONL, Parquet), or its episodes as OpenAI chat JSONL for
-    fine-tuning (`--format chat`, the root agent's side of each done episode).
+    """Write a rollout's rows (JSONL, Parquet), or its done episodes as OpenAI chat fine-tuning
+    JSONL (`--format chat`): one line per frame of the chosen agent, with its system message,
+    its tools (`delegate` included) and `parallel_tool_calls`. Failed episodes are left out.
 
     Examples:
       p2e rollout export quickstart-1a2b3c --format parquet
       p2e rollout export quickstart-1a2b3c --format chat --min-score 1 -o good.jsonl
+      p2e rollout export quickstart-1a2b3c --format chat --agent all -o frames.jsonl
     """
     from p2e.rollouts.export import write_jsonl, write_parquet, write_trajectories
 
     if fmt not in ("jsonl", "parquet", "chat"):
         raise InvalidArgument(f"--format {fmt!r}: use jsonl, parquet or chat")
+    if fmt != "chat" and (agent != "root" or metadata):
+        raise InvalidArgument("--agent and --metadata choose what a chat export holds: add --format chat")
     log = open_log()
     all_rows = RolloutStore(log).rows(rollout_id)
     path = out or Path(f"{rollout_id}.{'chat.jsonl' if fmt == 'chat' else fmt}")
@@ -726,5 +766,5 @@ def export(
     elif fmt == "parquet":
         n = write_parquet(all_rows, path)
     else:
-        n = write_trajectories(log, all_rows, path, min_score)
+        n = write_trajectories(log, all_rows, path, min_score, agent=agent, metadata=metadata)
     console.print(f"wrote {n} {'trajectories' if fmt == 'chat' else 'rows'} to {path}", soft_wrap=True)
