@@ -11,6 +11,7 @@ A payment carries a command id, so Ray may retry it (`max_task_retries`) and res
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import ray
@@ -73,14 +74,34 @@ class WalletActor:
         }
 
 
-def spawn_wallets(agents: list[str], store_url: str, namespace: str) -> dict[str, Any]:
+@dataclasses.dataclass
+class WalletSet:
+    """The Wallet actors a runtime or a rollout pays through, by agent. Another runtime or rollout
+    in the namespace shares them (one actor per party); `kill` stops only those this one started,
+    so it never pulls a wallet from under another (whose tools would then pay in process)."""
+
+    handles: dict[str, Any]
+    started: tuple[str, ...]
+
+    def kill(self) -> None:
+        for agent in self.started:
+            ray.kill(self.handles[agent])
+
+
+def spawn_wallets(agents: list[str], store_url: str, namespace: str) -> WalletSet:
     """Create (or find, by name) a Wallet actor per agent and wait until each answers; each
-    opens its owner's wallet if it is not open yet."""
-    handles = {
-        a: WalletActor.options(
-            name=wallet_actor_name(namespace, a), namespace=RAY_NAMESPACE, get_if_exists=True
-        ).remote(a, store_url, namespace)
-        for a in agents
-    }
+    opens its owner's wallet if it is not open yet. `p2e.init()` (agents with ledger tools) and
+    rollouts (the agents of a `ledger:` section) both start their wallets here."""
+    handles: dict[str, Any] = {}
+    started = []
+    for a in agents:
+        name = wallet_actor_name(namespace, a)
+        try:
+            handles[a] = ray.get_actor(name, namespace=RAY_NAMESPACE)
+        except ValueError:  # none yet (two starting at once both count it: both stop it)
+            started.append(a)
+            handles[a] = WalletActor.options(name=name, namespace=RAY_NAMESPACE, get_if_exists=True).remote(
+                a, store_url, namespace
+            )
     ray.get([h.health.remote() for h in handles.values()])
-    return handles
+    return WalletSet(handles, tuple(started))

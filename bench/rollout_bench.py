@@ -66,6 +66,7 @@ def write_spec(
     supervisors: int,
     placement: str = "actor",
     ramp_s: float = 1.0,
+    scoring: str = "supervisor",
 ) -> Path:
     (tmp / "mock").mkdir(exist_ok=True)
     (tmp / "mock" / "bench.yaml").write_text(yaml.safe_dump({**RULES, "latency_ms": latency_ms}))
@@ -95,7 +96,13 @@ def write_spec(
         "repeats": max(1, episodes // scenarios),
         "evaluators": [{"id": "contains", "per": "episode"}],
         "limits": {"max_steps": 10},
-        "run": {"in_flight": in_flight, "supervisors": supervisors, "retries": 2, "ramp_s": ramp_s},
+        "run": {
+            "in_flight": in_flight,
+            "supervisors": supervisors,
+            "retries": 2,
+            "ramp_s": ramp_s,
+            "scoring": scoring,
+        },
     }
     path = tmp / f"spec-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -179,6 +186,12 @@ def main() -> None:
         default="actor",
         help="where the agents run (agents file)",
     )
+    ap.add_argument(
+        "--scoring",
+        choices=["supervisor", "evaluators"],
+        default="supervisor",
+        help="run.scoring of the spec: the supervisor scores its episodes, or one Evaluator actor does",
+    )
     args = ap.parse_args()
 
     with server(args.url) as (url, _, _, home):
@@ -202,6 +215,7 @@ def main() -> None:
                     args.supervisors,
                     args.placement,
                     args.ramp_s,
+                    args.scoring,
                 )
                 ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, namespace="p2e")
                 out["latency"] = {
@@ -209,6 +223,7 @@ def main() -> None:
                     "latency_ms": args.latency_ms,
                     "supervisors": args.supervisors,
                     "placement": args.placement,
+                    "scoring": args.scoring,
                     "ramp_s": args.ramp_s,
                     **one_run(
                         spec,

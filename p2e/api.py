@@ -24,10 +24,12 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
 from actors.actorset import connect_ray, spawn
+from actors.wallet import WalletSet, spawn_wallets
 from p2e.agents import TeamConfig, load_team
 from p2e.conversation import Conversation
 from p2e.errors import NotFound, P2EError, origin
 from p2e.events import Event, Limits
+from p2e.ledger.wallet import wallet_agents
 from p2e.runtime.driver import Driver, TurnResult
 from p2e.runtime.local import local_driver
 from p2e.store import BranchInfo, EventLog, connect
@@ -61,6 +63,7 @@ class Runtime:
         agents: dict[str, list[Any]],
         started_ray: bool,
         evaluators: list[Any] | None = None,
+        wallets: WalletSet | None = None,
     ):
         self.team = team
         self.log = log
@@ -68,6 +71,7 @@ class Runtime:
         self.agents = agents
         self.started_ray = started_ray
         self.evaluators = evaluators or []
+        self.wallets = wallets or WalletSet({}, ())
 
     def supervisor_for(self, cid: str) -> Any:
         """Conversations are spread over supervisors by id, so each has exactly one host."""
@@ -96,9 +100,11 @@ class Runtime:
         return Chat(self, cid, conversation or cid)
 
     def shutdown(self) -> None:
-        """Stop this runtime's actors; stop Ray too if `init` started it."""
+        """Stop this runtime's actors (its Wallet actors as a rollout does: those it started);
+        stop Ray too if `init` started it."""
         for handle in [*self.supervisors, *self.evaluators, *(h for hs in self.agents.values() for h in hs)]:
             ray.kill(handle)
+        self.wallets.kill()
         self.log.close()
         if self.started_ray:
             ray.shutdown()
@@ -256,12 +262,14 @@ def init(
     `address`: None starts a local Ray; "auto" or "ray://host:10001" joins a cluster, which needs
     a store every node reaches (P2E_REDIS_URL). The store URL is handed to every actor.
     `evaluators`: how many Evaluator actors share the scoring, when the team config names
-    evaluators to run.
+    evaluators to run. Each agent with a ledger tool gets its Wallet actor (`{ns}:wallet:{agent}`,
+    shared with any rollout in the namespace): its payments go through it, as in a rollout.
     """
     team = _team(agents)
     log = connect(store_url, namespace)
     started_ray = connect_ray(address, bool(store_url or configured_url()), **ray_options)
+    wallets = spawn_wallets(wallet_agents(team), log.url, log.keys.ns)
     actors = spawn(
         team, log.url, log.keys.ns, supervisors=supervisors, evaluators=evaluators if team.evaluators else 0
     )
-    return Runtime(team, log, actors.supervisors, actors.agents, started_ray, actors.evaluators)
+    return Runtime(team, log, actors.supervisors, actors.agents, started_ray, actors.evaluators, wallets)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import redis
+from conftest import Cli
 from openai_server import OpenAIServer, Reply
 from pydantic import ValidationError
 
@@ -284,15 +285,12 @@ def test_a_prompt_injection_cannot_spend_another_agents_wallet(
 def ray_ns(ray_session: None, store_url: str) -> Iterator[tuple[str, dict[str, Any]]]:
     import uuid
 
-    import ray
-
     from actors.wallet import spawn_wallets
 
     ns = f"p2etest-wallets-{uuid.uuid4().hex[:8]}"
-    handles = spawn_wallets(["alice", "bob"], store_url, ns)
-    yield ns, handles
-    for h in handles.values():
-        ray.kill(h)
+    wallets = spawn_wallets(["alice", "bob"], store_url, ns)
+    yield ns, wallets.handles
+    wallets.kill()
     r = redis.Redis.from_url(store_url)
     keys = list(r.scan_iter(match=f"{ns}:*", count=1000))
     if keys:
@@ -415,3 +413,63 @@ def test_a_prompt_injection_on_ray_goes_through_the_wallet_actor(
     after = {a: ray.get(h.health.remote())["payments"] for a, h in handles.items()}
     assert after["alice"] - before["alice"] == 1  # it went through alice's actor
     assert after["bob"] == before["bob"]
+
+
+AGENTS_PAYER = """
+agents:
+  alice:
+    model: mock/payer
+    persona: "You are alice."
+    tools: [transfer]
+  bob:
+    model: mock/payer
+    persona: "You are bob."
+tool_modules: [p2e.tools.ledger]
+providers:
+  mock:
+    rules:
+      payer:
+        rules:
+          - role: user
+            tool_calls: [{name: transfer, arguments: {to: bob, amount: "5", reason: "the report"}}]
+          - role: tool
+            text: "paid: {{ results | join(' | ') }}"
+        default: "nothing to do"
+"""
+
+
+def test_init_starts_a_wallet_actor_and_chat_pays_through_it(
+    ray_session: None,
+    ledger: EmbeddedLedger,
+    log: EventLog,
+    store_env: dict[str, str],
+    cli: Cli,
+    tmp_path: Path,
+    ledger_tools: ModuleType,
+) -> None:
+    """`p2e.init()` starts a named Wallet actor for the agent with a ledger tool (none for bob,
+    who has none), as a rollout does; the chat's payment goes through it, once; shutdown stops
+    it, since this runtime started it."""
+    import ray
+
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(AGENTS_PAYER)
+    name = wallet_actor_name(log.keys.ns, "alice")
+    rt = p2e.api.init(agents=agents, store_url=log.url, namespace=log.keys.ns)
+    try:
+        named = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True)}
+        assert name in named and wallet_actor_name(log.keys.ns, "bob") not in named
+        actor = ray.get_actor(name, namespace=RAY_NAMESPACE)
+        result = rt.chat("alice", "pay-on-ray").send("pay bob 5 for the report")
+        health = ray.get(actor.health.remote())
+    finally:
+        rt.shutdown()
+    assert result.answer is not None and result.answer.startswith("paid: ")
+    assert (health["wallet"], health["payments"], health["refused"]) == ("alice", 1, 0)
+    assert ledger.snapshot() == {"alice": u(95), "bob": u(105), "mallory": 0}
+    paid = [e for e in log.history("pay-on-ray") if isinstance(e, ToolResult) and e.name == "transfer"]
+    assert len(paid) == 1 and not paid[0].is_error
+    code, out, _ = cli("ledger", "verify")
+    assert code == 0, out
+    with pytest.raises(ray.exceptions.RayActorError):  # stopped with the runtime that started it
+        ray.get(actor.health.remote())

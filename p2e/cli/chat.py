@@ -10,7 +10,9 @@ import typer
 from rich.console import Group, RenderableType
 from rich.panel import Panel
 
-from p2e.cli._common import AGENTS, console
+from p2e.cli import ids
+from p2e.cli._common import AGENTS, console, open_log
+from p2e.cli.dashboard import announce, wanted
 from p2e.cli.render import branch_tree, events_table, state_line
 from p2e.cli.terminal import styled
 from p2e.conversation import rebuild
@@ -30,7 +32,9 @@ PROMPT = styled(("you>", "bold cyan"), " ")
 
 def chat(
     target: str = typer.Argument(..., metavar="AGENT|resume", help="the root agent, or `resume`"),
-    name: str | None = typer.Argument(None, metavar="[NAME]", help="with `resume`: the conversation"),
+    name: str | None = typer.Argument(
+        None, metavar="[NAME]", help="with `resume`: the conversation (name, id, or a unique start of one)"
+    ),
     conversation: str | None = typer.Option(
         None, "--conversation", "-c", help="name the conversation (continue it if it exists)"
     ),
@@ -48,7 +52,7 @@ def chat(
     if target == "resume":
         if not name:
             raise typer.BadParameter("say which conversation to resume: p2e chat resume NAME")
-        agent, conversation = None, name
+        agent, conversation = None, ids.conversation(open_log(), name)
     else:
         agent = target
     if local:
@@ -59,8 +63,11 @@ def chat(
         from p2e.api import init
 
         logging.getLogger("ray").setLevel(logging.ERROR)
+        # no dashboard unless asked (P2E_DASHBOARD=1): a chat should start fast
+        opts = {} if address else {"include_dashboard": wanted(False)}
         with console.status("starting Ray and the agents..."):
-            rt = init(address, agents, log_to_driver=False, logging_level=logging.ERROR)
+            rt = init(address, agents, log_to_driver=False, logging_level=logging.ERROR, **opts)
+        announce()
         session = rt.chat(agent, conversation)
     console.print(styled("conversation ", (session.name, "bold"), f" ({session.id}); {HELP}"))
     interactive = sys.stdin.isatty()

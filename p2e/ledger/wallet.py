@@ -25,6 +25,7 @@ from p2e.ledger.policy import PolicyStore, SpendingPolicy
 from p2e.redact import default_redactor
 
 if TYPE_CHECKING:
+    from p2e.agents import TeamConfig
     from p2e.store import EventLog
 
 RAY_NAMESPACE = "p2e"
@@ -32,6 +33,13 @@ RAY_NAMESPACE = "p2e"
 ACTOR_CALL_TIMEOUT_S = 8.0
 """Below the tools' 10 s timeout, so a stuck actor gives the model an error it can read."""
 ENTRIES = TypeAdapter(list[Entry])
+LEDGER_TOOLS = ("check_balance", "transfer", "reward", "transaction_history")
+"""The agent tools that use the caller's wallet (`p2e/tools/ledger.py`)."""
+
+
+def wallet_agents(team: TeamConfig) -> list[str]:
+    """The team's agents that use their wallet (a ledger tool): each gets a Wallet actor."""
+    return sorted(a for a, spec in team.agents.items() if set(spec.tools) & set(LEDGER_TOOLS))
 
 
 def wallet_actor_name(namespace: str, agent: str) -> str:
@@ -118,12 +126,19 @@ class ActorWallet:
         self.handle, self.owner, self._ray = handle, owner, ray
 
     def _get(self, ref: Any) -> Any:
+        """Wait for the reply in this (worker) thread. Through the ref's future, not `ray.get`:
+        in an async actor (the Agent actor) `ray.get` warns that it blocks the event loop even
+        from a worker thread, which does not block it; an inline tool calling this would."""
         try:
-            return self._ray.get(ref, timeout=ACTOR_CALL_TIMEOUT_S)
-        except self._ray.exceptions.RayTaskError as e:
+            return ref.future().result(timeout=ACTOR_CALL_TIMEOUT_S)
+        except self._ray.exceptions.RayTaskError as e:  # (before TimeoutError: it may be one too)
             if isinstance(e.cause, P2EError):
                 raise e.cause from None
             raise
+        except TimeoutError:
+            raise P2EError(
+                f"the wallet of {self.owner} did not answer within {ACTOR_CALL_TIMEOUT_S:g} s; try again"
+            ) from None
 
     def balance(self) -> int:
         return int(self._get(self.handle.balance.remote()))

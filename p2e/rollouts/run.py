@@ -30,10 +30,12 @@ from actors.actorset import connect_ray, spawn
 from actors.wallet import spawn_wallets
 from p2e.errors import InvalidArgument, P2EError, StoreLost, StoreUnavailable
 from p2e.ledger.amount import format_amount
+from p2e.ledger.wallet import wallet_agents
 from p2e.redact import without_secret_settings
 from p2e.rollouts.adaptive import Halving, annotate
 from p2e.rollouts.coordinator import Coordinator
 from p2e.rollouts.export import table, write_jsonl, write_parquet
+from p2e.rollouts.failures import FailureLimit, TooManyFailures
 from p2e.rollouts.ledger import RolloutMoney
 from p2e.rollouts.plan import Episode, expand
 from p2e.rollouts.spec import Resolved, load_spec
@@ -45,8 +47,9 @@ from p2e.store.server import configured_url
 
 def spec_hash(resolved: Resolved) -> str:
     """What `--resume` checks the spec file against. An inline key is not part of it: the hash
-    is stored, and must neither reveal the key nor stop a resume after the key was rotated."""
-    text = resolved.spec.model_dump_json()
+    is stored, and must neither reveal the key nor stop a resume after the key was rotated. Nor
+    is `run.max_failures`: a guard, not what is measured (a resume may loosen it)."""
+    text = resolved.spec.model_dump_json(exclude={"run": {"max_failures"}})
     raw = json.loads(text)
     kept = without_secret_settings(raw, "")
     if kept != raw:  # (a spec without one keeps the hash it always had)
@@ -148,7 +151,7 @@ def plan(
                 "the same spec, or start a new rollout"
             )
         done = store.done_episodes(resume)
-        info = store.update(resume, status="running")
+        info = store.update(resume, status="running", note="")
     if halving is None:
         return info, [e for e in episodes if e.id not in done]
     todo = []
@@ -183,8 +186,10 @@ def run_rollout(
 
     `on_start(info, to_run, total)` (once the actors are up), `on_row(row)` and, in an adaptive
     rollout, `on_round(record, adaptive)` (each round decided) let a caller show progress.
-    Ctrl-C stops the episodes in flight and marks the rollout `interrupted`; `resume=<id>` runs
-    what is left (an adaptive rollout: its decided rounds are read back, not redecided).
+    Ctrl-C stops the episodes in flight and marks the rollout `interrupted`; passing
+    `run.max_failures` does too, marks it `stopped` with the reason in its note, and raises
+    `TooManyFailures`. `resume=<id>` runs what is left, failed episodes included (an adaptive
+    rollout: its decided rounds are read back, not redecided).
     """
     resolved = spec if isinstance(spec, Resolved) else load_spec(spec)
     log = connect(store_url, namespace)
@@ -243,6 +248,10 @@ def run_rollout(
         # nothing can be written now: the lease runs out, and the rollout reads as interrupted
         cause = e.__cause__ if isinstance(e, StoreUnavailable) and e.__cause__ else e
         raise StoreLost(log.url, info.id, resolved.path or "SPEC", cause) from None
+    except TooManyFailures as e:
+        with contextlib.suppress(redis.RedisError):
+            store.update(info.id, status="stopped", note=e.reason)
+        raise TooManyFailures(e.reason, info.id, resolved.path) from None
     except BaseException:
         with contextlib.suppress(redis.RedisError):
             store.update(info.id, status="interrupted")
@@ -344,10 +353,12 @@ def _execute(
     eval_team = resolved.team_config.model_copy(update={"evaluators": spec.evaluators})
     in_supervisor = bool(spec.evaluators) and spec.run.scoring == "supervisor"
     actors = None
-    wallets: dict[str, Any] = {}
+    wallets = None
     try:
-        if money is not None:  # each agent's wallet actor: the only holder of its identity
-            wallets = spawn_wallets(money.agents, log.url, log.keys.ns)
+        # each paying agent's Wallet actor: the only holder of its identity
+        payers = money.agents if money is not None else wallet_agents(team)
+        if payers:
+            wallets = spawn_wallets(payers, log.url, log.keys.ns)
         actors = spawn(
             team,
             log.url,
@@ -370,6 +381,7 @@ def _execute(
             ramp_s=spec.run.ramp_s,
             in_flight=spec.run.in_flight,
             retries=spec.run.retries,
+            failures=None if spec.run.max_failures is None else FailureLimit(spec.run.max_failures, to_run),
             on_row=on_row,
             ledger_deltas=money.deltas if money is not None else None,
         )
@@ -379,7 +391,7 @@ def _execute(
     finally:
         if actors is not None:
             actors.kill()
-        for handle in wallets.values():
-            ray.kill(handle)
+        if wallets is not None:
+            wallets.kill()
         if started:
             ray.shutdown()

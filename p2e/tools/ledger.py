@@ -22,10 +22,9 @@ from pydantic import BaseModel, Field
 
 from p2e.ledger.amount import ToolAmount, format_amount
 from p2e.ledger.base import COMMAND_ID_RE, Entry
+from p2e.ledger.wallet import LEDGER_TOOLS as LEDGER_TOOLS  # the names registered below
 from p2e.ledger.wallet import PayRequest, WalletAccess, wallet_for
 from p2e.tools.registry import REGISTRY, ToolContext, tool
-
-LEDGER_TOOLS = ("check_balance", "transfer", "reward", "transaction_history")
 
 
 def _wallet(ctx: ToolContext) -> WalletAccess:
