@@ -30,7 +30,8 @@ from actors.supervisor import (
     supervisor_actor_name,
 )
 from p2e.agents import TeamConfig
-from p2e.errors import InvalidArgument, P2EError
+from p2e.errors import P2EError
+from p2e.settings import settings
 
 
 class ClusterStoreRequired(P2EError):
@@ -55,10 +56,8 @@ class Dashboard:
 def dashboard_setting(default: bool) -> bool:
     """Whether a Ray that p2e starts runs its dashboard: P2E_DASHBOARD=1 or 0, else `default`
     (on for `rollout run` and `p2e.init()`, off for `p2e chat`)."""
-    setting = os.environ.get("P2E_DASHBOARD", "")
-    if setting not in ("", "0", "1"):
-        raise InvalidArgument(f"P2E_DASHBOARD={setting!r}: use 1 (dashboard on) or 0 (off)")
-    return default if setting == "" else setting == "1"
+    setting = settings().dashboard
+    return default if setting is None else setting
 
 
 def dashboard() -> Dashboard | None:
@@ -83,11 +82,12 @@ def connect_ray(address: str | None, shared_store: bool, **ray_options: Any) -> 
     if started:
         if address is None:
             # Ray runs its workers at nice 15; p2e's actors are the service itself (the driver
-            # mostly waits), so on one machine they get the same share of the CPU as the rest.
-            # Measured on 2 cores: rollout wall time 1.14-1.15x the latency-bound ideal at nice
-            # 15, 1.09-1.13x at nice 0 (bench/README.md). Only a Ray started here inherits it.
+            # mostly waits), so on one machine they get the same share of the CPU as the rest
+            # (figures: bench/README.md, rollout_bench's third sitting). Only a Ray started here
+            # inherits it.
             os.environ.setdefault("RAY_worker_niceness", "0")
-        if address in (None, "local") and services.canonicalize_bootstrap_address(address) is None:
+        # Ray annotates `addr: str`; its code and docstring take None (RAY_ADDRESS, else local)
+        if address in (None, "local") and services.canonicalize_bootstrap_address(address) is None:  # type: ignore[arg-type]
             # a new Ray, on this machine only
             ray_options = {
                 "dashboard_host": LOOPBACK,
@@ -207,7 +207,8 @@ def spawn(
 
     agents = {
         spec.id: [
-            AgentActor.options(**opts(agent_actor_name(prefix, spec.id, i))).remote(
+            # mypy keeps a decorated class's own type: it does not see Ray's ActorClass (`options`)
+            AgentActor.options(**opts(agent_actor_name(prefix, spec.id, i))).remote(  # type: ignore[attr-defined]
                 spec.id, team, store_url, namespace
             )
             for i in range(spec.replicas)
@@ -216,14 +217,16 @@ def spawn(
         if spec.placement == "actor"
     }
     evals = [
-        EvaluatorActor.options(
+        # (as AgentActor's above)
+        EvaluatorActor.options(  # type: ignore[attr-defined]
             name=evaluator_actor_name(prefix, i), namespace=RAY_NAMESPACE, get_if_exists=True
         ).remote(eval_team or team, store_url, namespace)
         for i in range(evaluators)
     ]
     ray.get([e.health.remote() for e in evals])  # they exist before a supervisor looks them up
     sups = [
-        SupervisorActor.options(**opts(supervisor_actor_name(prefix, i))).remote(
+        # (as AgentActor's above)
+        SupervisorActor.options(**opts(supervisor_actor_name(prefix, i))).remote(  # type: ignore[attr-defined]
             i,
             team,
             store_url,

@@ -2,7 +2,10 @@
 
 It keeps no conversation state, so Ray may restart it at any time (`max_restarts=-1`) and retry
 the step that was running (`max_task_retries`): a step is only a model call and its tools, and
-nothing of it counts until the supervisor has stored the reply.
+nothing of it counts until the supervisor has stored the reply. It does keep the messages of the
+frames it served (`FrameCache`), so that a step carries only the new ones; when it lacks them
+(restarted, evicted, another replica served the frame) it answers `NEED_FULL` and the supervisor
+sends the whole frame (`p2e.runtime.frames`): losing the cache costs time, never correctness.
 """
 
 from __future__ import annotations
@@ -10,24 +13,33 @@ from __future__ import annotations
 import ray
 
 from p2e.agents import TeamConfig
-from p2e.runtime.agent import AgentRunner
+from p2e.runtime.agent_step import AgentRunner
+from p2e.runtime.frames import FrameCache
 from p2e.runtime.steps import TOOL_RESULTS, StepRequest, ToolsRequest
 from p2e.store import EventLog
 
+NEED_FULL = b""
+"""`step`'s answer to a request whose earlier messages this actor does not hold."""
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, concurrency_groups={"control": 1})
+
+# Ray's overloads for `ray.remote(...)` omit the actor options (concurrency_groups, ...)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, concurrency_groups={"control": 1})  # type: ignore[call-overload]
 class AgentActor:
     def __init__(self, agent_id: str, team: TeamConfig, store_url: str, namespace: str):
         self.agent_id = agent_id
         self.runner = AgentRunner(agent_id, team, store=EventLog(store_url, namespace))
+        self.frames = FrameCache(team.frame_cache)
         self.steps = 0
 
     # Requests and results cross as JSON bytes: pydantic-core (de)serialises them several times
     # faster than pickling nested models, and Ray passes bytes through without pickling.
 
     async def step(self, req: bytes) -> bytes:
+        full = self.frames.resolve(StepRequest.model_validate_json(req))
+        if full is None:
+            return NEED_FULL
         self.steps += 1
-        result = await self.runner.step(StepRequest.model_validate_json(req))
+        result = await self.runner.step(full)
         return result.model_dump_json().encode()
 
     async def run_tools(self, req: bytes) -> bytes:
@@ -36,5 +48,7 @@ class AgentActor:
 
     @ray.method(concurrency_group="control")
     async def health(self) -> dict[str, str | int]:
-        """Who this is and how many steps it has served since it (re)started."""
-        return {"agent": self.agent_id, "steps": self.steps}
+        """Who this is; since it (re)started: the steps it served, how many of them it completed
+        from its frame cache, and how many requests it sent back for lack of a frame's messages."""
+        f = self.frames
+        return {"agent": self.agent_id, "steps": self.steps, "frame_hits": f.hits, "frame_misses": f.misses}

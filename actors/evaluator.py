@@ -15,7 +15,8 @@ from p2e.evals.service import EvalService
 from p2e.store import EventLog
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=1, concurrency_groups={"control": 1})
+# Ray's overloads for `ray.remote(...)` omit the actor options (concurrency_groups, ...)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=1, concurrency_groups={"control": 1})  # type: ignore[call-overload]
 class EvaluatorActor:
     def __init__(self, team: TeamConfig, store_url: str, namespace: str):
         self.service = EvalService(EventLog(store_url, namespace), team)

@@ -22,14 +22,14 @@ from ray.util import metrics
 
 from p2e.events import AgentReply
 
-_LATENCY_MS = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
+_LATENCY_MS: list[float] = [5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000]
 _EPISODE_S = [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900]
 _SCORE = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 
 FLUSH_S = 1.0
 """Counters are summed here and handed to Ray at most once a second, at the end of each episode
-and turn, and on shutdown: a Ray metric record costs ~20 us, and a busy supervisor would pay it
-three times a step for counts nobody reads sooner."""
+and turn, and on shutdown: a Ray metric record is not free (bench/README.md, rollout_bench's third
+sitting), and a busy supervisor would pay it three times a step for counts nobody reads sooner."""
 
 SCOPE = ("rollout", "variant")
 """The tag keys every p2e metric carries."""

@@ -14,14 +14,16 @@ from typing import Any
 
 import ray
 
+from actors.agent import NEED_FULL
 from actors.metrics import RayMeter, ScoreMeter, labels
 from p2e.agents import TeamConfig
 from p2e.evals.score import Score
 from p2e.evals.service import EvalService
 from p2e.evals.store import ScoreStore
 from p2e.events import Event, Limits, ToolResult
-from p2e.runtime.agent import AgentRunner
+from p2e.runtime.agent_step import AgentRunner
 from p2e.runtime.driver import AgentHandle, Driver, TurnResult
+from p2e.runtime.frames import SentFrames
 from p2e.runtime.steps import TOOL_RESULTS, EpisodeRequest, StepRequest, StepResult, ToolsRequest
 from p2e.store import BranchInfo, EventLog
 from p2e.store.aio import GroupCommit
@@ -56,21 +58,32 @@ class RayEvaluators:
 
 
 class RayAgent:
-    """An agent's replicas as one `AgentHandle`: calls go round-robin over the replicas."""
+    """An agent's replicas as one `AgentHandle`: calls go round-robin over the replicas. A step
+    sends the replica only the frame's messages it has not seen, and all of them when it says
+    it lacks the rest (`p2e.runtime.frames`)."""
 
-    def __init__(self, handles: list[Any]):
-        self._cycle = itertools.cycle(handles)
+    def __init__(self, handles: list[Any], frame_cache: int):
+        self._handles = handles
+        self._sent = [SentFrames(frame_cache) for _ in handles]
+        self._cycle = itertools.cycle(range(len(handles)))
 
     async def step(self, req: StepRequest) -> StepResult:
-        raw = await next(self._cycle).step.remote(req.model_dump_json().encode())
+        i = next(self._cycle)
+        handle, sent = self._handles[i], self._sent[i]
+        raw = await handle.step.remote(sent.delta(req).model_dump_json().encode())
+        if raw == NEED_FULL:
+            sent.forget(req)
+            raw = await handle.step.remote(req.model_dump_json().encode())
+        sent.sent(req)
         return StepResult.model_validate_json(raw)
 
     async def run_tools(self, req: ToolsRequest) -> list[ToolResult]:
-        raw = await next(self._cycle).run_tools.remote(req.model_dump_json().encode())
+        raw = await self._handles[next(self._cycle)].run_tools.remote(req.model_dump_json().encode())
         return TOOL_RESULTS.validate_json(raw)
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups={"control": 1})
+# Ray's overloads for `ray.remote(...)` omit the actor options (concurrency_groups, ...)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, concurrency_groups={"control": 1})  # type: ignore[call-overload]
 class SupervisorActor:
     def __init__(
         self,
@@ -112,7 +125,7 @@ class SupervisorActor:
                 ray.get_actor(agent_actor_name(self.prefix, agent_id, i), namespace=RAY_NAMESPACE)
                 for i in range(spec.replicas)
             ]
-            self._agents[agent_id] = RayAgent(handles)
+            self._agents[agent_id] = RayAgent(handles, self.team.frame_cache)
         return self._agents[agent_id]
 
     async def create(

@@ -23,7 +23,8 @@ from p2e.ledger.wallet import ENTRIES
 from p2e.store import EventLog
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, concurrency_groups={"control": 1})
+# Ray's overloads for `ray.remote(...)` omit the actor options (concurrency_groups, ...)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3, concurrency_groups={"control": 1})  # type: ignore[call-overload]
 class WalletActor:
     def __init__(self, owner: str, store_url: str, namespace: str):
         self.owner = owner
@@ -100,8 +101,9 @@ def spawn_wallets(agents: list[str], store_url: str, namespace: str) -> WalletSe
             handles[a] = ray.get_actor(name, namespace=RAY_NAMESPACE)
         except ValueError:  # none yet (two starting at once both count it: both stop it)
             started.append(a)
-            handles[a] = WalletActor.options(name=name, namespace=RAY_NAMESPACE, get_if_exists=True).remote(
-                a, store_url, namespace
-            )
+            # mypy keeps a decorated class's own type: it does not see Ray's ActorClass (`options`)
+            handles[a] = WalletActor.options(  # type: ignore[attr-defined]
+                name=name, namespace=RAY_NAMESPACE, get_if_exists=True
+            ).remote(a, store_url, namespace)
     ray.get([h.health.remote() for h in handles.values()])
     return WalletSet(handles, tuple(started))

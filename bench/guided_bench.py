@@ -27,9 +27,9 @@ from pathlib import Path
 
 from benchlib import delete_ns, server
 
-from p2e.rollouts.run import run_rollout
+from p2e.api import run_rollout
 from p2e.rollouts.spec import load_spec
-from p2e.runtime.guide import read_tree
+from p2e.runtime.guided_search import read_tree
 from p2e.store import connect
 
 REPO = Path(__file__).resolve().parent.parent

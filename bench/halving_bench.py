@@ -36,9 +36,9 @@ import ray
 import yaml
 from benchlib import delete_ns, server
 
+from p2e.api import run_rollout
 from p2e.rollouts.adaptive import Halving
 from p2e.rollouts.plan import expand
-from p2e.rollouts.run import run_rollout
 from p2e.rollouts.spec import load_spec
 from p2e.rollouts.stats import summarize
 

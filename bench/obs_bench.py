@@ -363,7 +363,7 @@ def main() -> None:
     args = ap.parse_args()
     seconds = args.seconds or (3.0 if args.quick else 10.0)
     rounds = args.rounds or (1 if args.quick else 3)
-    from p2e.obs.recording import OBSERVER_NICE
+    from p2e.obs.observer import OBSERVER_NICE
 
     args.nice = OBSERVER_NICE if args.nice is None else args.nice
     import rerun

@@ -35,8 +35,8 @@ import ray
 import yaml
 from benchlib import delete_ns, server
 
-from p2e.obs.recording import RerunOptions, observe
-from p2e.rollouts.run import run_rollout
+from p2e.api import run_rollout
+from p2e.obs.observer import RerunOptions, observe
 from p2e.rollouts.store import RolloutInfo, Row
 
 CALLS = 5

@@ -4,7 +4,7 @@ A planner delegates to a researcher (who calls two tools in one reply), then to 
 answers the user. The demo prints the history, the stack in the middle of the delegation, then
 rewinds to before the writer was asked and takes another path on a new branch, and shows the
 branch tree and a diff of the two final answers. Nothing here calls a model: each agent's replies
-are scripted, and the loop below is the interpreter that performs the machine's commands.
+are scripted, and `p2e.scripted.ScriptedTeam` is the interpreter that performs the machine's commands.
 
 Run it with `make demo-branching`, then explore with `p2e conversation show demo`, `p2e conversation
 branches demo`, `p2e artifact list demo`.

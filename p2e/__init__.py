@@ -12,7 +12,7 @@ from p2e.errors import P2EError
 
 if TYPE_CHECKING:
     from p2e.api import init, local_chat
-    from p2e.rollouts.run import run_rollout as rollout
+    from p2e.api import run_rollout as rollout
 
 __all__ = ["P2EError", "init", "local_chat", "rollout"]
 __version__ = "0.1.0"
@@ -24,7 +24,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "rollout":
-        from p2e.rollouts.run import run_rollout
+        from p2e.api import run_rollout
 
         return run_rollout
     raise AttributeError(f"module 'p2e' has no attribute {name!r}")

@@ -14,7 +14,6 @@ print(chat.send("And in Oslo?").answer)
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import zlib
 from pathlib import Path
@@ -30,13 +29,16 @@ from p2e.conversation import Conversation
 from p2e.errors import NotFound, P2EError, origin
 from p2e.events import Event, Limits
 from p2e.ledger.wallet import wallet_agents
+from p2e.rollouts import run as rollouts_run
+from p2e.rollouts.run import RolloutResult
+from p2e.rollouts.spec import Resolved
 from p2e.runtime.driver import Driver, TurnResult
 from p2e.runtime.local import local_driver
+from p2e.settings import settings
 from p2e.store import BranchInfo, EventLog, connect
 from p2e.store.log import new_id
 from p2e.store.server import configured_url
 
-DEFAULT_AGENTS = "experiments/agents.yaml"
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
@@ -245,7 +247,7 @@ def local_chat(
 def _team(agents: str | Path | TeamConfig | None) -> TeamConfig:
     if isinstance(agents, TeamConfig):
         return agents
-    return load_team(agents or os.environ.get("P2E_AGENTS", DEFAULT_AGENTS))
+    return load_team(agents or settings().agents)
 
 
 def init(
@@ -273,3 +275,19 @@ def init(
         team, log.url, log.keys.ns, supervisors=supervisors, evaluators=evaluators if team.evaluators else 0
     )
     return Runtime(team, log, actors.supervisors, actors.agents, started_ray, actors.evaluators, wallets)
+
+
+def run_rollout(spec: str | Path | Resolved, **options: Any) -> RolloutResult:
+    """Run (or resume) a rollout on Ray (a local one, or `address=`) and return its result; the
+    options are `p2e.rollouts.run.run_rollout`'s: address, resume, store_url, namespace, on_start,
+    on_row, on_round and Ray's own.
+
+    ```python
+    result = p2e.rollout("experiments/quickstart.yaml")
+    for s in result.summary():
+        print(s.variant, s.mean, (s.ci_low, s.ci_high), s.n, s.failures)
+    ```
+    """
+    from actors.rollout import execute
+
+    return rollouts_run.run_rollout(spec, execute=execute, **options)

@@ -67,13 +67,13 @@ def list_artifacts(
     out = []
     refs = log.indexed(info.id, kind=kind, agent=agent)
     by_branch: dict[str, list[int]] = {}
-    for b, seq in refs:
-        by_branch.setdefault(b, []).append(seq)
-    for b, seqs in by_branch.items():
-        bi = log.branch(info.id, b)
+    for name, seq in refs:
+        by_branch.setdefault(name, []).append(seq)
+    for name, seqs in by_branch.items():
+        bi = log.branch(info.id, name)
         lo, hi = min(seqs), max(seqs) + 1
         events = {e.seq: e for e in log.read(bi, lo, hi)}
-        out += [_artifact(info.name, info.id, b, events[s]) for s in seqs if s in events]
+        out += [_artifact(info.name, info.id, name, events[s]) for s in seqs if s in events]
     return sorted(out, key=lambda a: (a.event.ts, a.seq))
 
 

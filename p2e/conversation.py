@@ -7,7 +7,7 @@ interleave), and only then does the caller act on the returned commands.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from typing import Any
 
 from p2e.errors import CorruptData, EventRejected, InvalidArgument, SequenceOutOfRange
@@ -15,16 +15,17 @@ from p2e.events import Event, Limits, Reflection, Started
 from p2e.machine import INITIAL, Command, State, fold, handle, handle_all
 from p2e.redact import default_redactor
 from p2e.runtime.interpret import Advance, advance
+from p2e.settings import settings
 from p2e.store import BranchInfo, ConversationInfo, EventLog
 from p2e.store.aio import GroupCommit
 from p2e.store.log import new_conversation
-
-SNAPSHOT_EVERY = int(os.environ.get("P2E_SNAPSHOT_EVERY", "256"))
 
 
 class Conversation:
     def __init__(self, log: EventLog, info: ConversationInfo, branch: BranchInfo, state: State):
         self.log, self.info, self.branch, self.state = log, info, branch, state
+        self.snapshot_every = settings().snapshot_every
+        """P2E_SNAPSHOT_EVERY, read once per conversation: `commit` runs on every step."""
 
     @property
     def id(self) -> str:
@@ -39,7 +40,7 @@ class Conversation:
         cls,
         log: EventLog,
         root: str,
-        team: dict[str, tuple[str, ...] | list[str]],
+        team: Mapping[str, tuple[str, ...] | list[str]],
         limits: Limits | None = None,
         name: str | None = None,
         cid: str | None = None,
@@ -59,7 +60,7 @@ class Conversation:
         log: EventLog,
         writer: GroupCommit,
         root: str,
-        team: dict[str, tuple[str, ...] | list[str]],
+        team: Mapping[str, tuple[str, ...] | list[str]],
         limits: Limits | None = None,
         name: str | None = None,
         cid: str | None = None,
@@ -107,7 +108,8 @@ class Conversation:
         """Adopt a prepared state once its events are stored; returns a snapshot when one is due."""
         before, self.state = self.state.length, state
         self.branch = self.branch.model_copy(update={"length": state.length})
-        if before // SNAPSHOT_EVERY != state.length // SNAPSHOT_EVERY:
+        every = self.snapshot_every
+        if before // every != state.length // every:
             # frames keep model text (a delegation's task): masked as the events it folds are
             return default_redactor().data(state.model_dump_json().encode())
         return None
@@ -137,7 +139,7 @@ class Conversation:
 
 def _started(
     root: str,
-    team: dict[str, tuple[str, ...] | list[str]],
+    team: Mapping[str, tuple[str, ...] | list[str]],
     limits: Limits | None,
     overrides: dict[str, dict[str, Any]] | None,
     reflection: dict[str, Reflection] | None,

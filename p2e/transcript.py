@@ -9,6 +9,8 @@ from the events, so it costs no snapshot space and can always be rebuilt.
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Iterable
 
 from p2e.events import AgentReply, Critique, Event, ToolResult, UserMessage
@@ -34,11 +36,24 @@ def critique_message(event: Critique) -> str:
     )
 
 
+_PROCESS = os.urandom(6).hex()
+_COUNTER = itertools.count()
+
+
+def new_frame_id() -> str:
+    """An id no other frame list of any process gets: this process's random tag and a counter."""
+    return f"{_PROCESS}.{next(_COUNTER)}"
+
+
 class Transcript:
     def __init__(self) -> None:
         self.frames: list[list[Message]] = []
         self.tasks: list[str] = []
         """Per frame, what it was asked: the delegated task, or the root's latest user message."""
+        self.ids: list[str] = []
+        """Per frame, an id of its message list in this process (`new_frame_id`): the list only
+        grows, so what was sent to an agent under an id is a prefix of what the id names later
+        (`p2e.runtime.frames`); a copy or a rebuild gets new ids."""
 
     @classmethod
     def rebuild(cls, events: Iterable[Event], state: State = INITIAL) -> tuple[Transcript, State]:
@@ -56,6 +71,7 @@ class Transcript:
         t = cls()
         t.frames = [[] for _ in state.stack]
         t.tasks = [f.task for f in state.stack]
+        t.ids = [new_frame_id() for _ in state.stack]
         return t
 
     def copy(self) -> Transcript:
@@ -63,17 +79,22 @@ class Transcript:
         t = Transcript()
         t.frames = [list(f) for f in self.frames]
         t.tasks = list(self.tasks)
+        t.ids = [new_frame_id() for _ in self.frames]  # the copies grow apart
         return t
 
     def messages(self) -> list[Message]:
         """The top frame's messages: what its agent is asked to continue."""
         return list(self.frames[-1]) if self.frames else []
 
+    def frame_id(self) -> str:
+        """The top frame's id (see `ids`); empty without a frame."""
+        return self.ids[-1] if self.ids else ""
+
     def update(self, before: State, event: Event, after: State) -> None:
         """Follow one event that moved the machine from `before` to `after`."""
         if not before.stack:  # `started`: the root frame opens, empty until the user speaks
             opened = Transcript.opened(after)
-            self.frames, self.tasks = opened.frames, opened.tasks
+            self.frames, self.tasks, self.ids = opened.frames, opened.tasks, opened.ids
             return
         if isinstance(event, UserMessage):
             self.frames[0].append(Message(role="user", content=event.text))
@@ -92,6 +113,7 @@ class Transcript:
             popped = before.stack[-1]
             del self.frames[keep:]
             del self.tasks[keep:]
+            del self.ids[keep:]
             text = event.text if isinstance(event, AgentReply) else ""
             self.frames[-1].append(
                 Message(role="tool", content=text, tool_call_id=popped.call_id, name="delegate")
@@ -99,6 +121,7 @@ class Transcript:
         for frame in after.stack[len(self.frames) :]:
             self.frames.append([Message(role="user", content=frame.task)])
             self.tasks.append(frame.task)
+            self.ids.append(new_frame_id())
 
 
 def _common(before: State, after: State) -> int:

@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 from yaml.composer import Composer
 from yaml.constructor import ConstructorError, SafeConstructor
-from yaml.events import AliasEvent
+from yaml.events import AliasEvent, NodeEvent
 from yaml.nodes import MappingNode, ScalarNode
 from yaml.reader import ReaderError
 from yaml.resolver import Resolver
@@ -30,13 +30,13 @@ MAX_NODES = 1_000_000
 """The most values (scalars, lists, mappings, keys included) a document may hold, aliases expanded."""
 
 try:
-    from yaml.cyaml import CParser as _Parser  # libyaml's: three times as fast as PyYAML's own
+    from yaml._yaml import CParser as _Parser  # libyaml's: three times as fast as PyYAML's own
 except ImportError:  # a PyYAML built without libyaml
     from yaml.parser import Parser
     from yaml.reader import Reader
     from yaml.scanner import Scanner
 
-    class _Parser(Reader, Scanner, Parser):  # type: ignore[no-redef]
+    class _Parser(Reader, Scanner, Parser):  # type: ignore[no-redef]  # stands in for CParser
         def __init__(self, stream: str) -> None:
             Reader.__init__(self, stream)
             Scanner.__init__(self)
@@ -57,10 +57,11 @@ class _Loader(Composer, _Parser, SafeConstructor, Resolver):
         Resolver.__init__(self)
         self._depth = 0
         self._nodes = 0
-        self._sizes: dict[str, int] = {}  # anchor -> values in its node, aliases expanded
+        self._sizes: dict[str | None, int] = {}  # anchor -> values in its node, aliases expanded
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
+        assert isinstance(event, NodeEvent) and event.start_mark  # a node's first event, marked
         line = event.start_mark.line + 1
         if isinstance(event, AliasEvent):
             node = super().compose_node(parent, index)

@@ -15,7 +15,7 @@ import ray
 from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from p2e.rollouts.run import run_rollout
+from p2e.api import run_rollout
 from p2e.rollouts.store import Row
 
 

@@ -2,7 +2,12 @@
 
 It runs on aiohttp in a background thread with its own event loop, on 127.0.0.1 and a free port.
 `POST /v1/chat/completions` answers from a queue of scripted replies, then (queue empty) from an
-optional responder callable, and records every request it received.
+optional responder callable, and records every request it received. A request with
+`stream: true` gets the reply as server-sent events, as OpenAI sends them: `chat.completion.chunk`
+objects (the role first, then `delta.content` pieces, then each tool call's id and name followed
+by `delta.tool_calls[i].function.arguments` fragments, then an empty delta with the
+finish_reason), a usage chunk with no choices when `stream_options.include_usage` is set, and
+`data: [DONE]`.
 
     with OpenAIServer() as server:
         server.push(Reply(status=429, retry_after=0.05), Reply(text="hi"))
@@ -20,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
 import socket
 import threading
 import time
@@ -55,6 +61,12 @@ class Reply:
     finish_reason: str | None = None
     raw: dict[str, Any] | None = None
     """A whole response body to send as-is (for malformed-reply tests)."""
+    chunk_chars: int = 4
+    """Streamed: the size of the pieces content and tool-call arguments are cut into."""
+    chunk_delay_s: float = 0.0
+    """Streamed: the wait before each chunk."""
+    break_after: int | None = None
+    """Streamed: drop the connection after this many chunks (a stream cut mid-reply)."""
 
 
 Responder = Callable[[dict[str, Any]], "Reply | str"]
@@ -85,6 +97,7 @@ class OpenAIServer:
         self.requests.clear()
         self.request_headers.clear()
         self.responder = None
+        self._ids = itertools.count(1)  # the same script gets the same reply and call ids
 
     @property
     def url(self) -> str:
@@ -162,7 +175,60 @@ class OpenAIServer:
         if reply.status != 200:
             error = {"message": reply.error, "type": "test_error", "param": None, "code": str(reply.status)}
             return web.json_response({"error": error}, status=reply.status, headers=headers)
+        if body.get("stream"):
+            return await self._stream(request, body, reply, headers)
         return web.json_response(self._completion(body, reply), headers=headers)
+
+    async def _stream(
+        self, request: web.Request, body: dict[str, Any], reply: Reply, headers: dict[str, str]
+    ) -> web.StreamResponse:
+        from aiohttp import web
+
+        response = web.StreamResponse(headers={**headers, "Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for i, chunk in enumerate(self._chunks(body, reply)):
+            if reply.break_after is not None and i >= reply.break_after:
+                assert request.transport is not None
+                request.transport.close()  # no terminating chunk: the client sees a cut stream
+                return response
+            if reply.chunk_delay_s:
+                await asyncio.sleep(reply.chunk_delay_s)
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    def _chunks(self, body: dict[str, Any], reply: Reply) -> list[dict[str, Any]]:
+        n = next(self._ids)
+        usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        base = {
+            "id": f"chatcmpl-test-{n}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": reply.model or body.get("model", "test-model"),
+            "system_fingerprint": None,
+        }
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {**base, "choices": [choice], **({"usage": None} if usage else {})}
+
+        def pieces(text: str) -> list[str]:
+            size = max(reply.chunk_chars, 1)
+            return [text[i : i + size] for i in range(0, len(text), size)]
+
+        out = [chunk({"role": "assistant", "content": "" if reply.text is not None else None})]
+        out += [chunk({"content": p}) for p in pieces(reply.text or "")]
+        for i, (name, args) in enumerate(reply.tool_calls):
+            call = {"index": i, "id": f"call_{n}_{i}", "type": "function"}
+            out.append(chunk({"tool_calls": [{**call, "function": {"name": name, "arguments": ""}}]}))
+            out += [chunk({"tool_calls": [{"index": i, "function": {"arguments": p}}]}) for p in pieces(args)]
+        out.append(chunk({}, reply.finish_reason or ("tool_calls" if reply.tool_calls else "stop")))
+        if usage:
+            total = reply.prompt_tokens + reply.completion_tokens
+            counts = {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens}
+            out.append({**base, "choices": [], "usage": {**counts, "total_tokens": total}})
+        return out
 
     def _completion(self, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         n = next(self._ids)

@@ -14,10 +14,12 @@ import yaml
 from conftest import Cli
 from test_rollouts import SPEC, spec_error, write_spec
 
-from p2e.rollouts.adaptive import Halving, annotate, auto_rounds, deal, decide, next_count, outcomes, schedule
+from p2e.api import run_rollout
+from p2e.rollouts.adaptive import Halving, annotate, deal, decide, outcomes
+from p2e.rollouts.halving import Adaptive, auto_rounds, next_count, schedule
 from p2e.rollouts.plan import Episode, expand
-from p2e.rollouts.run import _rounds, plan, run_rollout
-from p2e.rollouts.spec import Adaptive, load_spec
+from p2e.rollouts.run import _rounds, plan
+from p2e.rollouts.spec import load_spec
 from p2e.rollouts.stats import compare, per_extra, summarize
 from p2e.rollouts.store import AdaptiveRecord, RolloutStore, Row
 from p2e.store import EventLog

@@ -18,14 +18,15 @@ import yaml
 from conftest import Cli
 from test_obs_rerun import read_rrd
 
+from p2e.api import run_rollout
 from p2e.evals.store import ScoreStore
 from p2e.events import Limits
 from p2e.ledger import LedgerConfig
 from p2e.obs import record_rows
 from p2e.rollouts.export import score_column, write_jsonl, write_parquet
-from p2e.rollouts.ledger import RolloutMoney
+from p2e.rollouts.money import RolloutMoney
 from p2e.rollouts.plan import Episode
-from p2e.rollouts.run import RolloutResult, run_rollout
+from p2e.rollouts.run import RolloutResult
 from p2e.rollouts.stats import summarize
 from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
 from p2e.store import EventLog

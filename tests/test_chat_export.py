@@ -21,11 +21,11 @@ from openai_server import OpenAIServer, Reply
 from pydantic import ConfigDict, TypeAdapter, with_config
 from typing_extensions import TypedDict, is_typeddict
 
+from p2e.api import run_rollout
 from p2e.conversation import Conversation
 from p2e.errors import InvalidArgument
 from p2e.events import AgentReply, Limits, ToolCall, UserMessage
 from p2e.rollouts.export import write_trajectories
-from p2e.rollouts.run import run_rollout
 from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
 from p2e.store import EventLog
 

@@ -4,8 +4,9 @@ started with the `ray` CLI and Ray's token authentication, one worker node kille
 The job's logs and the dashboard's REST API are read with the token (and refused without it);
 the node that dies hosts a supervisor with episodes in flight, so the retry path runs. When the
 job has succeeded, every episode has one `done` row, the nodes' Prometheus metrics agree with the
-rows, and the ledger adds up to the unit. Last come two checks of things not done yet (see the
-end of the test).
+rows, and the ledger adds up to the unit. Then `experiments/sweep.py` runs as a second job (a
+Python driver finding the cluster through the job's RAY_ADDRESS). Last come two checks that
+once failed (see the end of the test).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from p2e.rollouts.store import RolloutStore
 from p2e.store import EventLog
 
 ROOT = Path(__file__).resolve().parent.parent
+EXPERIMENTS = ROOT / "experiments"
 P2E = str(Path(sys.executable).parent / "p2e")
 REPEATS = 20
 EPISODES = 2 * 3 * REPEATS  # variants x scenarios x repeats
@@ -148,6 +150,23 @@ def test_a_paying_rollout_as_a_ray_job_survives_a_node_and_adds_up(
         return got == dict(want)
 
     wait_for("metrics equal to the rows", metrics_agree, 60, lambda: (got, dict(want)))
+
+    # a Python driver as a job: experiments/sweep.py finds the cluster through the job's RAY_ADDRESS
+    sweep = client.submit_job(
+        entrypoint=f"cd {tmp_path} && {sys.executable} {EXPERIMENTS}/sweep.py {EXPERIMENTS}/quickstart.yaml",
+        runtime_env={"env_vars": env},
+    )
+    wait_for(
+        "the sweep job",
+        lambda: client.get_job_status(sweep).is_terminal(),
+        180,
+        lambda: client.get_job_logs(sweep),
+    )
+    sweep_logs = client.get_job_logs(sweep)
+    assert client.get_job_status(sweep) == JobStatus.SUCCEEDED, sweep_logs[-3000:]
+    (sweep_rid,) = [i for i in store.ids() if i != rid]
+    assert f"rollout {sweep_rid}: 24 episodes" in sweep_logs
+    assert store.get(sweep_rid).status == "done" and (tmp_path / f"{sweep_rid}.parquet").is_file()
 
     # Checked last, so that a failure here leaves everything above proven:
     # - the supervisors are placed round-robin over the nodes (docs/cluster.md): one on each

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from p2e import artifacts, conversation
+from p2e import artifacts
 from p2e.conversation import Conversation, rebuild
 from p2e.errors import Conflict, EventRejected, SequenceOutOfRange, UnknownArtifact
 from p2e.events import AgentReply, Limits, ToolCall, ToolResult, UserMessage
@@ -122,7 +122,7 @@ def test_rewind_mid_delegation_restores_the_stack(log: EventLog) -> None:
 
 
 def test_snapshots_are_written_and_used(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(conversation, "SNAPSHOT_EVERY", 4)
+    monkeypatch.setenv("P2E_SNAPSHOT_EVERY", "4")  # read when needed, not at import
     conv = Conversation.create(log, "boss", TEAM, name="c1")
     for i in range(5):  # 5 rounds of 2 events each, plus the start event: 11 events
         conv.submit(UserMessage(text=f"q{i}"))

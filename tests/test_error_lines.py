@@ -13,9 +13,9 @@ import yaml
 from pydantic import ValidationError
 
 import p2e.api
+from p2e.api import run_rollout
 from p2e.errors import LINE_MAX, InvalidArgument, log_failure, one_line
 from p2e.events import Failed, Limits
-from p2e.rollouts.run import run_rollout
 from p2e.store import EventLog
 
 ROOT = Path(__file__).resolve().parent.parent

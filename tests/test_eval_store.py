@@ -4,6 +4,8 @@ doubled under concurrency, and the `p2e eval` commands a user runs."""
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -124,9 +126,15 @@ def test_eval_commands(
         assert code != 0 and message in " ".join(err.split()), (args, err)
 
 
+SEEN_RUNNING = threading.Event()
+
+
 @evaluator(id="slow", version="1")
 async def slow(ctx: EvalContext) -> float:
-    await asyncio.sleep(0.5)
+    """Finishes once the test has seen it running (or after 10 s, when the status never shows)."""
+    deadline = time.monotonic() + 10
+    while not SEEN_RUNNING.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     return 1.0
 
 
@@ -135,12 +143,15 @@ def test_an_evaluation_is_pending_then_running_then_done(log: EventLog) -> None:
     registry = builtin_registry()
     registry.register(slow)
     store = ScoreStore(log)
+    SEEN_RUNNING.clear()
 
     async def watch() -> list[str]:
         task = asyncio.create_task(evaluate_branch(log, conv.branch, [registry.create("slow")]))
         seen: list[str] = []
         while not task.done():
             seen += [s.status for s in await asyncio.to_thread(store.all, "statuses")]
+            if "running" in seen:
+                SEEN_RUNNING.set()
             await asyncio.sleep(0.02)
         await task
         return seen

@@ -25,7 +25,8 @@ import ray
 from conftest import Cli
 from paying import write_paying_spec
 
-from p2e.rollouts.run import RolloutResult, run_rollout
+from p2e.api import run_rollout
+from p2e.rollouts.run import RolloutResult
 from p2e.rollouts.store import LEASE_S, RolloutStore
 from p2e.store import EventLog
 from p2e.store.server import ensure_embedded, stop_embedded

@@ -16,7 +16,7 @@ from p2e.conversation import Conversation
 from p2e.errors import InvalidArgument
 from p2e.evals.store import ScoreStore
 from p2e.events import AgentReply, Critique, Failed, Limits
-from p2e.runtime.guide import read_tree
+from p2e.runtime.guided_search import read_tree
 from p2e.runtime.local import local_driver
 from p2e.runtime.replay import replay_branch
 from p2e.runtime.steps import EpisodeRequest
@@ -374,7 +374,7 @@ def test_bad_guide_settings_are_named() -> None:
 def test_a_guided_variant_in_a_rollout_reaches_the_best_models_score(
     ray_session: None, store_url: str, namespace: str, log: EventLog
 ) -> None:
-    from p2e.rollouts.run import run_rollout
+    from p2e.api import run_rollout
     from p2e.rollouts.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parent.parent / "experiments" / "guided.yaml")
@@ -407,11 +407,11 @@ def test_a_search_that_passes_the_token_budget_ends_the_episode_with_a_budget_ev
 
 
 def test_the_plan_counts_the_children_of_guided_steps() -> None:
-    from p2e.rollouts.plan import summarize
+    from p2e.rollouts.plan import summarize_plan
     from p2e.rollouts.spec import load_spec
 
     spec = load_spec(Path(__file__).resolve().parent.parent / "experiments" / "guided.yaml")
-    s = summarize(spec)
+    s = summarize_plan(spec)
     # 4 plain variants x 8 scenarios at one call each, the guided one at 4 children per turn
     assert (s.episodes, s.min_model_calls) == (40, 32 + 8 * 4)
     assert s.max_model_calls == (32 + 8 * 4) * spec.limits.max_steps

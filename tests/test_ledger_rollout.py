@@ -106,28 +106,28 @@ def ledger(log: EventLog) -> Iterator[EmbeddedLedger]:
 def test_a_rollout_funds_locks_and_pays_out_once(ledger: EmbeddedLedger, log: EventLog) -> None:
     config = LedgerConfig.model_validate(SECTION)
     policies = PolicyStore(log.r, log.keys.ns)
-    hook = RolloutLedger(ledger, config, "sweep-1", ["planner", "writer", "researcher"], policies)
-    start = hook.setup()
+    bounty = RolloutLedger(ledger, config, "sweep-1", ["planner", "writer", "researcher"], policies)
+    start = bounty.setup()
     assert start == {"planner": u(100), "researcher": u(100), "sponsor": 0, "writer": u("20.5")}
-    assert hook.setup() == start  # resumed: nothing funded twice
-    assert ledger.escrow(hook.escrow_id).state == "locked" and ledger.metrics().escrowed == u(30)
+    assert bounty.setup() == start  # resumed: nothing funded twice
+    assert ledger.escrow(bounty.escrow_id).state == "locked" and ledger.metrics().escrowed == u(30)
     assert policies.get("planner").allowed_payees == ("writer",)
     ledger.open_wallet("bystander")
-    assert "bystander" not in hook.balances(object())
+    assert "bystander" not in bounty.balances()
 
-    before = hook.balances()
+    before = bounty.balances()
     ledger.transfer("planner", "writer", u(3), reason="help", command_id="ep-pay")
-    assert deltas(before, hook.balances()) == {"planner": -u(3), "writer": u(3)}
+    assert deltas(before, bounty.balances()) == {"planner": -u(3), "writer": u(3)}
 
     scores = {"fast": 0.9, "slow": 0.2}
     agents = {"fast": ["planner", "writer"], "slow": ["planner", "researcher"]}
-    paid = hook.pay_out(scores, agents)
+    paid = bounty.pay_out(scores, agents)
     assert paid is not None and paid.winners == ("fast",) and not paid.refunded
     assert paid.payouts == {"planner": u(15), "writer": u(15)}
-    assert hook.balances()["writer"] == u("38.5")
-    again = hook.pay_out(scores, agents)
+    assert bounty.balances()["writer"] == u("38.5")
+    again = bounty.pay_out(scores, agents)
     assert again is not None and again.receipt is not None and again.receipt.replayed
-    changed = hook.pay_out({"slow": 1.0}, agents)  # a resume that scored differently moves nothing
+    changed = bounty.pay_out({"slow": 1.0}, agents)  # a resume that scored differently moves nothing
     assert changed is not None and changed.receipt is None and changed.payouts == {}
     assert ledger.snapshot()["researcher"] == u(100)
     assert ledger.verify().ok
@@ -135,10 +135,10 @@ def test_a_rollout_funds_locks_and_pays_out_once(ledger: EmbeddedLedger, log: Ev
 
 def test_a_rollout_without_winner_refunds_the_sponsor(ledger: EmbeddedLedger) -> None:
     config = LedgerConfig.model_validate(SECTION | {"sponsor_balance": 50})
-    hook = RolloutLedger(ledger, config, "sweep-2", ["planner"])
-    hook.setup()
+    bounty = RolloutLedger(ledger, config, "sweep-2", ["planner"])
+    bounty.setup()
     assert ledger.balance("sponsor") == u(20)
-    paid = hook.pay_out({"fast": None}, {"fast": ["planner"]})
+    paid = bounty.pay_out({"fast": None}, {"fast": ["planner"]})
     assert paid is not None and paid.refunded and paid.payouts == {"sponsor": u(30)}
     assert ledger.balance("sponsor") == u(50)
     no_bounty = RolloutLedger(ledger, LedgerConfig(balance=1), "sweep-3", ["planner"])

@@ -204,13 +204,11 @@ def test_tool_message_without_call_id_is_refused(openai_server: OpenAIServer) ->
 
 def test_429_is_retried_after_retry_after(openai_server: OpenAIServer) -> None:
     openai_server.push(Reply(status=429, retry_after=0.3, error="rate limited"), Reply(text="finally"))
-    started = time.perf_counter()
     r = ask(provider(openai_server))
-    elapsed = time.perf_counter() - started
     assert r.text == "finally"
     assert len(openai_server.requests) == 2
-    assert elapsed >= 0.3  # the backoff alone would be ~1 ms: the header was honoured
-    assert r.usage.latency_ms >= 300  # latency covers the retries
+    # the latency covers the retries; the backoff alone would be ~1 ms: the header was honoured
+    assert r.usage.latency_ms >= 300
 
 
 def test_500_twice_then_success(openai_server: OpenAIServer) -> None:
@@ -221,11 +219,9 @@ def test_500_twice_then_success(openai_server: OpenAIServer) -> None:
 
 def test_timeout_is_retried(openai_server: OpenAIServer) -> None:
     openai_server.push(Reply(text="too late", delay_s=2.0), Reply(text="in time"))
-    started = time.perf_counter()
     r = ask(provider(openai_server, timeout_s=0.3))
-    assert r.text == "in time"
+    assert r.text == "in time"  # not "too late": the client gave up on the first reply at 0.3 s
     assert len(openai_server.requests) == 2
-    assert 0.3 <= time.perf_counter() - started < 2.0
 
 
 def test_400_is_not_retried(openai_server: OpenAIServer) -> None:

@@ -19,7 +19,7 @@ from ray_cli_cluster import scrape as scrape_url
 
 import actors.metrics
 import p2e.obs
-from p2e.rollouts.run import run_rollout
+from p2e.api import run_rollout
 
 PRICE = [1000, 2000]
 """USD per 1M input and output tokens of the test model: every step costs something."""

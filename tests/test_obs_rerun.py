@@ -23,7 +23,7 @@ from p2e.evals.score import Score, Target
 from p2e.evals.store import ScoreStore
 from p2e.events import AgentReply, Limits, UserMessage
 from p2e.obs import RerunOptions, ViewerUnavailable, observe, record_conversation, record_rows, recording_path
-from p2e.obs.recording import start_recording
+from p2e.obs.observer import start_recording
 from p2e.redact import MASK, refresh_secrets
 from p2e.store import EventLog
 

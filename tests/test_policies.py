@@ -27,7 +27,7 @@ from p2e.policies import ContextPolicy, DuplicatePolicy, apply_context
 from p2e.policies.context import estimate_tokens
 from p2e.policies.duplicates import ToolCache, canonical_arguments, run_calls_with_policy
 from p2e.rollouts.spec import agent_specs, load_spec
-from p2e.runtime.agent import AgentRunner
+from p2e.runtime.agent_step import AgentRunner
 from p2e.runtime.driver import Driver
 from p2e.runtime.interpret import advance
 from p2e.runtime.steps import StepRequest

@@ -21,10 +21,11 @@ import yaml
 from conftest import Cli
 from test_obs_rerun import read_rrd, verify
 
+from p2e.api import run_rollout
 from p2e.errors import CorruptData, InvalidArgument, NotFound
 from p2e.rollouts.export import write_jsonl, write_parquet, write_trajectories
 from p2e.rollouts.plan import expand
-from p2e.rollouts.run import RolloutResult, plan, run_rollout
+from p2e.rollouts.run import RolloutResult, plan
 from p2e.rollouts.spec import load_spec
 from p2e.rollouts.stats import bootstrap_ci, compare, summarize
 from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
@@ -505,7 +506,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(
     assert proc.returncode == 130, err[-2000:]
     assert f"--resume {rid}" in out
     info = store.get(rid)
-    done_before = store.done_episodes(rid)
+    done_before = {r.episode for r in store.iter_rows(rid) if r.status == "done"}
     assert info.status == "interrupted" and 3 <= len(done_before) < 24
     result = run_rollout(
         path, store_url=store_env["P2E_REDIS_URL"], namespace=store_env["P2E_NAMESPACE"], resume=rid

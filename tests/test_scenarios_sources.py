@@ -16,9 +16,9 @@ import yaml
 from conftest import Cli
 from scenarios_for_tests import WEATHER
 
+from p2e.api import run_rollout
 from p2e.errors import InvalidArgument
 from p2e.rollouts.plan import expand
-from p2e.rollouts.run import run_rollout
 from p2e.rollouts.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

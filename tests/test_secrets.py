@@ -14,12 +14,10 @@ import redis
 import yaml
 from conftest import Cli
 
-import p2e.conversation
-from p2e.api import local_chat
+from p2e.api import local_chat, run_rollout
 from p2e.errors import StoreUnavailable
 from p2e.redact import MASK, mask_url
 from p2e.rollouts.export import write_trajectories
-from p2e.rollouts.run import run_rollout
 from p2e.rollouts.store import RolloutStore
 from p2e.store import EventLog, connect
 from p2e.tools import REGISTRY
@@ -174,7 +172,7 @@ def test_snapshots_of_the_machine_state_hold_no_key(
     store_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The state keeps a delegation's task (model text) in its frame; a snapshot stores it."""
-    monkeypatch.setattr(p2e.conversation, "SNAPSHOT_EVERY", 2)
+    monkeypatch.setenv("P2E_SNAPSHOT_EVERY", "2")
     chat = local_chat(
         "planner", "s", agents=ROOT / "experiments/agents.yaml", store_url=store_url, namespace=namespace
     )

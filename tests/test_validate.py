@@ -20,7 +20,7 @@ from p2e.agents import load_team, render_persona
 from p2e.errors import InvalidArgument
 from p2e.events import Failed, Limits
 from p2e.rollouts import plan as plan_module
-from p2e.rollouts.plan import Episodes, expand, summarize
+from p2e.rollouts.plan import Episodes, expand, summarize_plan
 from p2e.rollouts.spec import load_spec
 from p2e.runtime.local import local_driver
 from p2e.runtime.steps import EpisodeRequest
@@ -245,7 +245,7 @@ def test_episodes_stream_and_index_as_the_expansion_orders_them(tmp_path: Path) 
     assert episodes[-1] == built[-1] and episodes[3:6] == built[3:6]
     with pytest.raises(IndexError):
         episodes[len(built)]
-    s = summarize(resolved)
+    s = summarize_plan(resolved)
     assert (s.episodes, s.min_model_calls) == (48, 48)
     assert s.max_model_calls == 48 * resolved.limits.max_steps
 

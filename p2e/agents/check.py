@@ -17,8 +17,8 @@ from typing import Any
 from p2e.agents.spec import AgentSpec, TeamConfig
 from p2e.errors import InvalidArgument
 from p2e.llm.registry import Providers
-from p2e.runtime.agent import prepare_agent
-from p2e.tools import REGISTRY, Registry, Tool
+from p2e.runtime.agent_step import prepare_agent
+from p2e.tools import REGISTRY, Registry
 
 Found = list[tuple[tuple[Any, ...], str]]
 """(field of the agent, e.g. `("model",)` or `("guide", "candidates", 1, "persona")`, problem)."""
@@ -52,11 +52,7 @@ class AgentCheck:
         self, team: TeamConfig, tool_modules: Sequence[ModuleType] = (), registry: Registry = REGISTRY
     ):
         self.team = team
-        self.registry = registry.copy()
-        for module in tool_modules:
-            for value in vars(module).values():
-                if isinstance(value, Tool) and value.name not in self.registry:
-                    self.registry.register(value)
+        self.registry = registry.with_modules(tool_modules)
         self.providers = Providers(team.providers)
         self._done: dict[str, Found] = {}
 

@@ -133,6 +133,9 @@ class TeamConfig(BaseModel):
     evaluators: tuple[EvaluatorConfig, ...] = ()
     evaluator_modules: tuple[str, ...] = ()
     """Python modules with custom `@evaluator`s (besides the built-ins and installed packages')."""
+    frame_cache: int = Field(4096, ge=0)
+    """Frames whose messages each Agent actor keeps, so a step sends only the new ones
+    (`p2e.runtime.frames`); 0 sends every frame whole. It only saves time: a miss resends."""
     base_dir: str = "."
 
     def agent(self, agent_id: str) -> AgentSpec:

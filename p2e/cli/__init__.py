@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         err.print("interrupted")
         sys.exit(130)
     except typer.TyperException as e:  # usage errors: bad option, missing argument
+        # usage errors are typer's vendored click exceptions (show() is theirs; not exported)
         e.show()  # type: ignore[attr-defined]
         sys.exit(getattr(e, "exit_code", 2))
     except Exception as e:  # (an error raised in an actor is also an instance of its cause's class)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Group, RenderableType
@@ -55,6 +55,7 @@ def chat(
         agent, conversation = None, ids.conversation(open_log(), name)
     else:
         agent = target
+    session: ChatBase
     if local:
         from p2e.api import local_chat
 
@@ -64,7 +65,7 @@ def chat(
 
         logging.getLogger("ray").setLevel(logging.ERROR)
         # no dashboard unless asked (P2E_DASHBOARD=1): a chat should start fast
-        opts = {} if address else {"include_dashboard": wanted(False)}
+        opts: dict[str, Any] = {} if address else {"include_dashboard": wanted(False)}
         with console.status("starting Ray and the agents..."):
             rt = init(address, agents, log_to_driver=False, logging_level=logging.ERROR, **opts)
         announce()

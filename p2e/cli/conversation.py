@@ -13,7 +13,7 @@ from p2e.cli.terminal import styled
 from p2e.conversation import Conversation, rebuild
 from p2e.errors import SequenceOutOfRange
 from p2e.listing import STATUSES, list_conversations, parse_since
-from p2e.runtime.guide import read_tree
+from p2e.runtime.guided_search import read_tree
 
 app = typer.Typer(
     help="Inspect and steer conversations: history, interaction stack, branches.", no_args_is_help=True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 import typer
 
@@ -24,6 +24,9 @@ app = typer.Typer(
 CONV = typer.Argument(
     ..., metavar="CONV", help=f"conversation name or id ({ids.PREFIX})", callback=ids.on_conversation
 )
+CONV_CHECKED_LATER = typer.Argument(..., metavar="CONV", help=f"conversation name or id ({ids.PREFIX})")
+"""CONV resolved in the command's body, after the options are checked (a bad option is named
+first, whatever the store holds)."""
 BRANCH = typer.Option(
     None, "--branch", "-b", help=f"branch name ({ids.PREFIX}); default: the checked-out branch"
 )
@@ -43,7 +46,7 @@ def _params(items: list[str]) -> dict[str, dict[str, Any]]:
 
 @app.command()
 def run(
-    conv: str = CONV,
+    conv: str = CONV_CHECKED_LATER,
     branch: str | None = BRANCH,
     evaluator: list[str] = typer.Option([], "--evaluator", "-e", help="evaluator id (repeat for several)"),
     param: list[str] = typer.Option([], "--param", "-p", help="EVALUATOR.NAME=VALUE, e.g. max_steps.limit=8"),
@@ -68,6 +71,7 @@ def run(
 
     if on not in ("step", "episode"):
         raise typer.BadParameter("use step or episode", param_hint="--on")
+    scope: Literal["step", "episode"] = "step" if on == "step" else "episode"
     params = _params(param)
     if rubric:
         params.setdefault("judge", {}).update({"rubric": rubric, "model": judge_model})
@@ -80,11 +84,12 @@ def run(
     registry = default_registry(module)
     bound = [registry.create(e, **params.get(e, {})) for e in evaluator]
     log = open_log()
+    conv = ids.conversation(log, conv)
     info = log.branch(conv, ids.branch(log, conv, branch))
     providers = Providers(load_team(agents).providers)
     with console.status(styled(f"evaluating {conv}/{info.name}...")):
         run_all = evaluate_branch(
-            log, info, bound, on=on, reference=reference, providers=providers, skip_done=not rerun
+            log, info, bound, on=scope, reference=reference, providers=providers, skip_done=not rerun
         )
         scores = asyncio.run(run_all)
     _table(scores, f"{len(scores)} new scores for {conv}/{info.name}")

@@ -14,7 +14,7 @@ from rich.tree import Tree
 from p2e.cli.terminal import DataTable, styled, visible
 from p2e.events import AgentReply, Critique, Event, Failed, Finished, Started, ToolResult, UserMessage
 from p2e.machine import State, trace
-from p2e.runtime.guide import Node
+from p2e.runtime.guided_search import Node
 from p2e.store import BranchInfo, ConversationInfo
 
 KIND_STYLE = {

@@ -1,5 +1,5 @@
 """The Rerun flags, for any command that can record: add the three parameters, then
-`RerunOptions.from_flags(rerun, rerun_connect, rerun_save)` (see `p2e.obs.recording`).
+`RerunOptions.from_flags(rerun, rerun_connect, rerun_save)` (see `p2e.obs.observer`).
 
 ```python
 from p2e.cli.rerun_flags import RERUN, RERUN_CONNECT, RERUN_SAVE

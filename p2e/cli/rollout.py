@@ -18,15 +18,16 @@ from rich.text import Text
 from p2e.cli import ids
 from p2e.cli._common import console, finite, open_log
 from p2e.cli.dashboard import announce, ray_options, wanted
-from p2e.cli.fit import Col, FitTable
+from p2e.cli.fit import Cell, Col, FitTable
 from p2e.cli.render import clip
 from p2e.cli.rerun_flags import RERUN, RERUN_CONNECT, RERUN_SAVE
 from p2e.cli.terminal import DataTable, styled
 from p2e.errors import InvalidArgument
-from p2e.obs.recording import Observation, RerunOptions, observe
+from p2e.obs.observer import Observation, RerunOptions, observe
 from p2e.obs.viewer import recording_path
 from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
 from p2e.rollouts.store import AdaptiveRecord, RolloutInfo, RolloutStore, RoundRecord, Row
+from p2e.settings import Settings, settings
 
 if TYPE_CHECKING:
     from p2e.rollouts.plan import PlanSummary
@@ -42,7 +43,7 @@ RID = typer.Argument(
     ..., metavar="ID", help=f"a rollout id, {ids.PREFIX} (see `p2e rollout list`)", callback=ids.on_rollout
 )
 
-CONFIRM_OVER = 10_000
+CONFIRM_OVER = Settings().confirm_episodes
 """`rollout run` asks before running more episodes than this (`P2E_CONFIRM_EPISODES` sets it):
 a typo in `repeats` should not start millions of paid model calls."""
 
@@ -97,11 +98,11 @@ def plan(spec: Path = SPEC) -> None:
 
     Example: p2e rollout plan experiments/quickstart.yaml
     """
-    from p2e.rollouts.plan import summarize
+    from p2e.rollouts.plan import summarize_plan
     from p2e.rollouts.spec import load_spec
 
     resolved = load_spec(spec)
-    s = summarize(resolved)
+    s = summarize_plan(resolved)
     if resolved.spec.adaptive is not None:
         _plan_adaptive(resolved, s)
         return
@@ -317,7 +318,7 @@ def run(
       p2e rollout run experiments/quickstart.yaml --resume quickstart-1a2b3c
       ray job submit -- p2e rollout run experiments/judge_sweep.yaml --address auto
     """
-    from p2e.rollouts.run import run_rollout
+    from p2e.api import run_rollout
     from p2e.rollouts.spec import load_spec
 
     resolved = load_spec(spec)
@@ -395,15 +396,11 @@ def run(
 def _confirm_size(resolved: Resolved) -> None:
     """Ask on a terminal before a rollout of more than `P2E_CONFIRM_EPISODES` episodes; refuse
     without one (a script passes --yes)."""
-    import os
     import sys
 
     from p2e.rollouts.plan import Episodes
 
-    setting = os.environ.get("P2E_CONFIRM_EPISODES", str(CONFIRM_OVER))
-    if not setting.isdecimal():
-        raise InvalidArgument(f"P2E_CONFIRM_EPISODES={setting!r}: give a number of episodes, e.g. 10000")
-    limit, episodes = int(setting), Episodes(resolved)
+    limit, episodes = settings().confirm_episodes, Episodes(resolved)
     n = len(episodes)
     if resolved.spec.adaptive is not None:
         from p2e.rollouts.adaptive import Halving
@@ -431,7 +428,7 @@ def summary_table(summaries: list[VariantSummary], title: str) -> FitTable:
         cols += [Col("rounds", "num", drop=4, justify="right"), Col("outcome")]
     rows = []
     for s in summaries:
-        cells = [
+        cells: list[Cell] = [
             s.variant,
             str(s.n),
             str(s.failures),

@@ -7,7 +7,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
@@ -16,9 +16,12 @@ from p2e.cli._common import console, finite, open_log
 from p2e.cli.rerun_flags import RERUN, RERUN_CONNECT, RERUN_SAVE
 from p2e.cli.terminal import styled
 from p2e.errors import InvalidArgument
-from p2e.obs.recording import Observation, RerunOptions, observe, record_conversation, record_rows
+from p2e.obs.observer import Observation, RerunOptions, observe, record_conversation, record_rows
 from p2e.obs.viewer import RECORDING_SUFFIXES, check_viewer, open_viewer, resolve_target
 from p2e.store import EventLog
+
+if TYPE_CHECKING:
+    from p2e.rollouts.store import Row
 
 
 def view(
@@ -75,7 +78,7 @@ def view(
         proc.wait()
 
 
-def _rollout_rows(log: EventLog, rid: str) -> list[object]:
+def _rollout_rows(log: EventLog, rid: str) -> list[Row]:
     """A rollout's rows, read by the rollout module (the one place that knows their layout)."""
     from p2e.rollouts.store import RolloutStore
 

@@ -169,7 +169,7 @@ class EvaluatorDef:
     def create(self, **params: Any) -> BoundEvaluator:
         """The evaluator with these parameters, checked against the signature now."""
         if self.is_class:
-            checked = _check_params(self, self.impl.__init__, params, skip=1)  # type: ignore[misc]
+            checked = _check_params(self, self.impl.__init__, params, skip=1)
             try:
                 instance = self.impl(**checked)
             except P2EError:
@@ -182,7 +182,7 @@ class EvaluatorDef:
         return BoundEvaluator(self, checked, lambda ctx: impl(ctx, **checked))
 
     def parameters(self) -> list[str]:
-        fn = self.impl.__init__ if self.is_class else self.impl  # type: ignore[misc]
+        fn = self.impl.__init__ if self.is_class else self.impl
         return list(inspect.signature(fn).parameters)[1:]
 
 
@@ -384,9 +384,9 @@ class Registry:
                 ) from e
             if isinstance(obj, types.ModuleType):
                 ids += self._register_module(obj, ep.value, replace=replace)
-            elif definition_of(obj) is not None:
+            elif (d := definition_of(obj)) is not None:
                 self.register(obj, replace=replace)
-                ids.append(definition_of(obj).id)  # type: ignore[union-attr]
+                ids.append(d.id)
             else:
                 raise InvalidArgument(
                     f"entry point {ep.name!r} ({ep.value}) in group {group!r} names neither a module "
@@ -407,7 +407,7 @@ class Registry:
             )
         for obj in found:
             self.register(obj, replace=replace)
-        return [definition_of(obj).id for obj in found]  # type: ignore[union-attr]
+        return [d.id for d in map(definition_of, found) if d is not None]
 
 
 def _where(impl: Any) -> str:

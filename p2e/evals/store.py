@@ -31,7 +31,7 @@ class ScoreStore:
             with self.log.guard():
                 p = self.log.r.pipeline(transaction=False)
                 for key, fields in writes.items():
-                    p.hset(key, mapping=fields)
+                    p.hset(key, items=[x for kv in fields.items() for x in kv])
                 p.execute()
 
     def writes(self, scores: Iterable[Score]) -> dict[str, dict[str, bytes]]:

@@ -36,6 +36,7 @@ from p2e.ledger.base import (
     VerifyReport,
     WalletInfo,
 )
+from p2e.ledger.bounty import LedgerConfig, Payout, PayoutRule, RolloutLedger, deltas, payout_plan
 from p2e.ledger.embedded import EmbeddedLedger
 from p2e.ledger.errors import (
     BalanceTampered,
@@ -54,7 +55,6 @@ from p2e.ledger.errors import (
     UnknownWallet,
 )
 from p2e.ledger.policy import PolicyStore, SpendingPolicy
-from p2e.ledger.rollout import LedgerConfig, Payout, PayoutRule, RolloutLedger, deltas, payout_plan
 from p2e.ledger.settings import LedgerSettings, open_ledger, open_ledger_on
 from p2e.ledger.wallet import PayRequest, Wallet, wallet_actor_name, wallet_for
 

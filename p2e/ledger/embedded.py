@@ -88,6 +88,7 @@ from p2e.ledger.errors import (
     UnknownWallet,
 )
 from p2e.store.keys import Keys
+from p2e.store.replies import as_bytes, as_hash, as_list
 
 GENESIS = "0" * 40
 VERIFY_CHUNK = 10_000
@@ -175,7 +176,8 @@ class EmbeddedLedger(Ledger):
         (its command id), so a retry can only replay it.
         """
         script = self._scripts[name]
-        cmd = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))
+        # hiredis's stub: `Tuple[X]` (one item) where it means `Tuple[X, ...]`
+        cmd = hiredis.pack_command(("EVALSHA", script.sha, len(keys), *keys, *args))  # type: ignore[arg-type]
         if self._pid != os.getpid():  # a forked child: the parent's connections are not its own
             self._conns, self._pid = [], os.getpid()
         try:
@@ -265,7 +267,7 @@ class EmbeddedLedger(Ledger):
 
     def snapshot(self) -> dict[str, int]:
         with self._guard():
-            raw = self.r.hgetall(self.keys.bal)
+            raw = as_hash(self.r.hgetall(self.keys.bal))
         return {k.decode(): self._int(v, self.keys.bal) for k, v in raw.items()}
 
     def balance(self, name: str) -> int:
@@ -274,7 +276,7 @@ class EmbeddedLedger(Ledger):
             raw = self.r.hget(self.keys.bal, name)
         if raw is None:
             raise UnknownWallet(name)
-        return self._int(raw, self.keys.bal)
+        return self._int(as_bytes(raw), self.keys.bal)
 
     def _int(self, raw: bytes, key: str) -> int:
         try:
@@ -552,11 +554,11 @@ class EmbeddedLedger(Ledger):
             raw = self.r.hgetall(self.keys.escrow(escrow_id))
         if not raw:
             raise UnknownEscrow(escrow_id)
-        return self._escrow_info(escrow_id, raw)
+        return self._escrow_info(escrow_id, as_hash(raw))
 
     def escrows(self) -> list[EscrowInfo]:
         with self._guard():
-            ids = [i.decode() for i in self.r.lrange(self.keys.escrows, 0, -1)]
+            ids = [i.decode() for i in as_list(self.r.lrange(self.keys.escrows, 0, -1))]
             p = self.r.pipeline(transaction=False)
             for i in ids:
                 p.hgetall(self.keys.escrow(i))
@@ -571,7 +573,7 @@ class EmbeddedLedger(Ledger):
                 sponsor=f["sponsor"],
                 arbiter=f["arbiter"],
                 amount=int(f["amount"]),
-                state=f["state"],  # type: ignore[arg-type]
+                state=f["state"],
                 memo=f.get("memo", ""),
             )
         except (KeyError, ValueError, ValidationError, UnicodeDecodeError) as e:
@@ -601,7 +603,7 @@ class EmbeddedLedger(Ledger):
             raise InvalidArgument(f"limit {limit} must be at least 1")
         end = -1 if limit is None else since + limit - 1
         with self._guard():
-            raws = self.r.lrange(self.keys.journal, since, end)
+            raws = as_list(self.r.lrange(self.keys.journal, since, end))
         return self._parse(raws, self.keys.journal)
 
     def scope_entries(self, scope: str) -> list[Entry]:
@@ -680,7 +682,7 @@ class EmbeddedLedger(Ledger):
         check = _Replay()
         for lo in range(0, n, VERIFY_CHUNK):
             with self._guard():
-                raws = self.r.lrange(k.journal, lo, min(lo + VERIFY_CHUNK, n) - 1)
+                raws = as_list(self.r.lrange(k.journal, lo, min(lo + VERIFY_CHUNK, n) - 1))
             for raw in raws:
                 check.entry(raw)
         check.finish(meta, stored, escrow_records, n)

@@ -23,8 +23,10 @@ class _Portable:
     """Errors with their own `__init__` arguments still pickle (they cross Ray: a Wallet actor's
     refusal reaches the tool as itself)."""
 
+    args: tuple[Any, ...]  # the exception's, on the classes this is mixed into
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.args, dict(self.__dict__)))  # type: ignore[attr-defined]
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class UnknownWallet(_Portable, NotFound):

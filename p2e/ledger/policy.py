@@ -17,6 +17,7 @@ from p2e.errors import CorruptData
 from p2e.ledger.amount import Amount, format_amount
 from p2e.ledger.base import Budget, check_wallet_name, name_field
 from p2e.ledger.errors import PolicyViolation
+from p2e.store.replies import as_hash
 
 
 class SpendingPolicy(BaseModel):
@@ -92,7 +93,7 @@ class PolicyStore:
 
     def all(self) -> dict[str, SpendingPolicy]:
         out = {}
-        for k, v in self.r.hgetall(self.key).items():
+        for k, v in as_hash(self.r.hgetall(self.key)).items():
             try:
                 out[k.decode()] = SpendingPolicy.model_validate(json.loads(v))
             except (ValueError, ValidationError) as e:

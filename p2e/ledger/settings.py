@@ -7,19 +7,18 @@ recorded means the embedded ledger.
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from p2e.errors import CorruptData, InvalidArgument
 from p2e.ledger.base import Ledger
+from p2e.settings import settings as env_settings
 
 if TYPE_CHECKING:
     from p2e.store import EventLog
 
 Backend = Literal["embedded", "canton"]
-CANTON_URL_ENV = "P2E_CANTON_URL"
 
 
 class LedgerSettings(BaseModel):
@@ -70,10 +69,10 @@ def open_ledger_on(
 
         from p2e.ledger.canton import CantonLedger, CommandIndex
 
-        target = url or settings.url or os.environ.get(CANTON_URL_ENV)
+        target = url or settings.url or env_settings().canton_url
         if not target:
             raise InvalidArgument(
-                f"the Canton ledger needs a Ledger API URL: pass url=..., set {CANTON_URL_ENV}, "
+                "the Canton ledger needs a Ledger API URL: pass url=..., set P2E_CANTON_URL, "
                 "or record it with `p2e ledger init --backend canton --url http://localhost:6865`"
             )
         commands = CommandIndex(redis.Redis.from_url(store.url), store.keys.ns)  # pins command ids

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from p2e.obs.follow import BranchBatch, ScoreBatch, Step, StoreFollower, Update
 from p2e.obs.logs import bind, configure_logging, log_context
-from p2e.obs.recording import (
+from p2e.obs.observer import (
     Observation,
     RerunOptions,
     finish_recording,

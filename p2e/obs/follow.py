@@ -32,6 +32,7 @@ from p2e.evals.score import Score
 from p2e.events import Event
 from p2e.machine import INITIAL, State, apply
 from p2e.store import BranchInfo, ConversationInfo, EventLog
+from p2e.store.replies import as_list
 
 log = logging.getLogger("p2e.obs")
 
@@ -159,7 +160,7 @@ class StoreFollower:
                 self.convs[info.id] = _Conv(info)
         elif new_only:
             with log_.guard(self.keys.convs):
-                self._ignored = {i.decode() for i in log_.r.zrange(self.keys.convs, 0, -1)}
+                self._ignored = {i.decode() for i in as_list(log_.r.zrange(self.keys.convs, 0, -1))}
             self._seen_card = len(self._ignored)
             self._resynced = time.time()
 

@@ -15,7 +15,6 @@ import contextvars
 import datetime as dt
 import json
 import logging
-import os
 import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from types import MappingProxyType
@@ -23,6 +22,7 @@ from typing import IO, Any, Literal
 
 from p2e.errors import InvalidArgument
 from p2e.redact import RedactingFilter
+from p2e.settings import settings
 
 ID_FIELDS: tuple[str, ...] = ("rollout", "episode", "conversation", "branch", "agent")
 """The ids a record can carry, in the order the text format shows them."""
@@ -45,13 +45,13 @@ def log_context(**ids: str | None) -> Iterator[None]:
         _ids.reset(token)
 
 
-class _Bound(logging.LoggerAdapter):  # type: ignore[type-arg]
+class _Bound(logging.LoggerAdapter[logging.Logger]):
     def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
         kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
         return msg, kwargs
 
 
-def bind(logger: logging.Logger | str, **ids: str) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+def bind(logger: logging.Logger | str, **ids: str) -> logging.LoggerAdapter[logging.Logger]:
     """A logger whose records carry `ids` (on top of any `log_context`)."""
     _check(ids)
     return _Bound(logging.getLogger(logger) if isinstance(logger, str) else logger, ids)
@@ -120,7 +120,8 @@ def make_handler(fmt: Format = "text", stream: IO[str] | None = None) -> logging
     handler.addFilter(ContextFilter())
     handler.addFilter(RedactingFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
-    handler._p2e = True  # type: ignore[attr-defined]  # so a second configure replaces, not stacks
+    # a mark of ours on the stdlib's handler, so a second configure replaces it, not stacks
+    handler._p2e = True  # type: ignore[attr-defined]
     return handler
 
 
@@ -134,12 +135,12 @@ def configure_logging(
 
     Defaults come from P2E_LOG_LEVEL (WARNING) and P2E_LOG_FORMAT (text). Safe to call again,
     e.g. in each Ray actor's constructor: the handler is replaced, never duplicated."""
-    fmt = fmt or os.environ.get("P2E_LOG_FORMAT", "text").lower()  # type: ignore[assignment]
-    raw = level if level is not None else os.environ.get("P2E_LOG_LEVEL", "WARNING")
+    fmt = fmt or settings().log_format
+    raw = level if level is not None else settings().log_level
     lvl = logging.getLevelName(raw.upper()) if isinstance(raw, str) else raw
     if not isinstance(lvl, int):
         raise InvalidArgument(f"log level {raw!r} is not one of DEBUG, INFO, WARNING, ERROR (P2E_LOG_LEVEL)")
-    handler = make_handler(fmt, stream)  # type: ignore[arg-type]
+    handler = make_handler(fmt, stream)
     target = logging.getLogger(logger)
     for h in list(target.handlers):
         if getattr(h, "_p2e", False):

@@ -72,8 +72,8 @@ USER, AGENT, TOOL = 0x50C8FFFF, 0x78DC78FF, 0xF0C850FF
 and a per-row color doubles the cost of logging a row."""
 USAGE_SERIES = ("tokens", "latency_ms", "cost_usd")
 COLUMNS_FROM = 4
-"""Rows of one entity from which one column send beats a log call per row (a send costs about
-as much as three logs, then little per row)."""
+"""Rows of one entity from which one column send beats a log call per row (a send costs a few
+log calls, then little per row: bench/README.md, "Observability")."""
 ROLLOUT_METRICS = ("score", "cost_usd", "tokens", "wall_s", "steps")
 
 
@@ -428,6 +428,7 @@ class Recorder:
                 rr.TimeColumn(timeline, sequence=np.asarray(c.seqs, dtype=np.int64)),
                 rr.TimeColumn(TIME, timestamp=np.asarray(c.times, dtype=np.float64)),
             ],
+            # each rerun archetype defines its own `columns`: no base class of theirs declares it
             columns=kind.columns(**c.values),  # type: ignore[attr-defined]
         )
 

@@ -19,6 +19,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from p2e.errors import NotFound, P2EError
+from p2e.settings import settings
 from p2e.store import EventLog
 from p2e.store.server import p2e_home
 
@@ -41,18 +42,17 @@ def recording_path(kind: Literal["conversation", "rollout"], name: str) -> Path:
     return recordings_dir() / f"{kind}-{name}.rrd"
 
 
-def viewer_binary(env: Mapping[str, str] | None = None) -> str:
+def viewer_binary() -> str:
     """The `rerun` executable: $P2E_RERUN_VIEWER, else the one beside this Python, else PATH."""
-    env = os.environ if env is None else env
-    if env.get("P2E_RERUN_VIEWER"):
-        exe = env["P2E_RERUN_VIEWER"]
+    exe = settings().rerun_viewer
+    if exe:
         if not (Path(exe).is_file() and os.access(exe, os.X_OK)):
             raise ViewerUnavailable(f"P2E_RERUN_VIEWER={exe} is not an executable file; fix or unset it")
         return exe
     beside = Path(sys.executable).parent / "rerun"
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    found = shutil.which("rerun", path=env.get("PATH"))
+    found = shutil.which("rerun")
     if found:
         return found
     raise ViewerUnavailable(
@@ -80,7 +80,7 @@ NO_DISPLAY_HINT = (
 
 def check_viewer(web: bool = False, env: Mapping[str, str] | None = None, platform: str | None = None) -> str:
     """The viewer binary, once it is known that it can show something here."""
-    exe = viewer_binary(env)
+    exe = viewer_binary()
     if not web and not has_display(env, platform):
         raise ViewerUnavailable(NO_DISPLAY_HINT)
     return exe

@@ -1,7 +1,7 @@
 """Evaluator-guided branching, as configured on an agent (`guide:`): how the supervisor forks a
 conversation at that agent's turns, what the children differ by, and how they are valued.
 
-The search itself runs in the supervisor (`p2e.runtime.guide`); this module is only the
+The search itself runs in the supervisor (`p2e.runtime.guided_search`); this module is only the
 validated configuration, so agents files and rollout variants can carry it as data.
 """
 

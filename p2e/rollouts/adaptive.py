@@ -41,92 +41,18 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from p2e.errors import InvalidArgument
+from p2e.rollouts.halving import next_count, round_count, schedule
 from p2e.rollouts.plan import Episode
-from p2e.rollouts.spec import Adaptive, Resolved, RolloutSpec
+from p2e.rollouts.spec import Resolved
 from p2e.rollouts.stats import VariantSummary, counted, mean_ci
 from p2e.rollouts.store import AdaptiveRecord, RoundRecord, Row, Standing
 
 Unit = tuple[int, str]
 """(repeat index, scenario id): one cell of the scenario x repeat grid."""
-
-
-def next_count(n: int, keep: float, finalists: int) -> int:
-    """How many of `n` variants go on after a round: `ceil(n * keep)`, but at least one stops
-    and never fewer than `finalists` go on (none stops once `n <= finalists`)."""
-    if n <= finalists:
-        return n
-    wanted = math.ceil(round(n * keep, 9))  # 0.3 * 10 is 3.0000000000000004, not 4
-    return max(finalists, min(n - 1, wanted))
-
-
-def auto_rounds(n: int, keep: float, finalists: int) -> int:
-    """The rounds it takes to cut `n` variants down to `finalists`."""
-    rounds = 0
-    while n > finalists:
-        n = next_count(n, keep, finalists)
-        rounds += 1
-    return rounds
-
-
-def round_count(cfg: Adaptive, n_variants: int) -> int:
-    return auto_rounds(n_variants, cfg.keep, cfg.finalists) if cfg.rounds == "auto" else int(cfg.rounds)
-
-
-def schedule(cfg: Adaptive, n_variants: int) -> list[int]:
-    """How many variants run in each round."""
-    out, n = [], n_variants
-    for _ in range(round_count(cfg, n_variants)):
-        out.append(n)
-        n = next_count(n, cfg.keep, cfg.finalists)
-    return out
-
-
-def check(spec: RolloutSpec, n_variants: int, n_scenarios: int, fail: Callable[..., InvalidArgument]) -> None:
-    """Configurations that cannot halve, as errors at validate time."""
-    cfg = spec.adaptive
-    assert cfg is not None
-    if n_variants < 2:
-        raise fail(
-            f"adaptive: successive halving ranks variants against each other, and this spec has "
-            f"{n_variants}; add variants or remove `adaptive`",
-            "adaptive",
-        )
-    if spec.primary_metric is None:
-        raise fail(
-            "adaptive: ranking variants needs a primary score: add `evaluators` (the first is the "
-            "primary, or name one with `primary`)",
-            "adaptive",
-        )
-    if cfg.finalists >= n_variants:
-        raise fail(
-            f"adaptive: finalists {cfg.finalists} leaves nothing to stop among {n_variants} variants; "
-            f"use fewer finalists (at most {n_variants - 1})",
-            "adaptive",
-            "finalists",
-        )
-    units = n_scenarios * len(spec.seeds)
-    rounds = round_count(cfg, n_variants)
-    if rounds > units:
-        if cfg.rounds == "auto":
-            how = (
-                f"rounds: auto needs {rounds} rounds (to go from {n_variants} variants to "
-                f"{cfg.finalists} keeping {cfg.keep:g} each round)"
-            )
-            fix = "a higher keep or more finalists (fewer rounds)"
-        else:
-            how, fix = f"rounds asks for {rounds} rounds", "fewer rounds"
-        raise fail(
-            f"adaptive: {how}, but the spec has only {units} scenario x repeat pairs to deal into "
-            f"rounds ({n_scenarios} scenarios x {len(spec.seeds)} repeats): add scenarios or "
-            f"repeats, or use {fix}",
-            "adaptive",
-            "rounds",
-        )
 
 
 def deal(scenarios: Sequence[str], repeats: int, rounds: int, seed: int = 0) -> dict[Unit, int]:

@@ -1,5 +1,6 @@
 """The rollout coordinator: keeps a bounded number of episodes in flight, retries episodes whose
-actor or node died, collects scores as they finish and writes a row per episode.
+actor or node died, collects scores as they finish and writes a row per episode. It talks to the
+workers through a `Fleet` (Ray's is `actors/fleet.py`), so it imports no Ray.
 
 It runs in the driver process (the one with the progress bar and the Ctrl-C) and holds nothing
 per finished episode but its row: the conversations live in the store, the supervisors release
@@ -16,12 +17,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
-
 from p2e.errors import NotFound, P2EError, log_failure, one_line
 from p2e.evals.score import SCORES, Score
 from p2e.rollouts.failures import FailureLimit, TooManyFailures
+from p2e.rollouts.fleet import CallFailed, Fleet, FleetError, WorkerLost
 from p2e.rollouts.plan import Episode
 from p2e.rollouts.store import RolloutStore, Row
 from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest, episode_key
@@ -30,7 +29,6 @@ from p2e.store.log import new_id
 log = logging.getLogger("p2e.rollouts")
 SUPERVISOR_RETURN_S = 120.0
 """How long the coordinator waits for Ray to restart a dead supervisor before giving up."""
-_DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
 def row_scores(scores: list[Score]) -> dict[str, float | None]:
@@ -70,8 +68,7 @@ class Coordinator:
         self,
         rid: str,
         store: RolloutStore,
-        supervisors: list[Any],
-        evaluators: list[Any],
+        fleet: Fleet,
         *,
         primary: str | None,
         in_flight: int,
@@ -84,12 +81,11 @@ class Coordinator:
     ):
         self.rid = rid
         self.store = store
-        self.supervisors = supervisors
-        self.load = [0] * len(supervisors)
+        self.fleet = fleet
+        self.load = [0] * fleet.supervisors
         self._turn = 0
         self.down: dict[int, asyncio.Task[None]] = {}
         """Supervisors that died, each with the task that waits for Ray to bring it back."""
-        self.evaluators = evaluators
         self._next_eval = 0
         self.primary = primary
         self.in_flight = in_flight
@@ -101,7 +97,6 @@ class Coordinator:
         self.failures = failures
         """`run.max_failures`: past it, a row's episode raises `TooManyFailures`, which stops the
         run as Ctrl-C does (the other episodes in flight are cancelled, their rows unwritten)."""
-        self._refs: set[ray.ObjectRef] = set()
 
     async def run(self, episodes: list[Episode]) -> None:
         """Run every episode, at most `in_flight` at once. On cancellation (Ctrl-C) the remote
@@ -127,8 +122,7 @@ class Coordinator:
         except BaseException as e:
             for w in workers:
                 w.cancel()
-            for ref in list(self._refs):
-                ray.cancel(ref)
+            self.fleet.cancel()
             if isinstance(e, asyncio.CancelledError) and interrupted():
                 raise KeyboardInterrupt from None
             raise
@@ -136,18 +130,11 @@ class Coordinator:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
 
-    async def _call(self, ref: ray.ObjectRef) -> Any:
-        self._refs.add(ref)
-        try:
-            return await ref
-        finally:
-            self._refs.discard(ref)
-
     async def _pick(self) -> int:
         """The least loaded supervisor that is up, ties taken in turn (so that a light load
         still spreads over every supervisor and node); if none is up, wait for one to come back."""
         deadline = time.monotonic() + SUPERVISOR_RETURN_S
-        n = len(self.supervisors)
+        n = self.fleet.supervisors
         while True:
             up = [i for i in range(n) if i not in self.down]
             if up:
@@ -166,9 +153,9 @@ class Coordinator:
         deadline = time.monotonic() + SUPERVISOR_RETURN_S
         while time.monotonic() < deadline:
             try:
-                await asyncio.wait_for(self.supervisors[i].health.remote(), timeout=2.0)
+                await asyncio.wait_for(self.fleet.health(i), timeout=2.0)
                 break
-            except (TimeoutError, *_DEAD, RayTaskError):
+            except (TimeoutError, FleetError):
                 await asyncio.sleep(0.2)
         self.down.pop(i, None)
 
@@ -201,19 +188,20 @@ class Coordinator:
             i = await self._pick()
             self.load[i] += 1
             try:
-                raw = await self._call(self.supervisors[i].run_episode.remote(req.model_dump_json().encode()))
+                raw = await self.fleet.run_episode(i, req.model_dump_json().encode())
                 outcome = EpisodeOutcome.model_validate_json(raw)
-            except _DEAD as e:
+            except WorkerLost as e:
                 self._lost(i)
                 abandoned.append(req.name)
-                await asyncio.to_thread(self._mark, req.name, f"abandoned: attempt {n} died ({one_line(e)})")
+                why = one_line(e.cause)
+                await asyncio.to_thread(self._mark, req.name, f"abandoned: attempt {n} died ({why})")
                 if attempts > self.retries:
-                    error = f"gave up after {attempts} attempts: {one_line(e)}"
+                    error = f"gave up after {attempts} attempts: {why}"
                 else:
-                    log.warning("episode %s: attempt %d died (%s); retrying", ep.id, n, one_line(e))
-            except RayTaskError as e:
-                log_failure(log, f"episode {ep.id}: attempt {n}", e)
-                error = one_line(e)
+                    log.warning("episode %s: attempt %d died (%s); retrying", ep.id, n, why)
+            except CallFailed as e:
+                log_failure(log, f"episode {ep.id}: attempt {n}", e.cause)
+                error = one_line(e.cause)
             finally:
                 self.load[i] -= 1
         return outcome, error, attempts, abandoned
@@ -224,14 +212,14 @@ class Coordinator:
         scores: dict[str, float | None] = {}
         if outcome is not None and outcome.scores:
             scores = row_scores(outcome.scores)
-        elif outcome is not None and self.evaluators:
+        elif outcome is not None and self.fleet.evaluators:
             scores = await self._score(outcome, ep.reference)
         status = "failed" if outcome is None else outcome.status
         if status != "done":  # a failed episode has no score (its step scores stay in the store)
             scores = dict.fromkeys(scores)
         deltas: dict[str, str] = {}
         if self.ledger_deltas is not None:  # every attempt's payments: abandoned ones moved money too
-            attempts_run = [(name, None) for name in abandoned]
+            attempts_run: list[tuple[str, str | None]] = [(name, None) for name in abandoned]
             if outcome is not None:
                 attempts_run.append((outcome.conversation, outcome.branch))
             key = episode_key(self.rid, ep.id)
@@ -244,7 +232,7 @@ class Coordinator:
             scenario=ep.scenario,
             repeat=ep.repeat,
             seed=ep.seed,
-            status=status,  # type: ignore[arg-type]
+            status=status,
             error=error if outcome is None else outcome.error,
             answer=None if outcome is None else outcome.answer,
             primary=scores.get(self.primary) if self.primary else None,
@@ -292,13 +280,13 @@ class Coordinator:
         """Scores from an evaluator actor; one that dies is replaced by the next (Ray restarts
         it), and an evaluation that keeps failing leaves the scores empty, never the row."""
         for attempt in range(3):
-            ev = self.evaluators[self._next_eval % len(self.evaluators)]
+            ev = self._next_eval % self.fleet.evaluators
             self._next_eval += 1
             try:
-                raw = await self._call(ev.score.remote(outcome.conversation, outcome.branch, reference))
+                raw = await self.fleet.score(ev, outcome.conversation, outcome.branch, reference)
                 return row_scores(SCORES.validate_json(raw))
-            except (*_DEAD, RayTaskError) as e:
+            except FleetError as e:
                 log.warning(
-                    "scoring %s failed (attempt %d): %s", outcome.conversation, attempt + 1, one_line(e)
+                    "scoring %s failed (attempt %d): %s", outcome.conversation, attempt + 1, one_line(e.cause)
                 )
         return {}

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel
 
 from p2e.agents import TeamConfig
+from p2e.agents.check import import_tool_modules
 from p2e.agents.spec import read_team, team_from_mapping
 from p2e.errors import InvalidArgument, P2EError
 from p2e.events import Event, Started
@@ -32,8 +33,9 @@ from p2e.machine import INITIAL, apply
 from p2e.machine.state import Frame
 from p2e.redact import default_redactor
 from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
-from p2e.runtime.agent import AgentRunner, Prepared
+from p2e.runtime.agent_step import AgentRunner, Prepared
 from p2e.store import EventLog
+from p2e.tools import REGISTRY
 from p2e.transcript import Transcript
 
 if TYPE_CHECKING:
@@ -174,12 +176,16 @@ class Prompts:
 
     def __init__(self, team: TeamConfig):
         self.team = team
+        modules, failed = import_tool_modules(team.tool_modules)  # the tools' schemas, as agents saw them
+        if failed:
+            raise InvalidArgument(f"the rollout's agents: {failed[0][1]}")
+        self.registry = REGISTRY.with_modules(modules)
         self._runners: dict[str, AgentRunner] = {}
 
     def prepare(self, agent: str, overrides: dict[str, Any]) -> Prepared:
         runner = self._runners.get(agent)
         if runner is None:
-            runner = self._runners[agent] = AgentRunner(agent, self.team)
+            runner = self._runners[agent] = AgentRunner(agent, self.team, registry=self.registry)
         return runner.prepare(overrides)
 
 

@@ -167,7 +167,7 @@ class PlanSummary(BaseModel):
     """Every episode running to its step limit, each step searched if its agent is guided."""
 
 
-def summarize(resolved: Resolved) -> PlanSummary:
+def summarize_plan(resolved: Resolved) -> PlanSummary:
     """The plan's numbers, counted per (team, variant): every scenario and seed of one costs
     the same calls."""
     episodes = Episodes(resolved)

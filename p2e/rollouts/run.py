@@ -1,4 +1,7 @@
-"""Running a rollout: plan the episodes, start the rollout's actor set, coordinate, clean up.
+"""Running a rollout: plan the episodes (or what a resume has left), set up its money, drive its
+rounds, settle, and record every step in the store. Running the episodes themselves is the
+executor's (`Executor`: `actors/rollout.py` on Ray, which `p2e.api.run_rollout` plugs in); this
+module imports no Ray.
 
 ```python
 import p2e
@@ -19,30 +22,27 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ray
 import redis
 
-from actors.actorset import connect_ray, spawn
-from actors.wallet import spawn_wallets
 from p2e.errors import InvalidArgument, P2EError, StoreLost, StoreUnavailable
 from p2e.ledger.amount import format_amount
-from p2e.ledger.wallet import wallet_agents
 from p2e.redact import without_secret_settings
 from p2e.rollouts.adaptive import Halving, annotate
 from p2e.rollouts.coordinator import Coordinator
 from p2e.rollouts.export import table, write_jsonl, write_parquet
 from p2e.rollouts.failures import FailureLimit, TooManyFailures
-from p2e.rollouts.ledger import RolloutMoney
+from p2e.rollouts.fleet import Fleet
+from p2e.rollouts.money import RolloutMoney
 from p2e.rollouts.plan import Episode, expand
 from p2e.rollouts.spec import Resolved, load_spec
 from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
 from p2e.rollouts.store import LEASE_S, AdaptiveRecord, RolloutInfo, RolloutStore, RoundRecord, Row
 from p2e.store import EventLog, connect
-from p2e.store.server import configured_url
 
 
 def spec_hash(resolved: Resolved) -> str:
@@ -170,9 +170,58 @@ def _known_rounds(halving: Halving, record: AdaptiveRecord | None) -> list[tuple
     return out
 
 
+Drive = Callable[[Coordinator | None], Coroutine[Any, Any, None]]
+"""Runs a rollout's episodes through a coordinator (all of them, or round by round)."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What running a rollout's episodes needs, handed to the executor: it brings the workers up,
+    makes the coordinator over them (`coordinator(fleet)`), calls `on_start`, runs `drive` and
+    takes the workers down."""
+
+    resolved: Resolved
+    log: EventLog
+    store: RolloutStore
+    info: RolloutInfo
+    to_run: int
+    drive: Drive
+    money: RolloutMoney | None
+    on_start: Callable[[RolloutInfo, int, int], None] | None
+    on_row: Callable[[Row], None] | None
+    address: str | None
+    store_url: str | None
+    ray_options: dict[str, Any]
+
+    @property
+    def score_in_supervisors(self) -> bool:
+        spec = self.resolved.spec
+        return bool(spec.evaluators) and spec.run.scoring == "supervisor"
+
+    def coordinator(self, fleet: Fleet) -> Coordinator:
+        run = self.resolved.spec.run
+        return Coordinator(
+            self.info.id,
+            self.store,
+            fleet,
+            primary=self.resolved.spec.primary_metric,
+            score_in_supervisors=self.score_in_supervisors,
+            ramp_s=run.ramp_s,
+            in_flight=run.in_flight,
+            retries=run.retries,
+            failures=None if run.max_failures is None else FailureLimit(run.max_failures, self.to_run),
+            on_row=self.on_row,
+            ledger_deltas=self.money.deltas if self.money is not None else None,
+        )
+
+
+Executor = Callable[[Launch], None]
+
+
 def run_rollout(
     spec: str | Path | Resolved,
     *,
+    execute: Executor,
     address: str | None = None,
     resume: str | None = None,
     store_url: str | None = None,
@@ -182,7 +231,8 @@ def run_rollout(
     on_round: Callable[[RoundRecord, AdaptiveRecord], None] | None = None,
     **ray_options: Any,
 ) -> RolloutResult:
-    """Run (or resume) a rollout to the end and return its result.
+    """Run (or resume) a rollout to the end, its episodes run by `execute`, and return its
+    result (`p2e.api.run_rollout` runs them on Ray).
 
     `on_start(info, to_run, total)` (once the actors are up), `on_row(row)` and, in an adaptive
     rollout, `on_round(record, adaptive)` (each round decided) let a caller show progress.
@@ -213,24 +263,26 @@ def run_rollout(
         else:
             to_run = len(todo)
 
-            async def drive(coordinator: Coordinator | None) -> None:
+            async def drive(coordinator: Coordinator | None) -> None:  # (a Drive)
                 assert coordinator is not None
                 await coordinator.run(todo)
 
         if to_run:
-            _execute(
-                resolved,
-                log,
-                store,
-                info,
-                to_run,
-                drive,
-                address,
-                store_url,
-                on_start,
-                on_row,
-                ray_options,
-                money,
+            execute(
+                Launch(
+                    resolved,
+                    log,
+                    store,
+                    info,
+                    to_run,
+                    drive,
+                    money,
+                    on_start,
+                    on_row,
+                    address,
+                    store_url,
+                    ray_options,
+                )
             )
         else:
             if on_start is not None:
@@ -293,7 +345,7 @@ def _rounds(
     store: RolloutStore,
     rid: str,
     on_round: Callable[[RoundRecord, AdaptiveRecord], None] | None,
-) -> Callable[[Coordinator | None], Awaitable[None]]:
+) -> Drive:
     """Successive halving: each round's missing episodes, then its decision (stored before the
     next round starts; a decision already stored is read back)."""
 
@@ -331,67 +383,3 @@ def _rounds(
             variants = rec.kept
 
     return drive
-
-
-def _execute(
-    resolved: Resolved,
-    log: EventLog,
-    store: RolloutStore,
-    info: RolloutInfo,
-    to_run: int,
-    drive: Callable[[Coordinator | None], Awaitable[None]],
-    address: str | None,
-    store_url: str | None,
-    on_start: Callable[[RolloutInfo, int, int], None] | None,
-    on_row: Callable[[Row], None] | None,
-    ray_options: dict[str, Any],
-    money: RolloutMoney | None = None,
-) -> None:
-    spec = resolved.spec
-    started = connect_ray(address, bool(store_url or configured_url()), **ray_options)
-    team = resolved.team_config.model_copy(update={"evaluators": ()})
-    eval_team = resolved.team_config.model_copy(update={"evaluators": spec.evaluators})
-    in_supervisor = bool(spec.evaluators) and spec.run.scoring == "supervisor"
-    actors = None
-    wallets = None
-    try:
-        # each paying agent's Wallet actor: the only holder of its identity
-        payers = money.agents if money is not None else wallet_agents(team)
-        if payers:
-            wallets = spawn_wallets(payers, log.url, log.keys.ns)
-        actors = spawn(
-            team,
-            log.url,
-            log.keys.ns,
-            prefix=f"{log.keys.ns}:{info.id}",
-            supervisors=spec.run.supervisors,
-            evaluators=spec.run.evaluators if spec.evaluators and not in_supervisor else 0,
-            eval_team=eval_team,
-            observe=False,
-            spread=True,
-            score_in_supervisors=in_supervisor,
-        )
-        coordinator = Coordinator(
-            info.id,
-            store,
-            actors.supervisors,
-            actors.evaluators,
-            primary=spec.primary_metric,
-            score_in_supervisors=in_supervisor,
-            ramp_s=spec.run.ramp_s,
-            in_flight=spec.run.in_flight,
-            retries=spec.run.retries,
-            failures=None if spec.run.max_failures is None else FailureLimit(spec.run.max_failures, to_run),
-            on_row=on_row,
-            ledger_deltas=money.deltas if money is not None else None,
-        )
-        if on_start is not None:  # the actors are up: the clock of the first episode starts now
-            on_start(info, to_run, info.episodes)
-        asyncio.run(drive(coordinator))
-    finally:
-        if actors is not None:
-            actors.kill()
-        if wallets is not None:
-            wallets.kill()
-        if started:
-            ray.shutdown()

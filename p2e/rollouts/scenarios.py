@@ -30,12 +30,12 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import from_json
 
 from p2e.errors import InvalidArgument, one_line
 from p2e.problems import SHOWN, Problems, error_message
-from p2e.rollouts.spec import Scenario, ScenarioCall, ScenarioFields, ScenarioFile
+from p2e.store.keys import check_name
 from p2e.textfile import MAX_BYTES, read_bytes, read_text
 
 MAX_SCENARIOS = 1_000_000
@@ -44,6 +44,62 @@ fewer. A generator that never ends stops here."""
 PARQUET = (".parquet", ".pq")
 """Parquet files' extensions; `.csv` is CSV, and any other is JSONL (as before there were others)."""
 WHAT = "scenario file"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Scenario(_Strict):
+    id: str
+    message: str = Field(min_length=1)
+    reference: str | None = None
+    """The expected answer, for evaluators that compare (`contains`, `exact_match`, a judge)."""
+    metadata: dict[str, Any] = {}
+
+    _id = field_validator("id")(classmethod(lambda cls, v: check_name(v)))
+
+
+class ScenarioFields(_Strict):
+    """Which column (CSV, Parquet) or key (JSONL) holds each field of a scenario, like
+    inspect_ai's `FieldSpec`: `{message: question, reference: answer}`."""
+
+    id: str = "id"
+    message: str = "message"
+    reference: str = "reference"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ScenarioFields:
+        columns = [self.id, self.message, self.reference]
+        if len(set(columns)) < len(columns):
+            raise ValueError(f"id, message and reference need a column each; given: {', '.join(columns)}")
+        return self
+
+
+class ScenarioFile(_Strict):
+    file: str
+    """Scenarios, one per line or row, relative to the spec; the format by its extension:
+    `.jsonl`, `.csv` (a header row; columns other than the fields become metadata) or
+    `.parquet` (likewise). See `p2e.rollouts.scenarios`."""
+    fields: ScenarioFields = ScenarioFields()
+
+
+class ScenarioCall(_Strict):
+    """A Python callable that returns the scenarios (dicts or `Scenario`s); importing and
+    calling it runs its code, as `rollout validate` says."""
+
+    callable: str
+    """`package.module:function`, imported from the PYTHONPATH."""
+    args: dict[str, Any] = {}
+    """Keyword arguments it is called with."""
+
+    @field_validator("callable")
+    @classmethod
+    def _ref(cls, v: str) -> str:
+        module, sep, name = v.partition(":")
+        if not sep or not module or not name:
+            raise ValueError(f"{v!r}: give the callable as package.module:function")
+        return v
 
 
 class _Bad(NamedTuple):
@@ -150,7 +206,7 @@ class _Source:
             data |= {names[k]: v for k, v in raw.items() if k in names}
             data["reference"] = data.get("reference") or None
         else:
-            data = {names.get(k, k): v for k, v in raw.items()}
+            data = {names.get(k) or k: v for k, v in raw.items()}
         try:
             return Scenario.model_validate(data)
         except ValidationError as e:

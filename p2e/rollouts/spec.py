@@ -43,73 +43,18 @@ from p2e.agents.check import AgentCheck, import_tool_modules
 from p2e.agents.spec import InvalidTeam, read_team, team_from_mapping
 from p2e.errors import InvalidArgument
 from p2e.events import Limits
-from p2e.ledger.rollout import LedgerConfig
+from p2e.ledger.bounty import LedgerConfig
 from p2e.problems import Problems, error_message
 from p2e.rollouts.failures import parse_limit
-from p2e.store.keys import NAME_RE
+from p2e.rollouts.halving import Adaptive
+from p2e.rollouts.halving import check as check_adaptive
+from p2e.rollouts.scenarios import Scenario, ScenarioCall, ScenarioFile, load_scenarios
+from p2e.store.keys import check_name
 from p2e.yamlfile import Lines, read_yaml_lines
-
-
-def _name(v: str) -> str:
-    if not NAME_RE.fullmatch(v):
-        raise ValueError(f"{v!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
-    return v
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class Scenario(_Strict):
-    id: str
-    message: str = Field(min_length=1)
-    reference: str | None = None
-    """The expected answer, for evaluators that compare (`contains`, `exact_match`, a judge)."""
-    metadata: dict[str, Any] = {}
-
-    _id = field_validator("id")(classmethod(lambda cls, v: _name(v)))
-
-
-class ScenarioFields(_Strict):
-    """Which column (CSV, Parquet) or key (JSONL) holds each field of a scenario, like
-    inspect_ai's `FieldSpec`: `{message: question, reference: answer}`."""
-
-    id: str = "id"
-    message: str = "message"
-    reference: str = "reference"
-
-    @model_validator(mode="after")
-    def _distinct(self) -> ScenarioFields:
-        columns = [self.id, self.message, self.reference]
-        if len(set(columns)) < len(columns):
-            raise ValueError(f"id, message and reference need a column each; given: {', '.join(columns)}")
-        return self
-
-
-class ScenarioFile(_Strict):
-    file: str
-    """Scenarios, one per line or row, relative to the spec; the format by its extension:
-    `.jsonl`, `.csv` (a header row; columns other than the fields become metadata) or
-    `.parquet` (likewise). See `p2e.rollouts.scenarios`."""
-    fields: ScenarioFields = ScenarioFields()
-
-
-class ScenarioCall(_Strict):
-    """A Python callable that returns the scenarios (dicts or `Scenario`s); importing and
-    calling it runs its code, as `rollout validate` says."""
-
-    callable: str
-    """`package.module:function`, imported from the PYTHONPATH."""
-    args: dict[str, Any] = {}
-    """Keyword arguments it is called with."""
-
-    @field_validator("callable")
-    @classmethod
-    def _ref(cls, v: str) -> str:
-        module, sep, name = v.partition(":")
-        if not sep or not module or not name:
-            raise ValueError(f"{v!r}: give the callable as package.module:function")
-        return v
 
 
 class Team(_Strict):
@@ -118,7 +63,7 @@ class Team(_Strict):
     members: tuple[str, ...] = ()
     """Who may take part (the root always does); empty: everyone the root can reach."""
 
-    _id = field_validator("id")(classmethod(lambda cls, v: _name(v)))
+    _id = field_validator("id")(classmethod(lambda cls, v: check_name(v)))
 
 
 class Variant(_Strict):
@@ -126,7 +71,7 @@ class Variant(_Strict):
     overrides: dict[str, dict[str, Any]] = {}
     """agent id (or `"*"` for every agent) -> field -> value."""
 
-    _name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
 
 class Grid(_Strict):
@@ -238,32 +183,6 @@ class RunSettings(_Strict):
         return parse_limit(v)
 
 
-class Adaptive(_Strict):
-    """Successive halving across variants: the scenario x repeat pairs are split into rounds;
-    after each round the worst variants stop (p2e/rollouts/adaptive.py, docs/rollouts.md)."""
-
-    method: Literal["halving"] = "halving"
-    keep: float = Field(0.5, gt=0, lt=1)
-    """The fraction of a round's variants that go on (rounded up; at least one stops, and never
-    fewer than `finalists` go on)."""
-    rounds: int | Literal["auto"] = "auto"
-    """How many rounds; `auto`: as many as it takes to get down to `finalists`."""
-    finalists: int = Field(1, ge=1)
-    """How many variants the last round keeps (the floor of every cut)."""
-    seed: int = 0
-    """Seeds the order in which scenarios are dealt into rounds."""
-    failed_score: float | None = None
-    """What an episode without a primary score (failed, or its evaluation failed) counts as when
-    variants are ranked; default: it is left out of the mean, as in every summary."""
-
-    @field_validator("rounds")
-    @classmethod
-    def _rounds(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError("rounds must be at least 1 (or auto)")
-        return v
-
-
 class RolloutSpec(_Strict):
     name: str
     agents: str | dict[str, Any] = "agents.yaml"
@@ -280,11 +199,11 @@ class RolloutSpec(_Strict):
     run: RunSettings = RunSettings()
     ledger: LedgerConfig | None = None
     """Wallets for the agents: starting balances, spending policies, a bounty paid to the best
-    variant's agents (p2e/ledger/rollout.py)."""
+    variant's agents (p2e/ledger/bounty.py)."""
     adaptive: Adaptive | None = None
     """Spend fewer episodes on the variants that are losing (successive halving)."""
 
-    _name = field_validator("name")(classmethod(lambda cls, v: _name(v)))
+    _name = field_validator("name")(classmethod(lambda cls, v: check_name(v)))
 
     @field_validator("repeats")
     @classmethod
@@ -354,9 +273,11 @@ def load_spec(path: str | Path) -> Resolved:
         spec = RolloutSpec.model_validate(raw)
     except ValidationError as e:
         problems.validation(e)
-        spec = _without_bad_fields(raw, e)
-        if spec is None:
+        without = _without_bad_fields(raw, e)
+        if without is None:
             problems.check()
+        assert without is not None  # check() raised: it holds the validation's problems
+        spec = without
     return resolve(spec, path.parent, str(path), lines, problems)
 
 
@@ -386,8 +307,6 @@ def resolve(
     problems = problems or Problems(where, lines)
     agents = _agents(spec, base, problems)
     team_config = agents.team
-    from p2e.rollouts.scenarios import load_scenarios  # (it imports this module's models)
-
     scenarios, called = load_scenarios(spec.scenarios, base, problems)
     variants = tuple(spec.variant_list)
     defaults = team_config.limits if team_config is not None else Limits()
@@ -409,10 +328,15 @@ def resolve(
             _check_variant(v, i, spec.variants, agents, check, problems)
         imported |= _check_evaluators(spec, team_config, problems, agents.declared)
     if spec.adaptive is not None:
-        from p2e.rollouts.adaptive import check as check_adaptive
-
         with problems.collect():
-            check_adaptive(spec, len(variants), len(scenarios), problems.fail)
+            check_adaptive(
+                spec.adaptive,
+                spec.primary_metric,
+                len(spec.seeds),
+                len(variants),
+                len(scenarios),
+                problems.fail,
+            )
     problems.check()
     assert team_config is not None  # (an agents file that does not load has problems)
     return Resolved(

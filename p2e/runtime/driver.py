@@ -117,10 +117,10 @@ class Hosted:
     def fork(self, conv: Conversation, overrides: dict[str, dict[str, Any]]) -> Hosted:
         """A child on `conv` (a fresh fork of this branch at its current length), run with
         `overrides`; it keeps its own copy of the events kept so far."""
-        h = Hosted(conv, self.transcript.copy(), overrides)
-        h.reference, h.child, h.episode = self.reference, True, self.episode
-        h.record = None if self.record is None else list(self.record)
-        return h
+        child = Hosted(conv, self.transcript.copy(), overrides)
+        child.reference, child.child, child.episode = self.reference, True, self.episode
+        child.record = None if self.record is None else list(self.record)
+        return child
 
     def adopt(self, child: Hosted) -> None:
         """Continue on a child's branch (the search chose it)."""
@@ -148,15 +148,15 @@ class Driver:
         self.team = team
         self.hosted: dict[str, Hosted] = {}
         self._specs: dict[tuple[str, str], AgentSpec] = {}
-        agents = team.agents.values() if team is not None else ()
-        self._guided = any(a.guide is not None for a in agents)
-        self._reflective = any(a.reflection is not None for a in agents)
+        specs = team.agents.values() if team is not None else ()
+        self._guided = any(a.guide is not None for a in specs)
+        self._reflective = any(a.reflection is not None for a in specs)
         """Whether the file itself uses these policies; if not, only a variant naming them can
         (checked without building the agent's spec: the common case costs nothing per step)."""
         self.search = True
         """Whether guided search runs (a replay turns it off: it follows the recorded choices)."""
         self.valuers: dict[str, Any] = {}
-        """Guided search's evaluators, made once (see `p2e.runtime.guide.Valuer`)."""
+        """Guided search's evaluators, made once (see `p2e.runtime.guided_search.Valuer`)."""
 
     def spec(self, agent: str, overrides: dict[str, Any] | None) -> AgentSpec | None:
         """`agent`'s spec under a variant's overrides (cached), or None without a team config."""
@@ -181,10 +181,10 @@ class Driver:
                 rules[agent] = spec.reflection
         return rules
 
-    def guide(self, h: Hosted, agent: str) -> GuidePolicy | None:
-        if h.child or not self.search:
+    def guide(self, hosted: Hosted, agent: str) -> GuidePolicy | None:
+        if hosted.child or not self.search:
             return None
-        overrides = h.overrides.get(agent)
+        overrides = hosted.overrides.get(agent)
         if not self._guided and not (overrides and "guide" in overrides):
             return None
         spec = self.spec(agent, overrides)
@@ -214,31 +214,31 @@ class Driver:
             overrides,
             self.reflection(team, overrides or {}),
         )
-        h = self.hosted[conv.id] = Hosted(conv, Transcript.opened(conv.state), overrides or {})
-        h.record = [start] if record else None
+        hosted = self.hosted[conv.id] = Hosted(conv, Transcript.opened(conv.state), overrides or {})
+        hosted.record = [start] if record else None
         return conv.id
 
     async def host(self, conv: str, branch: str | None = None) -> Hosted:
         """The hosted conversation, rebuilt from the store if this host has not seen it (or if
         another branch is asked for, or the checked-out branch moved)."""
-        h = self.hosted.get(conv)  # callers that route by id skip the name lookup
-        cid = conv if h is not None else await asyncio.to_thread(self.log.resolve, conv)
-        h = h or self.hosted.get(cid)
-        if h is not None:
+        hosted = self.hosted.get(conv)  # callers that route by id skip the name lookup
+        cid = conv if hosted is not None else await asyncio.to_thread(self.log.resolve, conv)
+        hosted = hosted or self.hosted.get(cid)
+        if hosted is not None:
             # one non-blocking round trip: a checkout made elsewhere (the CLI) is followed
             wanted = branch
             if wanted is None:
                 active = await self.writer.command("HGET", self.log.keys.conv(cid), "active")
                 wanted = (active or b"").decode()
-            if wanted == h.conv.branch.name:
-                return h
-        c = await asyncio.to_thread(Conversation.open, self.log, cid, branch)
-        events = await asyncio.to_thread(c.history)
+            if wanted == hosted.conv.branch.name:
+                return hosted
+        opened = await asyncio.to_thread(Conversation.open, self.log, cid, branch)
+        events = await asyncio.to_thread(opened.history)
         transcript, state = Transcript.rebuild(events)
-        c.state = state
+        opened.state = state
         start = events[0] if events else None
         overrides = start.overrides if isinstance(start, Started) else {}
-        self.hosted[cid] = Hosted(c, transcript, overrides)
+        self.hosted[cid] = Hosted(opened, transcript, overrides)
         return self.hosted[cid]
 
     def release(self, conv: str) -> None:
@@ -249,19 +249,19 @@ class Driver:
         """A user message, then every step it leads to, until the root answers or it fails."""
         return await self._turn(await self.host(conv, branch), text)
 
-    async def _turn(self, h: Hosted, text: str) -> TurnResult:
-        async with h.lock:
-            h.answer = None
-            await self._drive(h, await self._submit(h, UserMessage(text=text)))
-            return self._result(h)
+    async def _turn(self, hosted: Hosted, text: str) -> TurnResult:
+        async with hosted.lock:
+            hosted.answer = None
+            await self._drive(hosted, await self._submit(hosted, UserMessage(text=text)))
+            return self._result(hosted)
 
     async def resume(self, conv: str, branch: str | None = None) -> TurnResult:
         """Finish whatever the stored state says is outstanding (after a crash or a rewind)."""
-        h = await self.host(conv, branch)
-        async with h.lock:
-            h.answer = None
-            await self._drive(h, pending(h.conv.state))
-            return self._result(h)
+        hosted = await self.host(conv, branch)
+        async with hosted.lock:
+            hosted.answer = None
+            await self._drive(hosted, pending(hosted.conv.state))
+            return self._result(hosted)
 
     async def episode(self, req: EpisodeRequest, score: Scorer | None = None) -> EpisodeOutcome:
         """A rollout episode: a new conversation, one user message, driven to the root's answer
@@ -271,16 +271,16 @@ class Driver:
         t0 = time.monotonic()
         scoring = req.score and score is not None
         cid = await self.create(req.root, req.graph, req.limits, req.name, req.overrides, req.cid, scoring)
-        h = self.hosted[cid]  # just created here: no need to ask the store where it stands
-        h.reference = req.reference
-        h.episode = episode_key(req.rollout, req.episode) if req.episode else ""
+        hosted = self.hosted[cid]  # just created here: no need to ask the store where it stands
+        hosted.reference = req.reference
+        hosted.episode = episode_key(req.rollout, req.episode) if req.episode else ""
         scores: list[Score] = []
         try:
-            turn = await self._turn(h, req.message)
-            state = h.conv.state
+            turn = await self._turn(hosted, req.message)
+            state = hosted.conv.state
             if scoring:
                 assert score is not None
-                scores = await score(h.conv.branch, h.record, req.reference)
+                scores = await score(hosted.conv.branch, hosted.record, req.reference)
         finally:
             self.release(cid)
         wall = time.monotonic() - t0
@@ -294,168 +294,172 @@ class Driver:
             answer=turn.answer,
             error=(turn.error or "the root agent gave no answer") if status == "failed" else None,
             steps=turn.steps,
-            tokens=state.tokens + h.search_tokens,
-            cost_usd=state.cost_usd + h.search_cost_usd,
+            tokens=state.tokens + hosted.search_tokens,
+            cost_usd=state.cost_usd + hosted.search_cost_usd,
             wall_s=wall,
             scores=scores,
         )
 
-    def _result(self, h: Hosted) -> TurnResult:
-        s = h.conv.state
+    def _result(self, hosted: Hosted) -> TurnResult:
+        state = hosted.conv.state
         return TurnResult(
-            conversation=h.conv.id,
-            name=h.conv.info.name,
-            branch=h.conv.branch.name,
-            status=s.status,
-            answer=h.answer,
-            error=f"{s.error.code}: {s.error.message}" if s.error else None,
-            length=s.length,
-            steps=s.steps,
+            conversation=hosted.conv.id,
+            name=hosted.conv.info.name,
+            branch=hosted.conv.branch.name,
+            status=state.status,
+            answer=hosted.answer,
+            error=f"{state.error.code}: {state.error.message}" if state.error else None,
+            length=state.length,
+            steps=state.steps,
         )
 
     # --- the interpreter -----------------------------------------------------------------------
 
-    async def _drive(self, h: Hosted, commands: list[Command]) -> None:
+    async def _drive(self, hosted: Hosted, commands: list[Command]) -> None:
         todo = list(commands)
         while todo:
             cmd = todo.pop(0)
-            todo = await self.perform(h, cmd) + todo
+            todo = await self.perform(hosted, cmd) + todo
 
-    async def perform(self, h: Hosted, cmd: Command) -> list[Command]:
+    async def perform(self, hosted: Hosted, cmd: Command) -> list[Command]:
         """Carry out one command of the machine on a hosted branch; the commands it made due."""
-        c = h.conv
+        conv = hosted.conv
         if isinstance(cmd, CallAgent):
-            guide = self.guide(h, cmd.frame.agent)
+            guide = self.guide(hosted, cmd.frame.agent)
             if guide is not None:
-                from p2e.runtime.guide import GuidedSearch  # the search drives this driver
+                from p2e.runtime.guided_search import GuidedSearch  # the search drives this driver
 
-                return await GuidedSearch(self, h, cmd, guide).run()
-            return await self.call_agent(h, cmd)
+                return await GuidedSearch(self, hosted, cmd, guide).run()
+            return await self.call_agent(hosted, cmd)
         if isinstance(cmd, Review):
-            return await self._review(h, cmd)
+            return await self._review(hosted, cmd)
         if isinstance(cmd, RunTools):
             treq = ToolsRequest(
-                conversation=c.id,
-                branch=c.branch.name,
+                conversation=conv.id,
+                branch=conv.branch.name,
                 agent=cmd.agent,
                 calls=cmd.calls,
-                overrides=h.overrides.get(cmd.agent, {}),
-                episode=h.episode,
+                overrides=hosted.overrides.get(cmd.agent, {}),
+                episode=hosted.episode,
             )
             results = await self._guarded(
-                h, f"tools of {cmd.agent!r}", self.agents(cmd.agent).run_tools(treq)
+                hosted, f"tools of {cmd.agent!r}", self.agents(cmd.agent).run_tools(treq)
             )
-            return [] if results is None else await self._submit(h, *results)
+            return [] if results is None else await self._submit(hosted, *results)
         if isinstance(cmd, Reply):
-            h.answer = cmd.text
+            hosted.answer = cmd.text
             if self.observer is not None:
-                self.observer.episode(c.id, c.branch.name)
+                self.observer.episode(conv.id, conv.branch.name)
             return []
         events = settle(cmd)
         if events is None:  # pragma: no cover - every command is handled above or settles
             raise TypeError(f"unknown command {cmd!r}")
-        return await self._submit(h, *events)
+        return await self._submit(hosted, *events)
 
-    async def call_agent(self, h: Hosted, cmd: CallAgent) -> list[Command]:
+    async def call_agent(self, hosted: Hosted, cmd: CallAgent) -> list[Command]:
         """Ask the top frame's agent for its reply (the variant's overrides, or a search child's)."""
-        c = h.conv
+        conv = hosted.conv
         agent = cmd.frame.agent
         req = StepRequest(
-            conversation=c.id,
-            branch=c.branch.name,
-            seq=c.state.length,
+            conversation=conv.id,
+            branch=conv.branch.name,
+            seq=conv.state.length,
             agent=agent,
-            turn=sum(1 for m in h.transcript.frames[-1] if m.role == "assistant"),
+            turn=sum(1 for m in hosted.transcript.frames[-1] if m.role == "assistant"),
             depth=cmd.depth,
-            messages=tuple(h.transcript.messages()),
-            overrides=h.overrides.get(agent, {}),
-            episode=h.episode,
-            state=c.state,
+            messages=tuple(hosted.transcript.messages()),
+            frame=hosted.transcript.frame_id(),
+            overrides=hosted.overrides.get(agent, {}),
+            episode=hosted.episode,
+            state=conv.state,
         )
-        result = await self._guarded(h, f"agent {agent!r}", self.agents(agent).step(req))
+        result = await self._guarded(hosted, f"agent {agent!r}", self.agents(agent).step(req))
         if result is None:
             return []
-        return await self._submit(h, result.reply, *result.results)
+        return await self._submit(hosted, result.reply, *result.results)
 
-    async def _review(self, h: Hosted, cmd: Review) -> list[Command]:
+    async def _review(self, hosted: Hosted, cmd: Review) -> list[Command]:
         """A draft answer under review: the self-review prompt, or the critic agent's verdict on
         the task and the draft (a model call of its own, stored in the `critique` event)."""
         agent = cmd.frame.agent
         if cmd.critic is None:
-            return await self._submit(h, Critique(agent=agent))
-        drafts = [m for m in h.transcript.frames[-1] if m.role == "assistant"]
+            return await self._submit(hosted, Critique(agent=agent))
+        drafts = [m for m in hosted.transcript.frames[-1] if m.role == "assistant"]
         request = (
-            f"Task given to {agent}:\n{h.transcript.tasks[-1]}\n\n"
+            f"Task given to {agent}:\n{hosted.transcript.tasks[-1]}\n\n"
             f"{agent}'s answer:\n{drafts[-1].content if drafts else ''}\n\n"
             "Review the answer: say what is wrong or missing, or that it is correct."
         )
-        c = h.conv
+        conv = hosted.conv
         req = StepRequest(
-            conversation=c.id,
-            branch=c.branch.name,
-            seq=c.state.length,
+            conversation=conv.id,
+            branch=conv.branch.name,
+            seq=conv.state.length,
             agent=cmd.critic,
             turn=0,
             depth=cmd.depth + 1,
             messages=(Message(role="user", content=request),),
-            overrides=h.overrides.get(cmd.critic, {}),
+            overrides=hosted.overrides.get(cmd.critic, {}),
             # no state: a critic answers in words, and tools it asks for are not run
         )
-        result = await self._guarded(h, f"critic {cmd.critic!r}", self.agents(cmd.critic).step(req))
+        result = await self._guarded(hosted, f"critic {cmd.critic!r}", self.agents(cmd.critic).step(req))
         if result is None:
             return []
         reply = result.reply
         critique = Critique(
             agent=agent, critic=cmd.critic, text=reply.text, model=reply.model, usage=reply.usage
         )
-        return await self._submit(h, critique)
+        return await self._submit(hosted, critique)
 
-    async def _guarded(self, h: Hosted, what: str, call: Awaitable[Any]) -> Any:
+    async def _guarded(self, hosted: Hosted, what: str, call: Awaitable[Any]) -> Any:
         """Await an agent; if it fails for good, or the conversation's deadline passes while it
         works, end the conversation with a `failed` event."""
-        s = h.conv.state
-        deadline = s.limits.deadline_s
+        state = hosted.conv.state
+        deadline = state.limits.deadline_s
         try:
             if deadline is None:
                 return await call
-            end = s.started_ts + deadline
+            end = state.started_ts + deadline
             try:
                 return await asyncio.wait_for(call, max(end - time.time(), 0.0))
             except TimeoutError:
                 if time.time() < end:
                     raise  # a timeout of the agent's own, not the deadline
             msg = f"deadline of {deadline:g}s passed while waiting for {what}"
-            await self._submit(h, Failed(code="deadline", message=msg))
+            await self._submit(hosted, Failed(code="deadline", message=msg))
         except Exception as e:  # a model that keeps failing, an actor dead for good, a bug in a tool
-            log_failure(log, f"{what} failed in conversation {h.conv.id}", e)
-            await self._submit(h, Failed(code="agent_error", message=f"{what}: {one_line(e)}"))
+            log_failure(log, f"{what} failed in conversation {hosted.conv.id}", e)
+            await self._submit(hosted, Failed(code="agent_error", message=f"{what}: {one_line(e)}"))
         return None
 
-    async def _submit(self, h: Hosted, *events: Event) -> list[Command]:
+    async def _submit(self, hosted: Hosted, *events: Event) -> list[Command]:
         """Write-ahead: offer to the machine (what it refuses is not stored, and ends the
         conversation with a `failed` event), store (group commit), then adopt the new state."""
-        c = h.conv
-        events, states, commands = advance(c.state, events)
+        conv = hosted.conv
+        events, states, commands = advance(conv.state, events)
         if not events:
             return commands
         try:
-            await self.writer.append(c.id, c.branch.name, events, expected=c.state.length)
+            await self.writer.append(conv.id, conv.branch.name, events, expected=conv.state.length)
         except Conflict:
-            self.release(c.id)  # someone else wrote to this branch: rebuild from the store next time
+            self.release(conv.id)  # someone else wrote to this branch: rebuild from the store next time
             raise
-        if h.record is not None:
-            h.record += [e.model_copy(update={"seq": s.length}) for s, e in zip(states, events, strict=False)]
-        for before, e, after in zip(states, events, states[1:], strict=False):
-            h.transcript.update(before, e, after)
-            if isinstance(e, AgentReply):
+        if hosted.record is not None:
+            hosted.record += [
+                event.model_copy(update={"seq": before.length})
+                for before, event in zip(states, events, strict=False)
+            ]
+        for before, event, after in zip(states, events, states[1:], strict=False):
+            hosted.transcript.update(before, event, after)
+            if isinstance(event, AgentReply):
                 if self.observer is not None:
-                    self.observer.step(c.id, c.branch.name, before.length)
+                    self.observer.step(conv.id, conv.branch.name, before.length)
                 if self.meter is not None:
-                    self.meter.reply(e)
+                    self.meter.reply(event)
         state = states[-1]
-        snapshot = c.commit(state)
+        snapshot = conv.commit(state)
         if snapshot is not None:
             await self.writer.command(
-                "HSET", self.log.keys.snapshots(c.id, c.branch.name), state.length, snapshot
+                "HSET", self.log.keys.snapshots(conv.id, conv.branch.name), state.length, snapshot
             )
         return commands

@@ -6,7 +6,7 @@ Used by `p2e conversation replay`, by `p2e chat --local`, and by tests of the dr
 from __future__ import annotations
 
 from p2e.agents import TeamConfig
-from p2e.runtime.agent import AgentRunner
+from p2e.runtime.agent_step import AgentRunner
 from p2e.runtime.driver import Driver
 from p2e.store import EventLog
 from p2e.store.aio import GroupCommit

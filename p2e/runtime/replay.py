@@ -64,7 +64,8 @@ async def replay_branch(
             await driver.send(cid, e.text)
     await driver.writer.close()
     again = log.history(cid)
-    diffs, tools = [], []
+    diffs: list[Difference] = []
+    tools: list[Difference] = []
     for i, (r, n) in enumerate(zip(recorded[1:], again[1:], strict=False), start=1):
         if _essence(r) == _essence(n):
             continue

@@ -13,7 +13,8 @@ from p2e.machine import State
 
 
 class StepRequest(BaseModel):
-    """Everything an agent needs for one turn; it keeps no conversation state of its own."""
+    """Everything an agent needs for one turn; it keeps no conversation state of its own (an
+    Agent actor caches frames' messages, but only to be sent less: `p2e.runtime.frames`)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -25,6 +26,13 @@ class StepRequest(BaseModel):
     turn: int
     depth: int
     messages: tuple[Message, ...]
+    """The frame's messages; with `base`, only those after its first `base`."""
+    frame: str = ""
+    """The id of the frame's message list in its host (`Transcript.ids`): what an agent actor
+    caches the messages under (`p2e.runtime.frames`); empty: not cached (a critic's review)."""
+    base: int = 0
+    """How many of the frame's first messages are left out, for the agent to take from its
+    cache; 0: `messages` is the whole frame."""
     overrides: dict[str, Any] = {}
     """The variant's overrides of this agent's spec."""
     episode: str = ""

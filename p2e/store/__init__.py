@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from p2e.settings import settings
 from p2e.store.keys import Keys
 from p2e.store.log import BranchInfo, ConversationInfo, EventLog, Segment
 from p2e.store.server import (
@@ -18,7 +17,7 @@ from p2e.store.server import (
 
 def connect(url: str | None = None, namespace: str | None = None) -> EventLog:
     """Open the store: `url`, else P2E_REDIS_URL, else the embedded Valkey (started if needed)."""
-    log = EventLog(url or store_url(), namespace or os.environ.get("P2E_NAMESPACE", "p2e"))
+    log = EventLog(url or store_url(), namespace or settings().namespace)
     log.ping()
     return log
 

@@ -13,6 +13,7 @@ projects or test runs can share a server). With `ns` the namespace, `cid` a conv
 | `ns:conv:cid:br:b` | hash | name, parent, fork_at, length, created, lineage (JSON) |
 | `ns:conv:cid:br:b:ev` | list | the branch's *own* events (JSON); index i is seq fork_at + i |
 | `ns:conv:cid:br:b:snap` | hash | length -> machine state (JSON) after that many events |
+| `ns:conv:cid:br:b:partial` | string | the reply of the step running on the branch, so far (JSON, with a TTL; `p2e.streaming`) |
 | `ns:conv:cid:ix:kind:K` | list | refs `b:seq` of the conversation's events of kind K |
 | `ns:conv:cid:ix:agent:A` | list | refs `b:seq` of the events of agent A |
 | `ns:conv:cid:notes` | list | the `notes` tool's notes (per conversation, not per branch) |
@@ -33,6 +34,13 @@ import re
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """Conversation and branch names: safe in keys, refs (`conv/branch/seq`) and shells. Use
 `fullmatch` (`match` with `$` would let a trailing newline through)."""
+
+
+def check_name(v: str) -> str:
+    """`v`, if it can name a team, variant, scenario or conversation (it goes into keys)."""
+    if not NAME_RE.fullmatch(v):
+        raise ValueError(f"{v!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+    return v
 
 
 class Keys:
@@ -67,6 +75,9 @@ class Keys:
 
     def snapshots(self, cid: str, b: str) -> str:
         return f"{self.ns}:conv:{cid}:br:{b}:snap"
+
+    def partial(self, cid: str, b: str) -> str:
+        return f"{self.ns}:conv:{cid}:br:{b}:partial"
 
     def index_prefix(self, cid: str) -> str:
         return f"{self.ns}:conv:{cid}:ix:"

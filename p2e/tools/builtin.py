@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from p2e.redact import redact
+from p2e.store.replies import as_list
 from p2e.tools.registry import REGISTRY, ToolContext, tool
 
 # --- calculator ----------------------------------------------------------------------------------
@@ -208,7 +209,7 @@ def notes(
             n = store.r.rpush(key, redact(text))  # a model wrote it: no key reaches the store
             return f"added note {n}"
         if action == "list":
-            items = [raw.decode() for raw in store.r.lrange(key, 0, -1)]
+            items = [raw.decode() for raw in as_list(store.r.lrange(key, 0, -1))]
             if not items:
                 return "no notes yet"
             return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))

@@ -17,6 +17,7 @@ import inspect
 import re
 import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, overload
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
@@ -106,7 +107,7 @@ class Tool:
         the `ToolContext` (their output depends on the arguments alone). Pass `cacheable=False`
         for a read whose answer changes by itself, such as `clock`."""
         self._spec: ToolSpec | None = None
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        functools.update_wrapper(self, fn)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
@@ -242,6 +243,17 @@ class Registry:
     def copy(self) -> Registry:
         """An independent registry with the same tools (to extend the built-ins without touching them)."""
         return Registry(self._tools.values())
+
+    def with_modules(self, modules: Iterable[ModuleType]) -> Registry:
+        """A copy that also holds every tool the `modules` define. An agent process registers
+        them when it imports its tool modules; a process that imported them before (and whose
+        registry may have dropped their tools since) finds them this way."""
+        out = self.copy()
+        for module in modules:
+            for value in vars(module).values():
+                if isinstance(value, Tool) and value.name not in out:
+                    out.register(value)
+        return out
 
     def __contains__(self, name: object) -> bool:
         return name in self._tools

@@ -29,6 +29,7 @@ from p2e.machine import CallAgent, Command, Fail, Reply, State, pending
 from p2e.policies.guide import GuidePolicy, GuideValue
 from p2e.redact import redact
 from p2e.store import EventLog
+from p2e.store.replies import as_hash
 
 if TYPE_CHECKING:
     from p2e.runtime.driver import Driver, Hosted
@@ -64,7 +65,7 @@ class Node(BaseModel):
 
 def read_tree(log: EventLog, conv: str) -> list[Node]:
     """Every search node of a conversation, in creation order."""
-    raw = log.r.hgetall(log.keys.tree(log.resolve(conv)))
+    raw = as_hash(log.r.hgetall(log.keys.tree(log.resolve(conv))))
     nodes = [Node.model_validate_json(v) for k, v in raw.items() if k.decode() != NEXT]
     return sorted(nodes, key=lambda n: int(n.branch[1:]) if n.branch[1:].isdecimal() else 0)
 

@@ -65,11 +65,11 @@ class RolloutMoney:
             self.variant_agents[ep.variant].update(ep.graph)
         agents = sorted({a for agents in self.variant_agents.values() for a in agents})
         self.ledger = open_ledger_on(log, config.backend, config.url)
-        self.hook = RolloutLedger(self.ledger, config, rollout_id, agents, PolicyStore(log.r, log.keys.ns))
+        self.bounty = RolloutLedger(self.ledger, config, rollout_id, agents, PolicyStore(log.r, log.keys.ns))
         self.agents = agents
 
     def setup(self) -> dict[str, int]:
-        return self.hook.setup()
+        return self.bounty.setup()
 
     def deltas(self, episode: str, attempts: Sequence[tuple[str, str | None]]) -> dict[str, str]:
         """An episode's net payments over its attempts. From the ledger's index of the episode's
@@ -91,8 +91,8 @@ class RolloutMoney:
         payout rule names; teams pooled)."""
         means = variant_means(rows, self.config.payout.metric)
         scores: dict[str, float | None] = {v: means.get(v) for v in self.variant_agents}
-        payout = self.hook.pay_out(scores, self.variant_agents)
-        out: dict[str, Any] = {"balances_after": _fmt(self.hook.balances())}
+        payout = self.bounty.pay_out(scores, self.variant_agents)
+        out: dict[str, Any] = {"balances_after": _fmt(self.bounty.balances())}
         if payout is not None:
             out["payout"] = {
                 "escrow": payout.escrow,

@@ -1,11 +1,10 @@
 """The ledger side of a rollout: starting balances, policies, a bounty in escrow, the payout.
 
-A rollout spec's `ledger:` section is a `LedgerConfig`. The coordinator builds a `RolloutLedger`
-and calls `setup()` before the first episode, `balances(ep)` before and after each episode (the
-rows' ledger deltas), and `pay_out(...)` once every score is in: the sponsor's bounty, locked in
-escrow at setup, goes to the agents of the best variant (split equally), or back to the sponsor
-when no variant scored. Every command id is derived from the rollout id, so a resumed rollout
-funds nothing twice and pays out once.
+A rollout spec's `ledger:` section is a `LedgerConfig`. The rollout (`p2e.rollouts.money`) builds
+a `RolloutLedger`, calls `setup()` before the first episode and `pay_out(...)` once every score is
+in: the sponsor's bounty, locked in escrow at setup, goes to the agents of the best variant (split
+equally), or back to the sponsor when no variant scored. Every command id is derived from the
+rollout id, so a resumed rollout funds nothing twice and pays out once.
 """
 
 from __future__ import annotations
@@ -147,7 +146,7 @@ def deltas(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int
 
 
 class RolloutLedger:
-    """The coordinator's `ledger_hook`: setup, per-episode snapshots, the payout."""
+    """One rollout's wallets and bounty on a ledger: setup (balances, policies, escrow), the payout."""
 
     def __init__(
         self,
@@ -210,9 +209,8 @@ class RolloutLedger:
             )
         return self.balances()
 
-    def balances(self, episode: Any = None) -> dict[str, int]:
-        """Balances of this rollout's wallets (the coordinator calls it before and after each
-        episode; `episode` is accepted for that signature and not used)."""
+    def balances(self) -> dict[str, int]:
+        """Balances of this rollout's wallets."""
         snap = self.ledger.snapshot()
         return {w: snap.get(w, 0) for w in self.wallets}
 
