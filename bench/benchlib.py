@@ -17,7 +17,10 @@ import redis
 
 from p2e.store.server import ensure_embedded, stop_embedded
 
-EMBEDDED = "embedded valkey (p2e.store.server.ensure_embedded, temp P2E home, AOF everysec)"
+EMBEDDED = "embedded valkey (p2e.store.server.ensure_embedded, temp P2E home, AOF everysec, no password)"
+REPO = Path(__file__).resolve().parents[1]
+SHARED_BENCH = REPO.parent / "shared" / "bench"
+"""The machine's floor scripts (`ray_redis_floor.py`, `redis_floor.py`), beside the repository."""
 
 
 class Server(NamedTuple):
@@ -32,7 +35,9 @@ class Server(NamedTuple):
 
 @contextlib.contextmanager
 def server(url: str | None, prefix: str = "p2e-bench-") -> Iterator[Server]:
-    """The server at `url`, or an embedded Valkey in a temporary P2E home, stopped afterwards."""
+    """The server at `url`, or an embedded Valkey in a temporary P2E home, stopped afterwards.
+    The embedded one runs without its password for the sitting: the floor scripts connect with
+    host and port only, and p2e and its floor must run against the same server."""
     home = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         if url:
@@ -42,9 +47,17 @@ def server(url: str | None, prefix: str = "p2e-bench-") -> Iterator[Server]:
             yield Server(url, "--url", pid if pid and psutil.pid_exists(pid) else None, home)
             return
         info = ensure_embedded(home)
+        locked = redis.Redis.from_url(info.url)
+        open_url = f"redis://127.0.0.1:{info.port}"
         try:
-            yield Server(info.url, EMBEDDED, info.pid, home)
+            locked.config_set("requirepass", "")
+            yield Server(open_url, EMBEDDED, info.pid, home)
         finally:
+            with contextlib.suppress(redis.RedisError):
+                redis.Redis.from_url(f"redis://127.0.0.1:{info.port}").config_set(
+                    "requirepass", info.password
+                )
+            locked.close()
             stop_embedded(home)
     finally:
         shutil.rmtree(home, ignore_errors=True)

@@ -29,32 +29,26 @@ Prints ONE JSON line.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import multiprocessing as mp
 import os
 import platform
 import random
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import redis
+from benchlib import SHARED_BENCH, server
 
 from p2e.ledger import EmbeddedLedger, InsufficientFunds, units
 from p2e.ledger.base import fingerprint, transfer_fingerprint
 from p2e.ledger.embedded import _body
-from p2e.store.server import ensure_embedded, stop_embedded
 
-REPO = Path(__file__).resolve().parent.parent
-FLOOR = REPO.parent / "shared" / "bench" / "redis_floor.py"
+FLOOR = SHARED_BENCH / "redis_floor.py"
 WALLETS = 1000
 FLOOR_LUA = """
 local done = redis.call('GET', KEYS[3])
@@ -72,20 +66,6 @@ end
 redis.call('SET', KEYS[3], res, 'EX', ARGV[2])
 return res
 """
-
-
-@contextlib.contextmanager
-def server(url: str | None) -> Iterator[tuple[str, str]]:
-    if url:
-        yield url, "given --url"
-        return
-    home = Path(tempfile.mkdtemp(prefix="p2e-ledger-bench-"))
-    try:
-        info = ensure_embedded(home)
-        yield info.url, "embedded valkey (p2e.store.server.ensure_embedded, temp P2E home)"
-    finally:
-        stop_embedded(home)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def _client(url: str, ns: str, mode: str, seconds: float, seed: int, go: Any, q: Any) -> None:
@@ -330,7 +310,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.seconds, args.rounds, args.journal, args.verify_runs, args.floor_n = 1.0, 1, 10_000, 1, 2000
-    with server(args.url) as (url, source):
+    with server(args.url, "p2e-ledger-bench-") as srv:
+        url, source = srv.url, srv.source
         r = redis.Redis.from_url(url)
         info = r.info("server")
         cfg = {k: r.config_get(k).get(k) for k in ("appendonly", "appendfsync")}

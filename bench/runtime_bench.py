@@ -79,7 +79,7 @@ from typing import Any
 import psutil
 import ray
 import redis
-from benchlib import delete_ns, server, server_info
+from benchlib import SHARED_BENCH, delete_ns, server, server_info
 
 import p2e.api
 from actors.supervisor import agent_actor_name, supervisor_actor_name
@@ -94,7 +94,7 @@ from p2e.store.log import EventLog, new_id
 from p2e.tools import REGISTRY
 from p2e.transcript import Transcript
 
-FLOOR = "/work/shared/bench/ray_redis_floor.py"
+FLOOR = str(SHARED_BENCH / "ray_redis_floor.py")
 TEXT = "What is the weather in Paris?"
 STEPS = 4  # model turns per episode
 EVENTS = 6  # stored events per episode, the user message included
