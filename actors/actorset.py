@@ -20,10 +20,10 @@ import ray
 from ray._private import ray_constants, services
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from actors import RAY_NAMESPACE
 from actors.agent import AgentActor
 from actors.evaluator import EvaluatorActor
 from actors.supervisor import (
-    RAY_NAMESPACE,
     SupervisorActor,
     agent_actor_name,
     evaluator_actor_name,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ray
 
+from actors.wallet import actor_wallets
 from p2e.agents import TeamConfig
 from p2e.runtime.agent_step import AgentRunner
 from p2e.runtime.frames import FrameCache
@@ -27,7 +28,9 @@ NEED_FULL = b""
 class AgentActor:
     def __init__(self, agent_id: str, team: TeamConfig, store_url: str, namespace: str):
         self.agent_id = agent_id
-        self.runner = AgentRunner(agent_id, team, store=EventLog(store_url, namespace))
+        self.runner = AgentRunner(
+            agent_id, team, store=EventLog(store_url, namespace), wallets=actor_wallets(namespace)
+        )
         self.frames = FrameCache(team.frame_cache)
         self.steps = 0
 

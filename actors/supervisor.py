@@ -14,8 +14,10 @@ from typing import Any
 
 import ray
 
+from actors import RAY_NAMESPACE
 from actors.agent import NEED_FULL
 from actors.metrics import RayMeter, ScoreMeter, labels
+from actors.wallet import actor_wallets
 from p2e.agents import TeamConfig
 from p2e.evals.score import Score
 from p2e.evals.service import EvalService
@@ -24,11 +26,10 @@ from p2e.events import Event, Limits, ToolResult
 from p2e.runtime.agent_step import AgentRunner
 from p2e.runtime.driver import AgentHandle, Driver, TurnResult
 from p2e.runtime.frames import SentFrames
+from p2e.runtime.guided_search import GuidedSearch
 from p2e.runtime.steps import TOOL_RESULTS, EpisodeRequest, StepRequest, StepResult, ToolsRequest
 from p2e.store import BranchInfo, EventLog
 from p2e.store.aio import GroupCommit
-
-RAY_NAMESPACE = "p2e"
 
 
 def agent_actor_name(namespace: str, agent_id: str, replica: int) -> str:
@@ -108,7 +109,13 @@ class SupervisorActor:
         log = EventLog(store_url, namespace)
         self.meter = RayMeter()
         self.driver = Driver(
-            log, GroupCommit(store_url, namespace), self._agent, observer, self.meter, team=team
+            log,
+            GroupCommit(store_url, namespace),
+            self._agent,
+            observer,
+            self.meter,
+            team=team,
+            policy=GuidedSearch(team),
         )
         self._agents: dict[str, AgentHandle] = {}
         self.node = ray.get_runtime_context().get_node_id()
@@ -119,7 +126,9 @@ class SupervisorActor:
         if agent_id not in self._agents:
             spec = self.team.agent(agent_id)
             if spec.placement == "supervisor":  # runs here: no Ray call per step
-                self._agents[agent_id] = AgentRunner(agent_id, self.team, store=self.driver.log)
+                log = self.driver.log
+                wallets = actor_wallets(log.keys.ns)
+                self._agents[agent_id] = AgentRunner(agent_id, self.team, store=log, wallets=wallets)
                 return self._agents[agent_id]
             handles = [
                 ray.get_actor(agent_actor_name(self.prefix, agent_id, i), namespace=RAY_NAMESPACE)

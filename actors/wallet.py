@@ -3,7 +3,8 @@
 It hosts a `p2e.ledger.Wallet` for its owner, so every payment it makes leaves from the owner's
 wallet and passes the owner's spending policy (read from the store on each payment, so a policy
 change applies at once). The agent tools find it by name (`{ns}:wallet:{agent}`) and send their
-payments here; without it they run the same `Wallet` code in process.
+payments here (`actor_wallets`, handed to the Agent actors' tool context); without it they run
+the same `Wallet` code in process.
 
 A payment carries a command id, so Ray may retry it (`max_task_retries`) and restart the actor
 (`max_restarts=-1`) freely: the ledger applies a command id once.
@@ -15,11 +16,14 @@ import dataclasses
 from typing import Any
 
 import ray
+from ray.exceptions import RayTaskError
 from ray.util import metrics
 
-from actors.supervisor import RAY_NAMESPACE
+from actors import RAY_NAMESPACE
+from p2e.errors import P2EError
 from p2e.ledger import Ledger, PayRequest, PolicyStore, Wallet, open_ledger_on, wallet_actor_name
-from p2e.ledger.wallet import ENTRIES
+from p2e.ledger.base import Entry, Receipt
+from p2e.ledger.wallet import ENTRIES, WalletAccess, WalletFinder
 from p2e.store import EventLog
 
 
@@ -107,3 +111,52 @@ def spawn_wallets(agents: list[str], store_url: str, namespace: str) -> WalletSe
             ).remote(a, store_url, namespace)
     ray.get([h.health.remote() for h in handles.values()])
     return WalletSet(handles, tuple(started))
+
+
+ACTOR_CALL_TIMEOUT_S = 8.0
+"""Below the tools' 10 s timeout, so a stuck actor gives the model an error it can read."""
+
+
+class ActorWallet:
+    """A Wallet actor seen from another process (calls block; tools run in worker threads)."""
+
+    def __init__(self, handle: Any, owner: str):
+        self.handle, self.owner = handle, owner
+
+    def _get(self, ref: Any) -> Any:
+        """Wait for the reply in this (worker) thread. Through the ref's future, not `ray.get`:
+        in an async actor (the Agent actor) `ray.get` warns that it blocks the event loop even
+        from a worker thread, which does not block it; an inline tool calling this would."""
+        try:
+            return ref.future().result(timeout=ACTOR_CALL_TIMEOUT_S)
+        except RayTaskError as e:  # (before TimeoutError: it may be one too)
+            if isinstance(e.cause, P2EError):
+                raise e.cause from None
+            raise
+        except TimeoutError:
+            raise P2EError(
+                f"the wallet of {self.owner} did not answer within {ACTOR_CALL_TIMEOUT_S:g} s; try again"
+            ) from None
+
+    def balance(self) -> int:
+        return int(self._get(self.handle.balance.remote()))
+
+    def history(self, limit: int = 20) -> list[Entry]:
+        return ENTRIES.validate_json(self._get(self.handle.history.remote(limit)))
+
+    def pay(self, req: PayRequest) -> Receipt:
+        return Receipt.model_validate_json(self._get(self.handle.pay.remote(req.model_dump_json().encode())))
+
+
+def actor_wallets(namespace: str) -> WalletFinder:
+    """How an actor's tools find an agent's Wallet actor (`{ns}:wallet:{agent}`), by name; None
+    when it has none (it then pays through a local `Wallet`, the same code)."""
+
+    def find(agent: str) -> WalletAccess | None:
+        try:
+            handle = ray.get_actor(wallet_actor_name(namespace, agent), namespace=RAY_NAMESPACE)
+        except ValueError:  # no such actor
+            return None
+        return ActorWallet(handle, agent)
+
+    return find

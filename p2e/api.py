@@ -8,14 +8,17 @@ chat = rt.chat("planner")               # a new conversation rooted at `planner`
 print(chat.send("Weather in Paris?").answer)
 chat.rewind(1)                          # back to just after the first user message (a new branch)
 print(chat.send("And in Oslo?").answer)
+chat.send("And in Lima?", on_delta=lambda d: print(d.text, end="", flush=True))  # as it is written
 ```
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +41,11 @@ from p2e.settings import settings
 from p2e.store import BranchInfo, EventLog, connect
 from p2e.store.log import new_id
 from p2e.store.server import configured_url
+from p2e.streaming import Deltas, OnText, PartialReply, read_partial
 
 _DEAD = (RayActorError, ActorDiedError, ActorUnavailableError)
+POLL_S = 0.05
+"""How often a streaming Ray chat reads the partial reply from the store."""
 
 
 def _get(ref: Any, timeout: float | None = None) -> Any:
@@ -118,10 +124,15 @@ class ChatBase:
     def __init__(self, log: EventLog, cid: str, name: str):
         self.log, self.id, self.name = log, cid, name
 
-    def send(self, text: str, timeout: float | None = None) -> TurnResult:
+    def send(self, text: str, timeout: float | None = None, on_delta: OnText | None = None) -> TurnResult:
+        """Post a user message on the checked-out branch and wait for the root's answer.
+        `on_delta` is told of the agents' replies as their models write them (`StreamDelta`:
+        the step's seq, the agent, the new text; see `p2e.streaming`); the stored events and the
+        result are the complete replies either way."""
         raise NotImplementedError
 
-    def resume(self, timeout: float | None = None) -> TurnResult:
+    def resume(self, timeout: float | None = None, on_delta: OnText | None = None) -> TurnResult:
+        """Finish what is outstanding (after a crash, or after a rewind into the middle of a turn)."""
         raise NotImplementedError
 
     def _release(self) -> None:
@@ -161,22 +172,37 @@ class Chat(ChatBase):
     def _sup(self) -> Any:
         return self.rt.supervisor_for(self.id)
 
-    def send(self, text: str, timeout: float | None = None) -> TurnResult:
-        """Post a user message on the checked-out branch and wait for the root's answer."""
-        before = self.rt.log.branch(self.id).length
+    def send(self, text: str, timeout: float | None = None, on_delta: OnText | None = None) -> TurnResult:
+        before = self.rt.log.branch(self.id)
         try:
-            return _get(self._sup.send.remote(self.id, text), timeout)
+            return self._wait(self._sup.send.remote(self.id, text), timeout, before, on_delta)
         except _DEAD:
-            return self._recover(before, text, timeout)
+            return self._recover(before.length, text, timeout)
 
-    def resume(self, timeout: float | None = None) -> TurnResult:
-        """Finish what is outstanding (after a crash, or after a rewind into the middle of a turn)."""
+    def resume(self, timeout: float | None = None, on_delta: OnText | None = None) -> TurnResult:
         for attempt in range(30):
             try:
-                return _get(self._sup.resume.remote(self.id), timeout)
+                ref = self._sup.resume.remote(self.id)
+                return self._wait(ref, timeout, self.rt.log.branch(self.id), on_delta)
             except _DEAD:
                 time.sleep(min(0.1 * 2**attempt, 2.0))  # Ray restarts the supervisor
         raise P2EError(f"the supervisor of conversation {self.name!r} did not come back; try again later")
+
+    def _wait(
+        self, ref: Any, timeout: float | None, branch: BranchInfo, on_delta: OnText | None
+    ) -> TurnResult:
+        """The turn's result; meanwhile, with `on_delta`, what the partial replies published in
+        the store add (each `POLL_S`; one last read when the turn is over, for its end)."""
+        if on_delta is not None:
+            deltas = Deltas(on_delta, since=branch.length)
+            end = None if timeout is None else time.monotonic() + timeout
+            while True:
+                ready, _ = ray.wait([ref], timeout=POLL_S)
+                deltas(read_partial(self.log, self.id, branch.name))
+                if ready or (end is not None and time.monotonic() >= end):
+                    break
+            timeout = None if end is None else max(end - time.monotonic(), 0.0)
+        return _get(ref, timeout)
 
     def _recover(self, before: int, text: str, timeout: float | None) -> TurnResult:
         """The supervisor died mid-turn. Its restarted self rebuilds the conversation from the
@@ -199,15 +225,26 @@ class Chat(ChatBase):
 class LocalChat(ChatBase):
     """A conversation driven in this process, without Ray (`p2e chat --local`, replay, tests)."""
 
-    def __init__(self, log: EventLog, driver: Driver, loop: asyncio.AbstractEventLoop, cid: str, name: str):
+    def __init__(
+        self,
+        log: EventLog,
+        driver: Driver,
+        loop: asyncio.AbstractEventLoop,
+        cid: str,
+        name: str,
+        relay: Relay,
+    ):
+        """`relay`: the listener of `driver`'s agents (`local_driver(listener=...)`)."""
         super().__init__(log, cid, name)
-        self.driver, self.loop = driver, loop
+        self.driver, self.loop, self.relay = driver, loop, relay
 
-    def send(self, text: str, timeout: float | None = None) -> TurnResult:
-        return self.loop.run_until_complete(asyncio.wait_for(self.driver.send(self.id, text), timeout))
+    def send(self, text: str, timeout: float | None = None, on_delta: OnText | None = None) -> TurnResult:
+        with self.relay.to(on_delta):
+            return self.loop.run_until_complete(asyncio.wait_for(self.driver.send(self.id, text), timeout))
 
-    def resume(self, timeout: float | None = None) -> TurnResult:
-        return self.loop.run_until_complete(asyncio.wait_for(self.driver.resume(self.id), timeout))
+    def resume(self, timeout: float | None = None, on_delta: OnText | None = None) -> TurnResult:
+        with self.relay.to(on_delta):
+            return self.loop.run_until_complete(asyncio.wait_for(self.driver.resume(self.id), timeout))
 
     def _release(self) -> None:
         self.driver.release(self.id)
@@ -215,6 +252,26 @@ class LocalChat(ChatBase):
     def close(self) -> None:
         self.loop.run_until_complete(self.driver.writer.close())
         self.loop.close()
+
+
+class Relay:
+    """The local agents' listener: hands each partial reply to the `on_delta` of the send that
+    runs (`p2e.streaming`)."""
+
+    def __init__(self) -> None:
+        self.deltas: Deltas | None = None
+
+    def __call__(self, partial: PartialReply) -> None:
+        if self.deltas is not None:
+            self.deltas(partial)
+
+    @contextlib.contextmanager
+    def to(self, on_delta: OnText | None) -> Iterator[None]:
+        self.deltas = Deltas(on_delta) if on_delta is not None else None
+        try:
+            yield
+        finally:
+            self.deltas = None
 
 
 def local_chat(
@@ -229,11 +286,12 @@ def local_chat(
     team = _team(agents)
     log = connect(store_url, namespace)
     loop = asyncio.new_event_loop()
-    driver = local_driver(log, team)
+    relay = Relay()
+    driver = local_driver(log, team, listener=relay)
     if conversation is not None:
         try:
             info = log.conversation(conversation)
-            return LocalChat(log, driver, loop, info.id, info.name)
+            return LocalChat(log, driver, loop, info.id, info.name, relay)
         except NotFound:
             if agent is None:
                 raise
@@ -241,7 +299,7 @@ def local_chat(
         raise P2EError("say which agent to talk to (or name an existing conversation)")
     create = driver.create(agent, team.team_of(agent), limits or team.limits, conversation)
     cid = loop.run_until_complete(create)
-    return LocalChat(log, driver, loop, cid, conversation or cid)
+    return LocalChat(log, driver, loop, cid, conversation or cid, relay)
 
 
 def _team(agents: str | Path | TeamConfig | None) -> TeamConfig:
@@ -287,6 +345,9 @@ def run_rollout(spec: str | Path | Resolved, **options: Any) -> RolloutResult:
     for s in result.summary():
         print(s.variant, s.mean, (s.ci_low, s.ci_high), s.n, s.failures)
     ```
+
+    `result.rows` is read from the store as it is iterated (the summary and the exports stream
+    it too): however many episodes ran, this process holds none of their rows.
     """
     from actors.rollout import execute
 

@@ -1,4 +1,5 @@
-"""The one Jinja environment for every template p2e renders (personas, mock rules, judge prompts).
+"""The one Jinja environment for every template p2e renders (personas, mock rules, judge prompts,
+and the prompts p2e itself sends, kept as files in `p2e/prompts/`).
 
 Templates come from files a user was handed, and they render model output, so they run in Jinja's
 sandbox (no dunder attributes, no unsafe callables, `range` capped) with the two operators that
@@ -9,6 +10,7 @@ the machine's memory.
 from __future__ import annotations
 
 import operator
+from functools import cache
 from typing import Any
 
 import jinja2
@@ -72,3 +74,9 @@ def environment(
     for name in ("center", "indent", "wordwrap", "truncate"):
         env.filters[name] = _bounded_width(name, env.filters[name])
     return env
+
+
+@cache
+def prompt(name: str) -> jinja2.Template:
+    """A prompt p2e itself sends (`p2e/prompts/<name>.j2`), compiled once."""
+    return environment(jinja2.PackageLoader("p2e", "prompts")).get_template(f"{name}.j2")

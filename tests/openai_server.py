@@ -158,7 +158,7 @@ class OpenAIServer:
         # 400, not 5xx: a test that forgot to script a reply fails at once instead of retrying
         return Reply(status=400, error="openai test server: no scripted reply left and no responder")
 
-    async def _chat(self, request: web.Request) -> web.Response:
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
 
         body = await request.json()

@@ -16,11 +16,18 @@ from p2e.conversation import Conversation
 from p2e.errors import InvalidArgument
 from p2e.evals.store import ScoreStore
 from p2e.events import AgentReply, Critique, Failed, Limits
+from p2e.machine import CallAgent, Command, pending
+from p2e.runtime.agent_step import AgentRunner
+from p2e.runtime.driver import Driver
 from p2e.runtime.guided_search import read_tree
+from p2e.runtime.hosted import Hosted
 from p2e.runtime.local import local_driver
 from p2e.runtime.replay import replay_branch
-from p2e.runtime.steps import EpisodeRequest
+from p2e.runtime.steps import EpisodeOutcome, EpisodeRequest
+from p2e.runtime.turns import Spend, Turn, TurnDriver
 from p2e.store import EventLog
+from p2e.store.aio import GroupCommit
+from p2e.store.log import new_id
 
 WRITER_RULES = {
     # a draft first; after any review it fixes the unit, and repeats itself after that
@@ -327,6 +334,61 @@ def test_beam_and_best_first_search_step_by_step(log: EventLog) -> None:
         else:
             assert len(nodes) <= 6
             assert any(n.visits == 2 for n in nodes)  # the node expanded was visited again
+
+
+class TakeTheGoodModel:
+    """A turn policy of the test's own: runs the agent's turn on a fork with another model."""
+
+    def __init__(self) -> None:
+        self.turns = 0
+
+    def turn(self, driver: TurnDriver, hosted: Hosted, cmd: CallAgent) -> Turn | None:
+        if cmd.frame.agent != "forecaster":
+            return None
+        policy = self
+
+        class OnAFork:
+            async def run(self) -> list[Command]:
+                policy.turns += 1
+                child = await driver.fork(hosted, "alt", {"forecaster": {"model": "mock/good"}})
+                todo = pending(child.conv.state)
+                while todo:  # the policy's own steps: not handed to the policy again
+                    todo = await driver.perform(child, todo.pop(0)) + todo
+                await driver.adopt(hosted, child)
+                return pending(hosted.conv.state)
+
+        return OnAFork()
+
+    def spent(self, hosted: Hosted) -> Spend:
+        return Spend(tokens=1000)
+
+
+def test_a_turn_policy_handed_to_the_driver_drives_the_turn(log: EventLog) -> None:
+    team = make_team({"forecaster": {"model": "mock/bad1"}})
+    policy = TakeTheGoodModel()
+
+    async def go() -> EpisodeOutcome:
+        driver = Driver(
+            log, GroupCommit(log.url, log.keys.ns), lambda a: AgentRunner(a, team), team=team, policy=policy
+        )
+        try:
+            req = EpisodeRequest(
+                cid=new_id(),
+                name=f"policy-{new_id()[:8]}",
+                root="forecaster",
+                graph=team.team_of("forecaster"),
+                limits=Limits(),
+                message="Oslo?",
+            )
+            return await driver.episode(req)
+        finally:
+            await driver.writer.close()
+
+    out = asyncio.run(go())
+    assert out.answer == "Snow, heavy at times." and policy.turns == 1
+    assert out.branch == "alt" == log.conversation(out.conversation).active
+    state = Conversation.open(log, out.conversation).state
+    assert out.tokens == state.tokens + 1000  # what the policy says it spent off the branch counts
 
 
 def test_the_cli_shows_the_search_tree_and_the_chosen_path(

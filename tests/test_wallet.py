@@ -22,6 +22,8 @@ from openai_server import OpenAIServer, Reply
 from pydantic import ValidationError
 
 import p2e.api
+from actors import RAY_NAMESPACE
+from actors.wallet import ActorWallet, actor_wallets
 from p2e.errors import CorruptData
 from p2e.events import ToolCall, ToolResult
 from p2e.ledger import (
@@ -36,7 +38,6 @@ from p2e.ledger import (
     wallet_actor_name,
     wallet_for,
 )
-from p2e.ledger.wallet import RAY_NAMESPACE, ActorWallet
 from p2e.store import EventLog
 from p2e.tools import Registry, ToolContext, run_call
 
@@ -323,16 +324,15 @@ def test_wallet_actors_pay_for_their_owner_only(
 ) -> None:
     import ray
 
-    from actors.supervisor import RAY_NAMESPACE as ACTORS_RAY_NAMESPACE
-
     log, ledger, handles = ray_ledger
     policies = PolicyStore(log.r, log.keys.ns)
-    assert RAY_NAMESPACE == ACTORS_RAY_NAMESPACE
     assert ray.get_actor(wallet_actor_name(log.keys.ns, "alice"), namespace=RAY_NAMESPACE)
     before = ray.get(handles["alice"].health.remote())
-    w = wallet_for(log, "alice")  # Ray runs in this process: the actor is found
+    find = actor_wallets(log.keys.ns)  # what an Agent actor's tool context carries
+    w = wallet_for(log, "alice", find)
     assert isinstance(w, ActorWallet)
-    assert isinstance(wallet_for(log, "mallory"), Wallet)  # no actor: the local wallet
+    assert isinstance(wallet_for(log, "mallory", find), Wallet)  # no actor: the local wallet
+    assert isinstance(wallet_for(log, "alice"), Wallet)  # no finder (no Ray here): local
     r = w.pay(PayRequest(payee="bob", amount=u(7), reason="via actor", command_id="a1", episode="e"))
     assert r.entry.moves[0] == ("alice", -u(7), u(93))
     assert w.pay(

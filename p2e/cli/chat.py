@@ -19,9 +19,12 @@ from p2e.conversation import rebuild
 from p2e.errors import P2EError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from p2e.api import ChatBase
     from p2e.events import Event
     from p2e.runtime.driver import TurnResult
+    from p2e.streaming import StreamDelta
 
 HELP = (
     "commands: /rewind SEQ (fork a new branch ending at SEQ) | /resume (let the agents finish) | "
@@ -41,6 +44,9 @@ def chat(
     agents: str = AGENTS,
     local: bool = typer.Option(False, "--local", help="run the agents in this process instead of on Ray"),
     address: str | None = typer.Option(None, "--address", help="Ray address: 'auto' or ray://host:10001"),
+    no_stream: bool = typer.Option(
+        False, "--no-stream", help="show the replies when the turn is over, not as the models write them"
+    ),
 ) -> None:
     """Talk to an agent; delegations and tool calls show inline as the team works.
 
@@ -48,6 +54,7 @@ def chat(
 
     Inside the chat: /rewind SEQ, /branches, /checkout BRANCH, /history, /stack, /exit.
     Sending to a finished branch continues it; after /rewind the next message goes to the new branch.
+    The agents' replies show as their models write them (--no-stream: only once the turn is over).
     """
     if target == "resume":
         if not name:
@@ -86,25 +93,55 @@ def chat(
             break
         try:
             if line.startswith("/"):
-                _command(session, line)
+                _command(session, line, not no_stream)
             else:
-                _send(session, line)
+                _send(session, line, stream=not no_stream)
         except P2EError as e:  # a bad command inside the chat must not end it
             console.print(styled(("error:", "bold red"), f" {e}"))
     session.close()
     console.print(f"bye; continue with: p2e chat resume {session.name}")
 
 
-def _send(session: ChatBase, text: str, resume: bool = False) -> None:
+def _send(session: ChatBase, text: str, resume: bool = False, stream: bool = True) -> None:
     before = session.branch().length
     if not resume and rebuild(session.log, session.branch()).status == "running":
         raise P2EError(
             "this branch ends in the middle of a turn (the agents are not waiting for you): "
             "/resume lets them finish it, or /rewind to a point where the root agent had answered"
         )
-    with console.status("the agents are working..."):
-        result = session.resume() if resume else session.send(text)
+    with console.status("the agents are working...") as status:
+        printer = StreamPrinter(status.stop) if stream else None
+        result = session.resume(on_delta=printer) if resume else session.send(text, on_delta=printer)
+    if printer is not None:
+        printer.end()
     console.print(turn_view(session.history(), before + 1, result))
+
+
+class StreamPrinter:
+    """Prints the replies as they stream, each step on its own line after its agent's name;
+    the text is data (`styled`: no markup, control characters shown). A step that starts over
+    (its model call was retried) says so and prints its text again from the start."""
+
+    def __init__(self, first: Callable[[], None]):
+        self.first: Callable[[], None] | None = first
+        self.seq: int | None = None
+
+    def __call__(self, delta: StreamDelta) -> None:
+        if self.first is not None:  # the spinner stops: it would draw over the text
+            first, self.first = self.first, None
+            first()
+        if delta.seq != self.seq or delta.restart:
+            self.end()
+            label = f"{delta.agent} (retried)> " if delta.restart else f"{delta.agent}> "
+            console.print(styled((label, "bold magenta")), end="")
+            self.seq = delta.seq
+        console.print(styled(delta.text), end="", soft_wrap=True)
+
+    def end(self) -> None:
+        """End the line being written, if any."""
+        if self.seq is not None:
+            console.print()
+            self.seq = None
 
 
 def turn_view(history: list[Event], start: int, result: TurnResult) -> Group:
@@ -119,7 +156,7 @@ def turn_view(history: list[Event], start: int, result: TurnResult) -> Group:
     return Group(*parts)
 
 
-def _command(session: ChatBase, line: str) -> None:
+def _command(session: ChatBase, line: str, stream: bool = True) -> None:
     cmd, _, arg = line.partition(" ")
     arg = arg.strip()
     if cmd == "/rewind":
@@ -133,7 +170,7 @@ def _command(session: ChatBase, line: str) -> None:
         if state.status == "running":
             console.print("the agents were mid-turn there: /resume lets them continue from that point")
     elif cmd == "/resume":
-        _send(session, "", resume=True)
+        _send(session, "", resume=True, stream=stream)
     elif cmd == "/branches":
         console.print(branch_tree(session.log.conversation(session.id), session.branches()))
     elif cmd == "/checkout":

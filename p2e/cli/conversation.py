@@ -255,7 +255,8 @@ def watch(
     ),
     until_idle: bool = typer.Option(False, "--until-idle", help="also stop once the root agent has answered"),
 ) -> None:
-    """Follow a conversation live: the stack, the last messages and tool calls, the scores.
+    """Follow a conversation live: the stack, the last messages and tool calls, the scores, and
+    the reply of the running step as its model writes it.
 
     Stops when the conversation finishes or fails (exit 1 if it failed), or on Ctrl-C.
     Example: p2e conversation watch demo --until-idle

@@ -1,7 +1,8 @@
 """`p2e conversation watch CONV`: follow a live conversation in the terminal.
 
 It reads the store like any observer (a poll every `--interval` seconds), so it can watch a
-conversation hosted anywhere: on this machine, in a Ray cluster, in a rollout.
+conversation hosted anywhere: on this machine, in a Ray cluster, in a rollout. The step running
+now shows its reply so far, as its model writes it (`p2e.streaming`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from p2e.cli.terminal import DataTable, styled
 from p2e.obs.follow import StoreFollower
 from p2e.obs.watch import WatchView
 from p2e.store import EventLog
+from p2e.streaming import PartialReply, read_partial
 
 STATUS_STYLE = {"finished": "bold blue", "failed": "bold red", "running": "bold green", "idle": "cyan"}
 
@@ -50,6 +52,9 @@ def render(view: WatchView, note: str = "") -> RenderableType:
             summary(e),
         )
     parts.append(events)
+    running = view.running_reply()
+    if running is not None:
+        parts.append(partial_view(running))
     scores = view.sorted_scores()
     if scores:
         t = DataTable(title="scores", expand=True)
@@ -62,6 +67,16 @@ def render(view: WatchView, note: str = "") -> RenderableType:
     if note:
         parts.append(styled(note, style="dim"))
     return Panel(Group(*parts), title=title, title_align="left")
+
+
+def partial_view(p: PartialReply) -> RenderableType:
+    """The running step's reply so far: its text and the tool calls begun (arguments as sent)."""
+    lines: list[RenderableType] = []
+    if p.text:
+        lines.append(styled(p.text))
+    lines += [styled((c.name, "bold"), f"({c.arguments}") for c in p.tool_calls]
+    title = styled(f"seq {p.seq}: {p.agent} is writing", " (retried)" if p.attempt else "")
+    return Panel(Group(*lines), title=title, title_align="left", border_style="yellow")
 
 
 def watch(
@@ -81,6 +96,7 @@ def watch(
     follower = StoreFollower(log, [info.id], branch=name)
     view = WatchView(info, name, keep=last)
     view.apply(follower.poll())
+    view.see_partial(read_partial(log, info.id, name))
     if once:
         console.print(render(view))
         return 1 if view.state.status == "failed" else 0
@@ -93,7 +109,8 @@ def watch(
         with Live(render(view, hint), console=console, refresh_per_second=8, transient=False) as live:
             while not finished():
                 time.sleep(interval)
-                if view.apply(follower.poll()):
+                changed = view.apply(follower.poll())
+                if view.see_partial(read_partial(log, info.id, name)) or changed:
                     live.update(render(view, hint))
             live.update(render(view))
     except KeyboardInterrupt:

@@ -5,21 +5,19 @@ leaves from that owner; there is no way to name another payer. The Wallet actor
 (`actors/wallet.py`) hosts one per agent under Ray; without Ray the agent tools build one in
 process. Both run this same code, so the policy is enforced identically on either path.
 
-`wallet_for` picks the path for a tool call: the agent's Wallet actor if Ray runs and the actor
-exists, else a local `Wallet`. The core never imports Ray: the Ray path is taken only when the
-process has loaded and initialised Ray already (inside an actor, it has).
+`wallet_for` picks the path for a tool call: the agent's Wallet actor when the tool context
+brings a finder (`WalletFinder`: an Agent actor's is `actors.wallet.actor_wallets`) and it finds
+one, else a local `Wallet`. This module never touches Ray.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
-from p2e.errors import P2EError
 from p2e.ledger.base import Entry, Ledger, Receipt, check_command_id, check_reason, check_wallet_name
 from p2e.ledger.policy import PolicyStore, SpendingPolicy
 from p2e.redact import default_redactor
@@ -28,10 +26,6 @@ if TYPE_CHECKING:
     from p2e.agents import TeamConfig
     from p2e.store import EventLog
 
-RAY_NAMESPACE = "p2e"
-"""Ray namespace of p2e's named actors (the same as `actors.supervisor.RAY_NAMESPACE`)."""
-ACTOR_CALL_TIMEOUT_S = 8.0
-"""Below the tools' 10 s timeout, so a stuck actor gives the model an error it can read."""
 ENTRIES = TypeAdapter(list[Entry])
 LEDGER_TOOLS = ("check_balance", "transfer", "reward", "transaction_history")
 """The agent tools that use the caller's wallet (`p2e/tools/ledger.py`)."""
@@ -119,50 +113,8 @@ class Wallet:
         )
 
 
-class ActorWallet:
-    """A Wallet actor seen from another process (calls block; tools run in worker threads)."""
-
-    def __init__(self, handle: Any, owner: str, ray: Any):
-        self.handle, self.owner, self._ray = handle, owner, ray
-
-    def _get(self, ref: Any) -> Any:
-        """Wait for the reply in this (worker) thread. Through the ref's future, not `ray.get`:
-        in an async actor (the Agent actor) `ray.get` warns that it blocks the event loop even
-        from a worker thread, which does not block it; an inline tool calling this would."""
-        try:
-            return ref.future().result(timeout=ACTOR_CALL_TIMEOUT_S)
-        except self._ray.exceptions.RayTaskError as e:  # (before TimeoutError: it may be one too)
-            if isinstance(e.cause, P2EError):
-                raise e.cause from None
-            raise
-        except TimeoutError:
-            raise P2EError(
-                f"the wallet of {self.owner} did not answer within {ACTOR_CALL_TIMEOUT_S:g} s; try again"
-            ) from None
-
-    def balance(self) -> int:
-        return int(self._get(self.handle.balance.remote()))
-
-    def history(self, limit: int = 20) -> list[Entry]:
-        return ENTRIES.validate_json(self._get(self.handle.history.remote(limit)))
-
-    def pay(self, req: PayRequest) -> Receipt:
-        return Receipt.model_validate_json(self._get(self.handle.pay.remote(req.model_dump_json().encode())))
-
-
 _local_lock = threading.Lock()
 _local: dict[tuple[str, str], Ledger] = {}
-
-
-def _ray_wallet(namespace: str, agent: str) -> ActorWallet | None:
-    ray = sys.modules.get("ray")  # never imported here: used only if this process runs Ray already
-    if ray is None or not ray.is_initialized():
-        return None
-    try:
-        handle = ray.get_actor(wallet_actor_name(namespace, agent), namespace=RAY_NAMESPACE)
-    except ValueError:  # no such actor
-        return None
-    return ActorWallet(handle, agent, ray)
 
 
 def local_ledger(store: EventLog) -> Ledger:
@@ -176,9 +128,13 @@ def local_ledger(store: EventLog) -> Ledger:
         return _local[key]
 
 
-def wallet_for(store: EventLog, agent: str) -> WalletAccess:
-    """The calling agent's own wallet: through its Wallet actor when there is one, else local."""
-    remote = _ray_wallet(store.keys.ns, agent)
+WalletFinder = Callable[[str], WalletAccess | None]
+"""Agent -> its Wallet actor (seen from this process), or None where it has none."""
+
+
+def wallet_for(store: EventLog, agent: str, find: WalletFinder | None = None) -> WalletAccess:
+    """The calling agent's own wallet: through its Wallet actor when `find` finds one, else local."""
+    remote = find(agent) if find is not None else None
     if remote is not None:
         return remote
     policies = PolicyStore(store.r, store.keys.ns)

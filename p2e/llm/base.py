@@ -6,6 +6,7 @@ vLLM, Ollama, llama.cpp servers); `mock` and `replay` read the same requests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -85,8 +86,32 @@ class ModelResponse(BaseModel):
     usage: Usage = Usage()
 
 
+class ModelDelta(BaseModel):
+    """A piece of a reply as it streams in: text, or a fragment of tool call `tool` (its index in
+    the reply: `name` and `id` come with its first fragment, `arguments` in pieces).
+
+    `restart`: the attempt that sent the pieces so far failed and the call is being retried;
+    forget them (`p2e.streaming.PartialReply.add`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    text: str = ""
+    tool: int | None = None
+    id: str = ""
+    name: str = ""
+    arguments: str = ""
+    restart: bool = False
+
+
+OnDelta = Callable[[ModelDelta], None]
+"""Told of each piece of a streamed reply, in order; it must not block (it runs on the loop)."""
+
+
 class Provider(Protocol):
-    async def complete(self, request: ModelRequest) -> ModelResponse: ...
+    async def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
+        """The complete reply. With `on_delta`, a provider that can stream (openai, mock with
+        `stream_chunk_ms`) reports the pieces as they arrive; the response is the same either way."""
+        ...
 
 
 def split_model(name: str) -> tuple[str, str]:

@@ -7,6 +7,8 @@ inline in the settings (`rules: {<name>: {...}}`). A rules set:
 
 ```yaml
 latency_ms: 50               # optional: simulated model latency
+stream_chunk_ms: 20          # optional: stream replies (when the caller streams) a word at a time,
+                             # this long before each piece; tool-call arguments in 8-character pieces
 rules:                       # first match wins; a rule without matchers matches everything
   - agent: planner           # matchers (all given ones must hold): agent, turn, match, role
     role: user               # role of the last message ("tool" reacts to tool results)
@@ -45,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from p2e.errors import InvalidArgument, P2EError
 from p2e.events import DELEGATE, ToolCall, Usage
-from p2e.llm.base import Message, ModelRequest, ModelResponse, split_model
+from p2e.llm.base import Message, ModelDelta, ModelRequest, ModelResponse, OnDelta, split_model
 from p2e.templates import environment
 from p2e.yamlfile import read_yaml
 
@@ -167,6 +169,7 @@ class Rule(Answer):
 
 class RulesFile(_Strict):
     latency_ms: float = Field(0.0, ge=0)
+    stream_chunk_ms: float | None = Field(None, ge=0)
     rules: list[Rule] = Field(default_factory=list)
     default: Answer | None = None
 
@@ -343,7 +346,7 @@ class MockProvider:
             f" (relative to {Path.cwd()}); known sets: {', '.join(known) or 'none'}"
         )
 
-    async def complete(self, request: ModelRequest) -> ModelResponse:
+    async def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
         t0 = time.perf_counter()
         label, rules = self.rules_for(request.model)
         if rules.latency_ms:
@@ -376,6 +379,8 @@ class MockProvider:
             ToolCall(id=f"call_{key}_{i}", name=name, arguments=args)
             for i, (name, args) in enumerate(rendered)
         )
+        if on_delta is not None and rules.stream_chunk_ms is not None:
+            await _stream(text, calls, rules.stream_chunk_ms / 1000, on_delta)
         # a rough count (about 4 characters a token), cheap enough to take on every step
         prompt = sum(_tokens(x.content) + CALL_TOKENS * len(x.tool_calls) for x in messages)
         completion = _tokens(text) + sum(_tokens(_call_text(c)) for c in calls)
@@ -401,6 +406,26 @@ class MockProvider:
             f"mock rules file {label}: no rule matches agent {request.agent!r} at turn {request.turn} "
             f"(last message {said}) and there is no `default`; add a rule or a default answer"
         )
+
+
+_WORD = re.compile(r"\s*\S+|\s+$")
+ARGUMENT_CHUNK = 8
+
+
+async def _stream(text: str, calls: tuple[ToolCall, ...], delay_s: float, on_delta: OnDelta) -> None:
+    """The reply in pieces, as a streaming model sends them: the text a word at a time, then
+    each tool call's id and name, then its arguments' JSON in `ARGUMENT_CHUNK`-character pieces."""
+    pieces = [ModelDelta(text=w) for w in _WORD.findall(text)]
+    for i, c in enumerate(calls):
+        pieces.append(ModelDelta(tool=i, id=c.id, name=c.name))
+        args = json.dumps(c.arguments, ensure_ascii=False)
+        pieces += [
+            ModelDelta(tool=i, arguments=args[j : j + ARGUMENT_CHUNK])
+            for j in range(0, len(args), ARGUMENT_CHUNK)
+        ]
+    for piece in pieces:
+        await asyncio.sleep(delay_s)
+        on_delta(piece)
 
 
 def _trailing_results(messages: tuple[Message, ...]) -> list[str]:

@@ -17,6 +17,11 @@ Settings (the `openai` section of the providers settings):
 - `max_tokens_param`: `max_tokens` or `max_completion_tokens`; by default the latter for
   OpenAI's reasoning models (o1, o3, o4, gpt-5), which reject `max_tokens`, else the former,
   which every compatible server understands.
+- `stream` (true): when the caller asks for the pieces of a reply (`on_delta`), request it with
+  `stream: true` and `stream_options: {include_usage: true}`; false for a server that cannot
+  stream. A streamed reply is assembled into the same response as an unstreamed one: the text,
+  each tool call's arguments joined from their fragments, the usage of the final chunk. A stream
+  cut midway is retried like a dropped connection, after telling the caller to forget the pieces.
 """
 
 from __future__ import annotations
@@ -37,7 +42,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from p2e.errors import InvalidArgument
 from p2e.events import ToolCall, Usage
 from p2e.llm import pricing
-from p2e.llm.base import Message, ModelError, ModelRequest, ModelResponse, ToolSpec, split_model
+from p2e.llm.base import (
+    Message,
+    ModelDelta,
+    ModelError,
+    ModelRequest,
+    ModelResponse,
+    OnDelta,
+    ToolSpec,
+    split_model,
+)
+from p2e.settings import settings as env_settings
 
 OPENAI_API_URL = "https://api.openai.com/v1"
 PLACEHOLDER_KEY = "p2e-no-key"
@@ -62,6 +77,7 @@ class OpenAISettings(BaseModel):
     max_backoff_s: float = Field(60.0, ge=0)
     prices: dict[str, Any] = Field(default_factory=dict)
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"] | None = None
+    stream: bool = True
 
 
 class OpenAIProvider:
@@ -78,7 +94,7 @@ class OpenAIProvider:
             )
             raise InvalidArgument(f"invalid settings for model provider openai: {problems}") from None
         pricing.price_table(self.settings.prices)  # a bad price fails at startup, not on a reply
-        self.base_url: str | None = self.settings.base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self.base_url: str | None = self.settings.base_url or env_settings().openai_base_url
         self._client: openai.AsyncOpenAI | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._key: str = ""
@@ -131,15 +147,22 @@ class OpenAIProvider:
             client, self._client, self._client_loop = self._client, None, None
             await client.close()
 
-    async def complete(self, request: ModelRequest) -> ModelResponse:
+    async def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
         _, model = split_model(request.model)
         kwargs = self._request_kwargs(model, request)
+        stream = _Stream(on_delta) if on_delta is not None and self.settings.stream else None
+        if stream is not None:
+            kwargs.update(stream=True, stream_options={"include_usage": True})
         client = self._get_client(model)
         started = time.perf_counter()
         attempt = 0
         while True:
             try:
-                completion = await client.chat.completions.create(**kwargs)
+                if stream is None:
+                    completion = await client.chat.completions.create(**kwargs)
+                else:
+                    stream.start()  # a retry: the caller forgets what the failed attempt sent
+                    await stream.read(await client.chat.completions.create(**kwargs))
                 break
             except openai.APIStatusError as e:
                 retryable = e.status_code in _RETRY_STATUSES or e.status_code >= 500
@@ -180,6 +203,8 @@ class OpenAIProvider:
             await asyncio.sleep(self._backoff(attempt, delay))
             attempt += 1
         latency_ms = (time.perf_counter() - started) * 1000
+        if stream is not None:
+            return self._reply(model, stream.text, stream.calls(), stream.model, stream.usage, latency_ms)
         return self._response(model, completion, latency_ms)
 
     def _request_kwargs(self, model: str, request: ModelRequest) -> dict[str, Any]:
@@ -211,12 +236,24 @@ class OpenAIProvider:
             )
         message = completion.choices[0].message
         calls = tuple(_tool_call(tc) for tc in (message.tool_calls or ()))
-        prompt = completion.usage.prompt_tokens if completion.usage else 0
-        output = completion.usage.completion_tokens if completion.usage else 0
-        served = completion.model or model
+        text = message.content or getattr(message, "refusal", None) or ""
+        return self._reply(model, text, calls, completion.model, completion.usage, latency_ms)
+
+    def _reply(
+        self,
+        model: str,
+        text: str,
+        calls: tuple[ToolCall, ...],
+        served: str | None,
+        usage: Any,
+        latency_ms: float,
+    ) -> ModelResponse:
+        prompt = usage.prompt_tokens if usage else 0
+        output = usage.completion_tokens if usage else 0
+        served = served or model
         cost = pricing.cost(model, prompt, output, self.settings.prices, served=served)
         return ModelResponse(
-            text=message.content or getattr(message, "refusal", None) or "",
+            text=text,
             tool_calls=calls,
             model=f"openai/{served}",
             usage=Usage(prompt_tokens=prompt, completion_tokens=output, cost_usd=cost, latency_ms=latency_ms),
@@ -287,13 +324,81 @@ def chat_tool(t: ToolSpec) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+class _Stream:
+    """One streamed reply, assembled from its chunks as OpenAI's own client does: content
+    pieces joined, each tool call (by `index`) its id from the first fragment that has one and
+    its name and arguments joined; the usage is the last chunk's that carries one (counted once,
+    even from servers that send a running count on every chunk)."""
+
+    def __init__(self, on_delta: OnDelta):
+        self.on_delta = on_delta
+        self.sent = False
+        self.start()
+
+    def start(self) -> None:
+        if self.sent:
+            self.on_delta(ModelDelta(restart=True))
+        self.sent = False
+        self.parts: list[str] = []
+        self.refusal: list[str] = []
+        self.slots: dict[int, dict[str, str]] = {}
+        self.model: str | None = None
+        self.usage: Any = None
+
+    def _send(self, delta: ModelDelta) -> None:
+        self.sent = True
+        self.on_delta(delta)
+
+    async def read(self, chunks: openai.AsyncStream[Any]) -> None:
+        """Read the chunks; a stream cut midway raises the SDK's APIConnectionError (retried)."""
+        try:
+            async for chunk in chunks:
+                self._chunk(chunk)
+        finally:
+            await chunks.close()
+
+    def _chunk(self, chunk: Any) -> None:
+        self.model = chunk.model or self.model
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for choice in chunk.choices:
+            if choice.index != 0:
+                continue
+            delta = choice.delta
+            if delta.content:
+                self.parts.append(delta.content)
+                self._send(ModelDelta(text=delta.content))
+            if getattr(delta, "refusal", None):
+                self.refusal.append(delta.refusal)
+                self._send(ModelDelta(text=delta.refusal))
+            for tc in delta.tool_calls or ():
+                slot = self.slots.setdefault(tc.index, {"id": "", "name": "", "arguments": ""})
+                name = (tc.function.name if tc.function else None) or ""
+                args = (tc.function.arguments if tc.function else None) or ""
+                slot["id"] = slot["id"] or tc.id or ""
+                slot["name"] += name
+                slot["arguments"] += args
+                self._send(ModelDelta(tool=tc.index, id=tc.id or "", name=name, arguments=args))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts) or "".join(self.refusal)
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(_parse_call(s["id"], s["name"], s["arguments"]) for _, s in sorted(self.slots.items()))
+
+
 def _tool_call(tc: Any) -> ToolCall:
     """An OpenAI tool call as a p2e ToolCall; arguments that are not a JSON object are kept raw."""
     if getattr(tc, "type", "function") == "custom":
         name, raw = tc.custom.name, tc.custom.input
     else:
         name, raw = tc.function.name, tc.function.arguments
-    call_id = tc.id or f"call_{uuid.uuid4().hex[:24]}"
+    return _parse_call(tc.id, name, raw)
+
+
+def _parse_call(call_id: str | None, name: str, raw: str | None) -> ToolCall:
+    call_id = call_id or f"call_{uuid.uuid4().hex[:24]}"
     if raw is None or not raw.strip():  # some local servers send "" for a call without arguments
         return ToolCall(id=call_id, name=name)
     try:

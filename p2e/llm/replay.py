@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from p2e.errors import InvalidArgument, P2EError
 from p2e.events import AgentReply, Critique, event_agent
-from p2e.llm.base import ModelRequest, ModelResponse, split_model
+from p2e.llm.base import ModelRequest, ModelResponse, OnDelta, split_model
 from p2e.store import BranchInfo, EventLog, connect
 
 
@@ -74,7 +74,8 @@ class ReplayProvider:
         conv, _, branch = split_model(model)[1].partition("/")
         return Source(conversation=conv, branch=branch or None)
 
-    async def complete(self, request: ModelRequest) -> ModelResponse:
+    async def complete(self, request: ModelRequest, on_delta: OnDelta | None = None) -> ModelResponse:
+        """The recorded reply (it does not stream: `on_delta` is not called)."""
         source = self.source_for(request.model)
         return await asyncio.to_thread(self._lookup, source, request)
 

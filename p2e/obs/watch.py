@@ -13,6 +13,7 @@ from p2e.events import AgentReply
 from p2e.machine import INITIAL, State
 from p2e.obs.follow import BranchBatch, ScoreBatch, Step, Update
 from p2e.store import BranchInfo, ConversationInfo
+from p2e.streaming import PartialReply
 
 
 class WatchView:
@@ -28,6 +29,8 @@ class WatchView:
         self.tokens = 0
         self.cost_usd = 0.0
         self.tool_calls = 0
+        self.partial: PartialReply | None = None
+        """The reply of the running step so far, as last read (`p2e.streaming`)."""
 
     @property
     def done(self) -> bool:
@@ -56,6 +59,20 @@ class WatchView:
                         self.scores[s.key] = s
                         changed = True
         return changed
+
+    def see_partial(self, partial: PartialReply | None) -> bool:
+        """Take the partial reply just read; True when what `running_reply` shows changed."""
+        before = self.running_reply()
+        self.partial = partial
+        return self.running_reply() != before
+
+    def running_reply(self) -> PartialReply | None:
+        """The partial reply of the step running now: none once its seq holds an event (the
+        complete reply, or the failure that ended the step)."""
+        p = self.partial
+        if p is None or self.state.status != "running" or not p.live(self.state.length):
+            return None
+        return p
 
     def _counts(self, s: Score) -> bool:
         """Whether a score is about this branch: its episode, or a step of its history."""

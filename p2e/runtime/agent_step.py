@@ -2,10 +2,12 @@
 
 This is the whole logic of the Agent actor, kept free of Ray so it can be tested directly. It
 holds no conversation state: a request carries the frame's messages and the variant overrides.
+The model call streams its reply to the store and to a listener as it comes (`p2e.streaming`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 from collections.abc import Mapping, Sequence
@@ -14,12 +16,14 @@ from typing import Any, NamedTuple
 from p2e.agents import AgentSpec, TeamConfig, render_persona
 from p2e.errors import InvalidArgument
 from p2e.events import DELEGATE, AgentReply, ToolCall, ToolResult
-from p2e.llm import Message, ModelRequest, Providers, ToolSpec
+from p2e.ledger.wallet import WalletFinder
+from p2e.llm import Message, ModelRequest, ModelResponse, Providers, ToolSpec
 from p2e.policies.context import apply_context
 from p2e.policies.duplicates import run_calls_with_policy
 from p2e.runtime.interpret import tools_due
 from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
+from p2e.streaming import Listener, PartialReply, Publisher
 from p2e.tools import REGISTRY, Registry, ToolContext, run_calls
 
 
@@ -68,12 +72,18 @@ class AgentRunner:
         providers: Providers | None = None,
         registry: Registry = REGISTRY,
         store: EventLog | None = None,
+        listener: Listener | None = None,
+        wallets: WalletFinder | None = None,
     ):
+        """`listener`: told of the partial reply of each step as it streams (`p2e.streaming`).
+        `wallets`: finds an agent's Wallet actor where the process runs them (`ToolContext`)."""
         self.spec = team.agent(agent_id)
         self.team = team
         self.providers = providers or Providers(team.providers)
         self.registry = registry
         self.store = store
+        self.listener = listener
+        self.wallets = wallets
         import_tool_modules(team.tool_modules)
         registry.check_allowlist(agent_id, self.spec.tools)
         self._prepared: dict[str, Prepared] = {}
@@ -108,7 +118,7 @@ class AgentRunner:
             branch=req.branch,
             seq=req.seq,
         )
-        response = await self.providers.for_model(spec.model).complete(request)
+        response = await self._call_model(request, req)
         reply = AgentReply(
             agent=spec.id,
             text=response.text,
@@ -122,6 +132,22 @@ class AgentRunner:
         place = {c.id: f"{req.seq}.{i}" for i, c in enumerate(reply.tool_calls)}
         results = await self._run(req.conversation, req.branch, due, spec, req.messages, req.episode, place)
         return StepResult(reply=reply, results=tuple(results))
+
+    async def _call_model(self, request: ModelRequest, req: StepRequest) -> ModelResponse:
+        """The model's reply, streamed as it comes to the listener and the store; not for a
+        rollout episode's step (no one reads those live, and they run by the thousand)."""
+        provider = self.providers.for_model(request.model)
+        if req.episode or (self.store is None and self.listener is None):
+            return await provider.complete(request)
+        partial = PartialReply(seq=req.seq, agent=request.agent)
+        publish = Publisher(self.store, req.conversation, req.branch, partial, self.listener)
+        try:
+            response = await provider.complete(request, on_delta=publish)
+        except BaseException:  # failed or cancelled: what it showed is not a reply
+            await asyncio.shield(publish.close(ok=False))
+            raise
+        await publish.close(ok=True)
+        return response
 
     async def run_tools(self, req: ToolsRequest) -> list[ToolResult]:
         spec = self.spec.with_overrides(req.overrides)
@@ -146,6 +172,7 @@ class AgentRunner:
             store=self.store,
             episode=episode,
             positions=positions or {},
+            wallets=self.wallets,
         )
         if spec.duplicates.is_noop:
             return await run_calls(self.registry, calls, ctx, allowed=spec.tools)

@@ -3,7 +3,9 @@
 This is the Supervisor actor's logic without Ray: it hosts conversations, asks agents for steps
 through an `Agents` lookup (Ray actor handles in production, plain runners in tests), stores
 every event before acting on it (group-committed), and ends each conversation cleanly: a turn
-ends when the root agent answers, or with a `failed` event, never by hanging.
+ends when the root agent answers, or with a `failed` event, never by hanging. At each agent's
+turn it asks the turn policy it was handed (`p2e.runtime.turns`; guided search) whether that
+policy drives the turn; it imports no policy itself.
 
 Recovery: a conversation is rebuilt from the store when first touched, and `pending(state)`
 says what was outstanding, so a restarted host continues where the old one stopped; an event
@@ -38,7 +40,7 @@ from p2e.events import (
 )
 from p2e.llm.base import Message
 from p2e.machine import CallAgent, Command, Reply, Review, RunTools, pending
-from p2e.policies.guide import GuidePolicy
+from p2e.runtime.hosted import Hosted
 from p2e.runtime.interpret import advance, settle
 from p2e.runtime.steps import (
     EpisodeOutcome,
@@ -48,8 +50,10 @@ from p2e.runtime.steps import (
     ToolsRequest,
     episode_key,
 )
+from p2e.runtime.turns import Spend, TurnPolicy
 from p2e.store import BranchInfo, EventLog
 from p2e.store.aio import GroupCommit
+from p2e.templates import prompt
 from p2e.transcript import Transcript
 
 log = logging.getLogger("p2e.driver")
@@ -94,40 +98,6 @@ class TurnResult(BaseModel):
     steps: int
 
 
-class Hosted:
-    def __init__(self, conv: Conversation, transcript: Transcript, overrides: dict[str, dict[str, Any]]):
-        self.conv = conv
-        self.transcript = transcript
-        self.overrides = overrides
-        self.lock = asyncio.Lock()
-        self.answer: str | None = None
-        self.reference: str | None = None
-        """The scenario's expected answer (a rollout episode), for guided search's evaluators."""
-        self.child = False
-        """A guided-search child: its steps are not searched again (no nested searches)."""
-        self.record: list[Event] | None = None
-        """The branch's events as stored (seqs set), kept by an episode that is scored where it
-        ran, so scoring reads nothing back; None when not kept (or no longer complete)."""
-        self.episode = ""
-        """`rollout:episode` when this is a rollout episode (see `ToolContext.episode`)."""
-        self.search_tokens = 0
-        self.search_cost_usd = 0.0
-        """What guided searches spent on children that were not chosen (not on this branch)."""
-
-    def fork(self, conv: Conversation, overrides: dict[str, dict[str, Any]]) -> Hosted:
-        """A child on `conv` (a fresh fork of this branch at its current length), run with
-        `overrides`; it keeps its own copy of the events kept so far."""
-        child = Hosted(conv, self.transcript.copy(), overrides)
-        child.reference, child.child, child.episode = self.reference, True, self.episode
-        child.record = None if self.record is None else list(self.record)
-        return child
-
-    def adopt(self, child: Hosted) -> None:
-        """Continue on a child's branch (the search chose it)."""
-        self.conv, self.transcript, self.answer = child.conv, child.transcript, child.answer
-        self.record = child.record
-
-
 class Driver:
     def __init__(
         self,
@@ -137,26 +107,24 @@ class Driver:
         observer: Observer | None = None,
         meter: Meter | None = None,
         team: TeamConfig | None = None,
+        policy: TurnPolicy | None = None,
     ):
-        """`team`: the agents' config, for the policies the supervisor applies (reflection,
-        guided search); without it conversations run plain."""
+        """`team`: the agents' config, for the policies the supervisor applies (reflection);
+        without it conversations run plain. `policy`: asked at each agent's turn whether it
+        drives the turn (guided search); without one every agent steps as usual."""
         self.log = log_
         self.writer = writer
         self.agents = agents
         self.observer = observer
         self.meter = meter
         self.team = team
+        self.policy = policy
         self.hosted: dict[str, Hosted] = {}
         self._specs: dict[tuple[str, str], AgentSpec] = {}
         specs = team.agents.values() if team is not None else ()
-        self._guided = any(a.guide is not None for a in specs)
         self._reflective = any(a.reflection is not None for a in specs)
-        """Whether the file itself uses these policies; if not, only a variant naming them can
-        (checked without building the agent's spec: the common case costs nothing per step)."""
-        self.search = True
-        """Whether guided search runs (a replay turns it off: it follows the recorded choices)."""
-        self.valuers: dict[str, Any] = {}
-        """Guided search's evaluators, made once (see `p2e.runtime.guided_search.Valuer`)."""
+        """Whether the file itself asks for reflection; if not, only a variant naming it can
+        (checked without building the agent's spec: the common case costs nothing)."""
 
     def spec(self, agent: str, overrides: dict[str, Any] | None) -> AgentSpec | None:
         """`agent`'s spec under a variant's overrides (cached), or None without a team config."""
@@ -180,15 +148,6 @@ class Driver:
             if spec is not None and spec.reflection is not None:
                 rules[agent] = spec.reflection
         return rules
-
-    def guide(self, hosted: Hosted, agent: str) -> GuidePolicy | None:
-        if hosted.child or not self.search:
-            return None
-        overrides = hosted.overrides.get(agent)
-        if not self._guided and not (overrides and "guide" in overrides):
-            return None
-        spec = self.spec(agent, overrides)
-        return spec.guide if spec is not None else None
 
     # --- conversations -------------------------------------------------------------------------
 
@@ -283,6 +242,7 @@ class Driver:
                 scores = await score(hosted.conv.branch, hosted.record, req.reference)
         finally:
             self.release(cid)
+        spent = self.policy.spent(hosted) if self.policy is not None else Spend()
         wall = time.monotonic() - t0
         status = "done" if turn.status != "failed" and turn.answer is not None else "failed"
         if self.meter is not None:
@@ -294,8 +254,8 @@ class Driver:
             answer=turn.answer,
             error=(turn.error or "the root agent gave no answer") if status == "failed" else None,
             steps=turn.steps,
-            tokens=state.tokens + hosted.search_tokens,
-            cost_usd=state.cost_usd + hosted.search_cost_usd,
+            tokens=state.tokens + spent.tokens,
+            cost_usd=state.cost_usd + spent.cost_usd,
             wall_s=wall,
             scores=scores,
         )
@@ -319,17 +279,16 @@ class Driver:
         todo = list(commands)
         while todo:
             cmd = todo.pop(0)
-            todo = await self.perform(hosted, cmd) + todo
+            turn = None
+            if self.policy is not None and isinstance(cmd, CallAgent):
+                turn = self.policy.turn(self, hosted, cmd)
+            todo = await (self.perform(hosted, cmd) if turn is None else turn.run()) + todo
 
     async def perform(self, hosted: Hosted, cmd: Command) -> list[Command]:
-        """Carry out one command of the machine on a hosted branch; the commands it made due."""
+        """Carry out one command of the machine on a hosted branch; the commands it made due.
+        The turn policy is not asked here (see `_drive`): a policy's own steps come this way."""
         conv = hosted.conv
         if isinstance(cmd, CallAgent):
-            guide = self.guide(hosted, cmd.frame.agent)
-            if guide is not None:
-                from p2e.runtime.guided_search import GuidedSearch  # the search drives this driver
-
-                return await GuidedSearch(self, hosted, cmd, guide).run()
             return await self.call_agent(hosted, cmd)
         if isinstance(cmd, Review):
             return await self._review(hosted, cmd)
@@ -385,10 +344,8 @@ class Driver:
         if cmd.critic is None:
             return await self._submit(hosted, Critique(agent=agent))
         drafts = [m for m in hosted.transcript.frames[-1] if m.role == "assistant"]
-        request = (
-            f"Task given to {agent}:\n{hosted.transcript.tasks[-1]}\n\n"
-            f"{agent}'s answer:\n{drafts[-1].content if drafts else ''}\n\n"
-            "Review the answer: say what is wrong or missing, or that it is correct."
+        request = prompt("critic_review").render(
+            agent=agent, task=hosted.transcript.tasks[-1], answer=drafts[-1].content if drafts else ""
         )
         conv = hosted.conv
         req = StepRequest(
@@ -410,6 +367,20 @@ class Driver:
             agent=agent, critic=cmd.critic, text=reply.text, model=reply.model, usage=reply.usage
         )
         return await self._submit(hosted, critique)
+
+    async def fork(self, hosted: Hosted, name: str, overrides: dict[str, dict[str, Any]]) -> Hosted:
+        """A new branch `name` of `hosted` at its current length, hosted apart (not in
+        `self.hosted`), run with `overrides`."""
+        conv = hosted.conv
+        info = await asyncio.to_thread(
+            self.log.fork, conv.id, conv.branch.name, conv.state.length, name, False
+        )
+        return hosted.fork(Conversation(self.log, conv.info, info, conv.state), overrides)
+
+    async def adopt(self, hosted: Hosted, child: Hosted) -> None:
+        """Continue `hosted` on `child`'s branch, checked out."""
+        await asyncio.to_thread(self.log.checkout, hosted.conv.id, child.conv.branch.name)
+        hosted.adopt(child)
 
     async def _guarded(self, hosted: Hosted, what: str, call: Awaitable[Any]) -> Any:
         """Await an agent; if it fails for good, or the conversation's deadline passes while it

@@ -10,17 +10,21 @@ tools and delegation apply as usual; a child's own turns are not searched again.
 Searches: `best_of_n` (one level of n children), `beam` (keep the best `width` nodes per level,
 `depth` levels of one step each) and `best_first` (always expand the most valuable open node,
 until `budget` children exist or the best node is finished).
+
+`GuidedSearch` is a turn policy (`p2e.runtime.turns`): whoever builds a driver gives it one, and
+it drives a search through the driver's `TurnDriver` face, so the driver never imports it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from typing import TYPE_CHECKING, Any
+from typing import Any
+from weakref import WeakKeyDictionary
 
 from pydantic import BaseModel
 
-from p2e.conversation import Conversation
+from p2e.agents import TeamConfig
 from p2e.evals import default_registry
 from p2e.evals.registry import BoundEvaluator
 from p2e.evals.runner import evaluate_targets, step_seqs
@@ -28,14 +32,11 @@ from p2e.llm import Providers
 from p2e.machine import CallAgent, Command, Fail, Reply, State, pending
 from p2e.policies.guide import GuidePolicy, GuideValue
 from p2e.redact import redact
+from p2e.runtime.hosted import Hosted
+from p2e.runtime.turns import Spend, TurnDriver
 from p2e.store import EventLog
+from p2e.store.keys import TREE_COUNTER
 from p2e.store.replies import as_hash
-
-if TYPE_CHECKING:
-    from p2e.runtime.driver import Driver, Hosted
-
-NEXT = "#next"
-"""The tree hash's node counter (not a valid branch name, so it never collides with a node)."""
 
 
 class Node(BaseModel):
@@ -66,7 +67,7 @@ class Node(BaseModel):
 def read_tree(log: EventLog, conv: str) -> list[Node]:
     """Every search node of a conversation, in creation order."""
     raw = as_hash(log.r.hgetall(log.keys.tree(log.resolve(conv))))
-    nodes = [Node.model_validate_json(v) for k, v in raw.items() if k.decode() != NEXT]
+    nodes = [Node.model_validate_json(v) for k, v in raw.items() if k.decode() != TREE_COUNTER]
     return sorted(nodes, key=lambda n: int(n.branch[1:]) if n.branch[1:].isdecimal() else 0)
 
 
@@ -80,33 +81,69 @@ class Child:
 
 
 class Valuer:
-    """The search's evaluator and the providers its judges use, made once per driver."""
+    """The search's evaluator and the providers its judges use, made once per policy."""
 
-    def __init__(self, driver: Driver, value: GuideValue):
-        modules = driver.team.evaluator_modules if driver.team is not None else ()
-        self.evaluator: BoundEvaluator = default_registry(modules).create(value.id, **value.params)
-        self.providers = Providers(driver.team.providers if driver.team is not None else {})
-
-    @staticmethod
-    def of(driver: Driver, value: GuideValue) -> Valuer:
-        key = json.dumps(value.model_dump(), sort_keys=True, default=str)
-        v = driver.valuers.get(key)
-        if v is None:
-            v = driver.valuers[key] = Valuer(driver, value)
-        return v
+    def __init__(self, team: TeamConfig, value: GuideValue):
+        self.evaluator: BoundEvaluator = default_registry(team.evaluator_modules).create(
+            value.id, **value.params
+        )
+        self.providers = Providers(team.providers)
 
 
 class GuidedSearch:
-    def __init__(self, driver: Driver, h: Hosted, cmd: CallAgent, guide: GuidePolicy):
-        self.d, self.h, self.guide = driver, h, guide
+    """The turn policy of agents with a `guide:`: at each of their turns, a search drives it.
+
+    Its state per hosted conversation is what the searches spent on children that were not
+    chosen (not on the branch, but counted in the episode's spend and budgets)."""
+
+    def __init__(self, team: TeamConfig):
+        self.team = team
+        self._guided = any(a.guide is not None for a in team.agents.values())
+        """Whether the file itself guides an agent; if not, only a variant naming `guide` can
+        (checked without building the agent's spec: the common case costs nothing per step)."""
+        self._valuers: dict[str, Valuer] = {}
+        self._spent: WeakKeyDictionary[Hosted, Spend] = WeakKeyDictionary()
+
+    def turn(self, driver: TurnDriver, hosted: Hosted, cmd: CallAgent) -> Search | None:
+        agent = cmd.frame.agent
+        overrides = hosted.overrides.get(agent)
+        if not self._guided and not (overrides and "guide" in overrides):
+            return None
+        spec = driver.spec(agent, overrides)
+        if spec is None or spec.guide is None:
+            return None
+        return Search(self, driver, hosted, cmd, spec.guide)
+
+    def spent(self, hosted: Hosted) -> Spend:
+        return self._spent.get(hosted, Spend())
+
+    def charge(self, hosted: Hosted, tokens: int, cost_usd: float) -> None:
+        """Count what a search spent for `hosted` off its branch."""
+        before = self.spent(hosted)
+        self._spent[hosted] = Spend(before.tokens + tokens, before.cost_usd + cost_usd)
+
+    def valuer(self, value: GuideValue) -> Valuer:
+        key = json.dumps(value.model_dump(), sort_keys=True, default=str)
+        v = self._valuers.get(key)
+        if v is None:
+            v = self._valuers[key] = Valuer(self.team, value)
+        return v
+
+
+class Search:
+    """One guided turn: fork, run and value children, continue on the best."""
+
+    def __init__(
+        self, policy: GuidedSearch, driver: TurnDriver, hosted: Hosted, cmd: CallAgent, guide: GuidePolicy
+    ):
+        self.policy, self.driver, self.hosted, self.guide = policy, driver, hosted, guide
         self.agent, self.depth, self.start = cmd.frame.agent, cmd.depth, cmd.frame.start
-        self.base = h.overrides.get(self.agent, {})
-        self.key = driver.log.keys.tree(h.conv.id)
-        self.valuer = Valuer.of(driver, guide.value)
+        self.base = hosted.overrides.get(self.agent, {})
+        self.valuer = policy.valuer(guide.value)
         self.children: list[Child] = []
 
     async def run(self) -> list[Command]:
-        root = self.h.conv.state
+        root = self.hosted.conv.state
         if self.guide.search == "best_of_n":
             best = self._best(await self._level([None], 0))
         elif self.guide.search == "beam":
@@ -160,11 +197,10 @@ class GuidedSearch:
 
     def _over_budget(self) -> bool:
         """The conversation's token or cost budget, counting every child run so far."""
-        limits = self.h.conv.state.limits
-        tokens = self.h.conv.state.tokens + self.h.search_tokens + sum(c.node.tokens for c in self.children)
-        cost = (
-            self.h.conv.state.cost_usd + self.h.search_cost_usd + sum(c.node.cost_usd for c in self.children)
-        )
+        state, spent = self.hosted.conv.state, self.policy.spent(self.hosted)
+        limits = state.limits
+        tokens = state.tokens + spent.tokens + sum(c.node.tokens for c in self.children)
+        cost = state.cost_usd + spent.cost_usd + sum(c.node.cost_usd for c in self.children)
         return (limits.max_tokens is not None and tokens >= limits.max_tokens) or (
             limits.max_cost_usd is not None and cost >= limits.max_cost_usd
         )
@@ -172,14 +208,11 @@ class GuidedSearch:
     # --- one child -----------------------------------------------------------------------------
 
     async def _expand(self, parent: Child | None, level: int, label: str, overrides: dict[str, Any]) -> Child:
-        source = self.h if parent is None else parent.host
-        log = self.d.log
-        n = await self.d.writer.command("HINCRBY", self.key, NEXT, 1)
-        name = f"g{int(n)}"
+        source = self.hosted if parent is None else parent.host
+        name = f"g{await self.driver.writer.tree_node(self.hosted.conv.id)}"
         at = source.conv.state.length
-        info = await asyncio.to_thread(log.fork, source.conv.id, source.conv.branch.name, at, name, False)
         forced = {**source.overrides, self.agent: {**self.base, **overrides}}
-        host = source.fork(Conversation(log, source.conv.info, info, source.conv.state), forced)
+        host = await self.driver.fork(source, name, forced)
         before = source.conv.state
         terminal = await self._advance(host)
         after = host.conv.state
@@ -212,10 +245,10 @@ class GuidedSearch:
                 if stepped and self.guide.scope == "step":
                     break  # the step is done (its tool results are stored): value it here
                 stepped = stepped or self._searched(cmd)
-            todo = await self.d.perform(host, cmd) + todo
+            todo = await self.driver.perform(host, cmd) + todo
             if self._over(host.conv.state):
                 for reply in (c for c in todo if isinstance(c, Reply)):
-                    await self.d.perform(host, reply)  # the root's answer, for the turn's result
+                    await self.driver.perform(host, reply)  # the root's answer, for the turn's result
                 break
         return self._over(host.conv.state)
 
@@ -232,7 +265,9 @@ class GuidedSearch:
 
     async def _value(self, host: Hosted, fork_at: int) -> tuple[float | None, str | None]:
         info = host.conv.branch
-        history = host.record if host.record is not None else await asyncio.to_thread(self.d.log.read, info)
+        history = (
+            host.record if host.record is not None else await asyncio.to_thread(self.driver.log.read, info)
+        )
         seq = None
         if self.guide.value.per == "step":
             mine = [s for s in step_seqs(history, self.agent) if s >= fork_at]
@@ -240,7 +275,7 @@ class GuidedSearch:
                 return None, f"{self.agent!r} made no step in this child to score"
             seq = mine[-1]
         (score,) = await evaluate_targets(
-            self.d.log,
+            self.driver.log,
             info,
             history,
             [self.valuer.evaluator],
@@ -264,18 +299,20 @@ class GuidedSearch:
         spent_tokens = sum(c.node.tokens for c in self.children)
         spent_cost = sum(c.node.cost_usd for c in self.children)
         final = best.host.conv.state
-        self.h.search_tokens += spent_tokens - (final.tokens - root.tokens)
-        self.h.search_cost_usd += spent_cost - (final.cost_usd - root.cost_usd)
-        await asyncio.to_thread(self.d.log.checkout, self.h.conv.id, best.node.branch)
-        self.h.adopt(best.host)
-        state = self.h.conv.state
+        self.policy.charge(
+            self.hosted,
+            spent_tokens - (final.tokens - root.tokens),
+            spent_cost - (final.cost_usd - root.cost_usd),
+        )
+        await self.driver.adopt(self.hosted, best.host)
+        state, spent = self.hosted.conv.state, self.policy.spent(self.hosted)
         limits = state.limits
         if state.status == "running" or state.status == "idle":
-            tokens = state.tokens + self.h.search_tokens
+            tokens = state.tokens + spent.tokens
             if limits.max_tokens is not None and tokens > limits.max_tokens:
                 msg = f"token budget passed, counting guided-search children: {tokens} > {limits.max_tokens}"
                 return [Fail(code="budget", message=msg)]
-            cost = state.cost_usd + self.h.search_cost_usd
+            cost = state.cost_usd + spent.cost_usd
             if limits.max_cost_usd is not None and cost > limits.max_cost_usd:
                 msg = (
                     "cost budget passed, counting guided-search children: "
@@ -285,8 +322,7 @@ class GuidedSearch:
         return pending(state)
 
     async def _save(self, children: list[Child]) -> None:
-        fields: list[Any] = []
-        for c in children:
-            fields += [c.node.branch, redact(c.node.model_dump_json())]  # an error may quote a key
-        if fields:
-            await self.d.writer.command("HSET", self.key, *fields)
+        # an error may quote a key
+        nodes = {c.node.branch: redact(c.node.model_dump_json()) for c in children}
+        if nodes:
+            await self.driver.writer.save_tree(self.hosted.conv.id, nodes)

@@ -55,8 +55,7 @@ async def replay_branch(
         },
     }
     replay_team = team.model_copy(update={"providers": providers})
-    driver = local_driver(log, replay_team)
-    driver.search = False  # the recording holds the steps a guided search chose: no new search
+    driver = local_driver(log, replay_team, search=False)  # follow the recorded choices
     name = log.free_name(f"{info.name}-replay")
     cid = await driver.create(start.root, start.team, start.limits, name, overrides=models)
     for e in recorded[1:]:

@@ -17,7 +17,7 @@ import redis
 
 from p2e.errors import StoreError, StoreUnavailable
 from p2e.events import Event
-from p2e.store.keys import Keys
+from p2e.store.keys import TREE_COUNTER, Keys
 from p2e.store.log import (
     ConversationInfo,
     append_call,
@@ -92,6 +92,14 @@ class GroupCommit:
         read on every turn costs no extra round trip and no extra connection). An argument the
         store cannot take raises `TypeError` here, before it can fail the rest of a batch."""
         return await self._enqueue(None, [], encode(args))
+
+    async def tree_node(self, cid: str) -> int:
+        """The number of a new guided-search node of conversation `cid` (its tree's counter)."""
+        return int(await self.command("HINCRBY", self.keys.tree(cid), TREE_COUNTER, 1))
+
+    async def save_tree(self, cid: str, nodes: dict[str, str]) -> None:
+        """Store guided-search nodes of conversation `cid`: branch name -> node (JSON)."""
+        await self.command("HSET", self.keys.tree(cid), *(x for kv in nodes.items() for x in kv))
 
     def _enqueue(self, script: str | None, keys: list[str], args: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()

@@ -13,7 +13,7 @@ projects or test runs can share a server). With `ns` the namespace, `cid` a conv
 | `ns:conv:cid:br:b` | hash | name, parent, fork_at, length, created, lineage (JSON) |
 | `ns:conv:cid:br:b:ev` | list | the branch's *own* events (JSON); index i is seq fork_at + i |
 | `ns:conv:cid:br:b:snap` | hash | length -> machine state (JSON) after that many events |
-| `ns:conv:cid:br:b:partial` | string | the reply of the step running on the branch, so far (JSON, with a TTL; `p2e.streaming`) |
+| `ns:conv:cid:br:b:partial` | string | the running step's reply so far (JSON, TTL; `p2e.streaming`) |
 | `ns:conv:cid:ix:kind:K` | list | refs `b:seq` of the conversation's events of kind K |
 | `ns:conv:cid:ix:agent:A` | list | refs `b:seq` of the events of agent A |
 | `ns:conv:cid:notes` | list | the `notes` tool's notes (per conversation, not per branch) |
@@ -34,6 +34,11 @@ import re
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 """Conversation and branch names: safe in keys, refs (`conv/branch/seq`) and shells. Use
 `fullmatch` (`match` with `$` would let a trailing newline through)."""
+
+
+TREE_COUNTER = "#next"
+"""The field of a conversation's `tree` hash that counts its search nodes (not a valid branch
+name, so it never collides with a node)."""
 
 
 def check_name(v: str) -> str:

@@ -32,7 +32,7 @@ def _wallet(ctx: ToolContext) -> WalletAccess:
         raise RuntimeError(
             "the ledger tools need the store, and this run has none; run the agent with a store"
         )
-    return wallet_for(ctx.store, ctx.agent)
+    return wallet_for(ctx.store, ctx.agent, ctx.wallets)
 
 
 def command_id(ctx: ToolContext, tool_name: str, payee: str, amount: int, reason: str) -> str:

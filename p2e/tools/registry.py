@@ -56,6 +56,10 @@ class ToolContext:
     positions: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Call id -> where the call stands in the conversation (`seq.index`: the reply's seq and
     the call's place in it), the same in every attempt that makes the same reply."""
+    wallets: Callable[[str], Any] | None = None
+    """Finds the calling agent's Wallet actor where the process runs them (an Agent actor's
+    tools: a `p2e.ledger.wallet.WalletFinder`); None: the ledger tools pay through a local
+    wallet. (Typed loosely: the tool registry sits below the ledger.)"""
 
 
 class Tool:
