@@ -25,8 +25,8 @@ from p2e.cli.terminal import DataTable, styled
 from p2e.errors import InvalidArgument
 from p2e.obs.observer import Observation, RerunOptions, observe
 from p2e.obs.viewer import recording_path
-from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
-from p2e.rollouts.store import AdaptiveRecord, RolloutInfo, RolloutStore, RoundRecord, Row
+from p2e.rollouts.stats import Comparison, Tally, VariantSummary, compare
+from p2e.rollouts.store import AdaptiveRecord, RolloutInfo, RolloutStore, RoundRecord, Row, StoredRows
 from p2e.settings import Settings, settings
 
 if TYPE_CHECKING:
@@ -184,7 +184,8 @@ class _Display:
             console=console,
         )
         self.task = self.progress.add_task("episodes", total=None, stats="")
-        self.rows: list[Row] = []
+        self.tally = Tally()
+        """With --follow: the live table's summary of the rows so far (never the rows)."""
         self.rid = ""
         self.failed = self.tokens = 0
         self.cost = 0.0
@@ -219,7 +220,7 @@ class _Display:
         self.tokens += row.tokens
         self.cost += row.cost_usd
         if self.follow:
-            self.rows.append(row)
+            self.tally.add(row)
         done = int(self.progress.tasks[0].completed) + 1
         rate = done / max(time.monotonic() - self.t0, 1e-9)
         failed = f"failed {self.failed}  " if self.failed else ""
@@ -247,7 +248,7 @@ class _Display:
         if not self.follow:
             return self.progress
         self.table_at = time.monotonic()
-        return Group(self.progress, summary_table(summarize(self.rows), "live"))
+        return Group(self.progress, summary_table(self.tally.summaries(), "live"))
 
     def stop(self) -> None:
         if self.live.is_started:
@@ -380,14 +381,15 @@ def run(
         raise
     finally:
         display.stop()
-    failed = sum(r.status == "failed" for r in result.rows)
-    console.print(summary_table(result.summary(), result.id))
+    summaries = result.summary()  # streamed from the store: the driver never holds the rows
+    episodes, failed = sum(s.episodes for s in summaries), sum(s.failures for s in summaries)
+    console.print(summary_table(summaries, result.id))
     if result.info.adaptive is not None:
-        console.print(adaptive_lines(result.info.adaptive, len(result.rows)), soft_wrap=True)
+        console.print(adaptive_lines(result.info.adaptive, episodes), soft_wrap=True)
     if observations and observations[0].active:
         console.print(f"recording: p2e view {result.id}", soft_wrap=True)
     console.print(
-        f"{len(result.rows)} episodes, {failed} failed. Next: p2e rollout show {result.id} | "
+        f"{episodes} episodes, {failed} failed. Next: p2e rollout show {result.id} | "
         f"p2e rollout compare {result.id} | p2e rollout export {result.id} --format parquet",
         soft_wrap=True,
     )
@@ -558,24 +560,27 @@ def show(
     """
     store = RolloutStore(open_log())
     info = store.get(rollout_id)
-    all_rows = store.rows(rollout_id)
+    tally, count, abandoned = Tally(), 0, 0
+    for r in store.iter_rows(rollout_id):  # streamed: a rollout of millions is never held
+        tally.add(r)
+        count += 1
+        abandoned += len(r.abandoned)
     console.print(
         styled(
             (info.id, "bold"),
-            f"  {info.status}  {len(all_rows)}/{info.episodes} episodes  spec {info.spec_path}",
+            f"  {info.status}  {count}/{info.episodes} episodes  spec {info.spec_path}",
         )
     )
     from p2e.rollouts.adaptive import annotate
 
-    console.print(summary_table(annotate(summarize(all_rows), info.adaptive), "variants"))
+    console.print(summary_table(annotate(tally.summaries(), info.adaptive), "variants"))
     if info.adaptive is not None:
         console.print(rounds_table(info.adaptive))
         if any(rec.stopped for rec in info.adaptive.decided):
             console.print(stopped_table(info.adaptive))
-        console.print(adaptive_lines(info.adaptive, len(all_rows)), soft_wrap=True)
+        console.print(adaptive_lines(info.adaptive, count), soft_wrap=True)
     if info.ledger:
         console.print(ledger_lines(info.ledger), soft_wrap=True)
-    abandoned = sum(len(r.abandoned) for r in all_rows)
     if abandoned:
         console.print(
             styled(
@@ -600,7 +605,7 @@ def show(
             soft_wrap=True,
         )
     if rows:
-        console.print(rows_table(all_rows))
+        console.print(rows_table(store.rows(rollout_id)))
 
 
 def rows_table(rows: list[Row]) -> FitTable:
@@ -666,7 +671,7 @@ def compare_(
     """
     store = RolloutStore(open_log())
     info = store.get(rollout_id)
-    all_rows = store.rows(rollout_id)
+    all_rows = StoredRows(store, rollout_id)  # streamed, twice: no rollout is held at once
     variants = (
         [v["name"] for v in info.spec.get("variants", [])]
         if isinstance(info.spec.get("variants"), list)
@@ -756,7 +761,9 @@ def export(
     if fmt != "chat" and (agent != "root" or metadata):
         raise InvalidArgument("--agent and --metadata choose what a chat export holds: add --format chat")
     log = open_log()
-    all_rows = RolloutStore(log).rows(rollout_id)
+    store = RolloutStore(log)
+    store.get(rollout_id)
+    all_rows = StoredRows(store, rollout_id)  # streamed a page at a time
     path = out or Path(f"{rollout_id}.{'chat.jsonl' if fmt == 'chat' else fmt}")
     if fmt == "jsonl":
         n = write_jsonl(all_rows, path)

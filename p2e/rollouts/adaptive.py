@@ -39,14 +39,14 @@ Pure code: no Ray; `p2e/rollouts/run.py` drives the rounds with the coordinator.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-from collections.abc import Iterable, Sequence
+from array import array
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from p2e.errors import InvalidArgument
 from p2e.rollouts.halving import next_count, round_count, schedule
-from p2e.rollouts.plan import Episode
+from p2e.rollouts.plan import Episode, Episodes
 from p2e.rollouts.spec import Resolved
 from p2e.rollouts.stats import VariantSummary, counted, mean_ci
 from p2e.rollouts.store import AdaptiveRecord, RoundRecord, Row, Standing
@@ -100,11 +100,11 @@ class Halving:
         ]
         self.total = sum(p["episodes"] for p in self.plan)
 
-    @functools.cached_property
-    def episodes(self) -> list[Episode]:
-        """Every episode of the grid, with its round (built when first asked: a plan needs
-        only the counts)."""
-        return [e.model_copy(update={"round": self.round_of[(e.repeat, e.scenario)]}) for e in self._expanded]
+    @property
+    def episodes(self) -> Iterator[Episode]:
+        """Every episode of the grid, with its round, in expansion order (built as read)."""
+        for e in self._expanded:
+            yield e.model_copy(update={"round": self.round_of[(e.repeat, e.scenario)]})
 
     def record(self) -> AdaptiveRecord:
         """The plan, before any decision."""
@@ -117,10 +117,17 @@ class Halving:
             grid_episodes=self.grid,
         )
 
-    def episodes_of(self, round_: int, variants: Iterable[str]) -> list[Episode]:
-        """Round `round_`'s episodes for these variants, in expansion order."""
+    def episodes_of(self, round_: int, variants: Iterable[str]) -> Iterator[Episode]:
+        """Round `round_`'s episodes for these variants, in expansion order (built as read: a
+        round of a million-episode grid is never held at once)."""
         alive = set(variants)
-        return [e for e in self.episodes if e.round == round_ and e.variant in alive]
+        units = {u for u, r in self.round_of.items() if r == round_}
+        if isinstance(self._expanded, Episodes):
+            chosen: Iterator[Episode] = self._expanded.where(alive, units)
+        else:
+            chosen = (e for e in self._expanded if e.variant in alive and (e.repeat, e.scenario) in units)
+        for e in chosen:
+            yield e.model_copy(update={"round": round_})
 
     def decide(self, round_: int, variants: Sequence[str], rows: Iterable[Row]) -> RoundRecord:
         """Rank the round's variants by their rows of rounds 1..`round_`, keep the best."""
@@ -172,31 +179,34 @@ def decide(
 ) -> RoundRecord:
     """The decision of one round: `variants` (in spec order, which breaks the last ties) ranked
     by the mean primary score of their rows of rounds up to `round_`; the first `keep` go on."""
-    by_variant: dict[str, list[Row]] = {v: [] for v in variants}
-    for r in rows:
-        if r.variant in by_variant and (r.round is None or r.round <= round_):
-            by_variant[r.variant].append(r)
+    scored: dict[str, array[float]] = {v: array("d") for v in variants}
+    unscored, failures = dict.fromkeys(variants, 0), dict.fromkeys(variants, 0)
+    for r in rows:  # one pass, keeping each variant's scores only (8 bytes an episode)
+        if r.variant in scored and (r.round is None or r.round <= round_):
+            if (x := counted(r)) is None:
+                unscored[r.variant] += 1
+            else:
+                scored[r.variant].append(x)
+            failures[r.variant] += r.status == "failed"
     raw: list[tuple[tuple[Any, ...], Standing]] = []
     for index, v in enumerate(variants):
-        rs = by_variant[v]
-        scores = [x for r in rs if (x := counted(r)) is not None]
-        unscored = len(rs) - len(scores)
+        scores = list(scored[v])
         if failed_score is not None:
-            scores += [failed_score] * unscored
+            scores += [failed_score] * unscored[v]
         m = mean_ci(scores)
         mean = m.mean
         s = Standing(
             variant=v,
             rank=0,
             n=m.n,
-            failures=sum(r.status == "failed" for r in rs),
+            failures=failures[v],
             mean=mean,
             ci_low=m.ci_low,
             ci_high=m.ci_high,
             kept=False,
         )
         # rounded, so that equal means summed in another order still tie
-        key = (mean is None, -round(mean, 9) if mean is not None else 0.0, unscored, index)
+        key = (mean is None, -round(mean, 9) if mean is not None else 0.0, unscored[v], index)
         raw.append((key, s))
     raw.sort(key=lambda ks: ks[0])
     leader = raw[0][1]

@@ -3,8 +3,9 @@ actor or node died, collects scores as they finish and writes a row per episode.
 workers through a `Fleet` (Ray's is `actors/fleet.py`), so it imports no Ray.
 
 It runs in the driver process (the one with the progress bar and the Ctrl-C) and holds nothing
-per finished episode but its row: the conversations live in the store, the supervisors release
-them when they end. Its state is the store's, so a rollout stopped any way can be resumed.
+per finished episode: its row goes to the store (and to `on_row`), the conversations live in the
+store, the supervisors release them when they end, and the episodes to run are pulled from a
+lazy collection as slots free up. Its state is the store's, so a rollout stopped any way can be resumed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from p2e.errors import NotFound, P2EError, log_failure, one_line
@@ -98,22 +99,21 @@ class Coordinator:
         """`run.max_failures`: past it, a row's episode raises `TooManyFailures`, which stops the
         run as Ctrl-C does (the other episodes in flight are cancelled, their rows unwritten)."""
 
-    async def run(self, episodes: list[Episode]) -> None:
-        """Run every episode, at most `in_flight` at once. On cancellation (Ctrl-C) the remote
-        work in flight is cancelled too; finished episodes keep their rows. So it is when the
-        rollout passes `run.max_failures` (`TooManyFailures`)."""
-        queue: asyncio.Queue[Episode] = asyncio.Queue()
-        for e in episodes:
-            queue.put_nowait(e)
-
+    async def run(self, episodes: Collection[Episode]) -> None:
+        """Run every episode, at most `in_flight` at once, pulling them from `episodes` as slots
+        free up (a lazy collection is built one episode at a time: a million-episode plan is
+        never held). On cancellation (Ctrl-C) the remote work in flight is cancelled too;
+        finished episodes keep their rows. So it is when the rollout passes `run.max_failures`
+        (`TooManyFailures`)."""
+        todo = iter(episodes)
         n = min(self.in_flight, len(episodes))
 
         async def worker(i: int) -> None:
             # slot i starts i/n of the ramp late: episodes that all start (and then call their
             # models) at the same instant keep doing so, and each burst queues behind itself
             await asyncio.sleep(self.ramp_s * i / n)
-            while not queue.empty():
-                await self._episode(queue.get_nowait())
+            while (ep := next(todo, None)) is not None:
+                await self._episode(ep)
 
         workers = [asyncio.create_task(worker(i)) for i in range(n)]
         interrupted = _on_ctrl_c(asyncio.current_task())

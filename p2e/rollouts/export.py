@@ -11,12 +11,13 @@ offered: one line of OpenAI's chat fine-tuning format.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import re
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -32,7 +33,7 @@ from p2e.llm.openai import chat_message, chat_tool
 from p2e.machine import INITIAL, apply
 from p2e.machine.state import Frame
 from p2e.redact import default_redactor
-from p2e.rollouts.store import RolloutInfo, RolloutStore, Row
+from p2e.rollouts.store import PAGE, RolloutInfo, RolloutStore, Row
 from p2e.runtime.agent_step import AgentRunner, Prepared
 from p2e.store import EventLog
 from p2e.tools import REGISTRY
@@ -103,15 +104,10 @@ def _flat_value(value: Any) -> Any:
     return value
 
 
-def records(rows: Sequence[Row]) -> list[dict[str, Any]]:
-    """Every row flat, each with every score column (null where an evaluator did not score it)."""
-    cols = score_columns(rows)
-    return [flat(r, cols) for r in rows]
-
-
-def schema(rows: Sequence[Row]) -> pa.Schema:
+def schema(columns: dict[str, str]) -> pa.Schema:
     """The Arrow schema of the export, from the `Row` model (so a column keeps its type even
-    when every value is null: `round` stays int64), plus a float64 per score column."""
+    when every value is null: `round` stays int64), plus a float64 per score column
+    (`score_columns`)."""
     import pyarrow as pa
 
     fields = [
@@ -119,7 +115,7 @@ def schema(rows: Sequence[Row]) -> pa.Schema:
         for name, f in Row.model_fields.items()
         if name != "scores"
     ]
-    fields += [pa.field(col, pa.float64()) for col in score_columns(rows).values()]
+    fields += [pa.field(col, pa.float64()) for col in columns.values()]
     return pa.schema(fields)
 
 
@@ -136,32 +132,56 @@ def _arrow_type(annotation: Any) -> pa.DataType:
     return simple.get(annotation, pa.string())  # anything else leaves as text (`_flat_value`)
 
 
-def table(rows: Sequence[Row]) -> pa.Table:
-    """The rows as an Arrow table with the export's schema (what Parquet and pandas get)."""
+def batches(rows: Collection[Row]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The rows as Arrow record batches of `PAGE` rows with the export's schema (what Parquet
+    and pandas get). `rows` is read twice (the score columns, then the values), a page at a
+    time: a rollout's stored rows are streamed, never all held as rows."""
     try:
         import pyarrow as pa
     except ImportError:  # pragma: no cover - pyarrow is a dependency
         raise InvalidArgument("Parquet export needs pyarrow: pip install pyarrow") from None
-    return pa.Table.from_pylist(records(rows), schema=schema(rows))
+    cols = score_columns(rows)
+    sch = schema(cols)
+
+    def gen() -> Iterator[pa.RecordBatch]:
+        it = iter(rows)
+        while page := list(itertools.islice(it, PAGE)):
+            yield pa.RecordBatch.from_pylist([flat(r, cols) for r in page], schema=sch)
+
+    return sch, gen()
 
 
-def write_jsonl(rows: Sequence[Row], path: Path) -> int:
-    """One flat record per line (the Parquet export's columns and nulls)."""
+def table(rows: Collection[Row]) -> pa.Table:
+    """The rows as an Arrow table with the export's schema (built a page at a time)."""
+    import pyarrow as pa
+
+    sch, parts = batches(rows)
+    return pa.Table.from_batches(list(parts), schema=sch)
+
+
+def write_jsonl(rows: Collection[Row], path: Path) -> int:
+    """One flat record per line (the Parquet export's columns and nulls). `rows` is read twice,
+    streamed (see `batches`)."""
+    cols = score_columns(rows)
     n = 0
     with _atomic(path) as f:
-        for record in records(rows):
-            f.write(jsonl_line(record))
+        for r in rows:
+            f.write(jsonl_line(flat(r, cols)))
             n += 1
     return n
 
 
-def write_parquet(rows: Sequence[Row], path: Path) -> int:
+def write_parquet(rows: Collection[Row], path: Path) -> int:
+    """The rows as one Parquet file, written a page at a time (see `batches`)."""
     import pyarrow.parquet as pq
 
-    with _atomic(path, "wb") as f:
-        t = table(rows)
-        pq.write_table(t, f)
-    return t.num_rows
+    sch, parts = batches(rows)
+    n = 0
+    with _atomic(path, "wb") as f, pq.ParquetWriter(f, sch) as writer:
+        for batch in parts:
+            writer.write_batch(batch)
+            n += batch.num_rows
+    return n
 
 
 ROOT, ALL = "root", "all"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Container, Iterator, Sequence
 from typing import Any, NamedTuple, overload
 
 from pydantic import BaseModel, ConfigDict
@@ -102,9 +102,19 @@ class Episodes(Sequence[Episode]):
         return self.cells[cell].episode(self.resolved, rep, self.seeds[rep], scenarios[scenario])
 
     def __iter__(self) -> Iterator[Episode]:
+        return self.where()
+
+    def where(
+        self, variants: Container[str] | None = None, units: Container[tuple[int, str]] | None = None
+    ) -> Iterator[Episode]:
+        """Its episodes in order, only those of `variants` on `units` (repeat index, scenario
+        id) if given: the others are skipped before they are built."""
+        cells = [c for c in self.cells if variants is None or c.variant.name in variants]
         for rep, seed in enumerate(self.seeds):
             for scenario in self.resolved.scenarios:
-                for cell in self.cells:
+                if units is not None and (rep, scenario.id) not in units:
+                    continue
+                for cell in cells:
                     yield cell.episode(self.resolved, rep, seed, scenario)
 
 

@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
+import itertools
 import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import redis
 
@@ -38,10 +40,19 @@ from p2e.rollouts.export import table, write_jsonl, write_parquet
 from p2e.rollouts.failures import FailureLimit, TooManyFailures
 from p2e.rollouts.fleet import Fleet
 from p2e.rollouts.money import RolloutMoney
-from p2e.rollouts.plan import Episode, expand
+from p2e.rollouts.plan import Episode, Episodes
 from p2e.rollouts.spec import Resolved, load_spec
 from p2e.rollouts.stats import Comparison, VariantSummary, compare, summarize
-from p2e.rollouts.store import LEASE_S, AdaptiveRecord, RolloutInfo, RolloutStore, RoundRecord, Row
+from p2e.rollouts.store import (
+    LEASE_S,
+    PAGE,
+    AdaptiveRecord,
+    RolloutInfo,
+    RolloutStore,
+    RoundRecord,
+    Row,
+    StoredRows,
+)
 from p2e.store import EventLog, connect
 
 
@@ -72,9 +83,11 @@ def new_rollout_id(name: str) -> str:
 
 
 class RolloutResult:
-    """A rollout's rows, with its summary and exports."""
+    """A rollout's rows, with its summary and exports. `rows` is read from the store as it is
+    iterated (`StoredRows`, a page at a time), so a result of a million episodes holds none of
+    them; the summary, the comparison and the exports stream them."""
 
-    def __init__(self, info: RolloutInfo, rows: list[Row], baseline: str | None = None):
+    def __init__(self, info: RolloutInfo, rows: Sequence[Row], baseline: str | None = None):
         self.info = info
         self.id = info.id
         self.rows = rows
@@ -116,17 +129,60 @@ class RolloutResult:
         return table(self.rows).to_pandas()
 
 
+class Todo(Sequence[Episode]):
+    """The episodes still to run, built as they are read: the planned ones (`planned()` yields
+    them afresh on each read) less those with a `done` row, looked up a page at a time when
+    `check` (a resume; a new rollout has no rows). `count`: how many that is, when known
+    without reading them (else `len` reads them once, holding none)."""
+
+    def __init__(
+        self,
+        planned: Callable[[], Iterable[Episode]],
+        store: RolloutStore,
+        rid: str,
+        check: bool,
+        count: int | None = None,
+    ):
+        self.planned, self.store, self.rid, self.check, self._len = planned, store, rid, check, count
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in self)
+        return self._len
+
+    def __iter__(self) -> Iterator[Episode]:
+        it = iter(self.planned())
+        while page := list(itertools.islice(it, PAGE)):
+            done = self.store.done_among(self.rid, [e.id for e in page]) if self.check else set()
+            yield from (e for e in page if e.id not in done)
+
+    @overload
+    def __getitem__(self, index: int) -> Episode: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[Episode]: ...
+    def __getitem__(self, index: int | slice) -> Episode | list[Episode]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(index)
+        return next(itertools.islice(self, index, None))
+
+
 def plan(
     resolved: Resolved,
     store: RolloutStore,
     resume: str | None,
-    episodes: list[Episode] | None = None,
+    episodes: Sequence[Episode] | None = None,
     halving: Halving | None = None,
-) -> tuple[RolloutInfo, list[Episode]]:
+) -> tuple[RolloutInfo, Todo]:
     """The rollout record (new, or the one resumed) and the episodes still to run (of
-    `episodes`, the spec's expansion, computed here if not given). An adaptive rollout
-    (`halving`) plans only the rounds whose variants are known so far."""
-    episodes = expand(resolved) if episodes is None else episodes
+    `episodes`, the spec's expansion, `Episodes` if not given: built as the coordinator pulls
+    them). An adaptive rollout (`halving`) plans only the rounds whose variants are known so
+    far."""
+    episodes = Episodes(resolved) if episodes is None else episodes
     if halving is None and resolved.spec.adaptive is not None:
         halving = Halving(resolved, episodes)
     if resume is None:
@@ -142,7 +198,6 @@ def plan(
             adaptive=None if halving is None else halving.record(),
         )
         store.create(info)
-        done: set[str] = set()
     else:
         info = store.get(resume)
         if info.spec.get("hash") != spec_hash(resolved):
@@ -150,14 +205,18 @@ def plan(
                 f"rollout {resume!r} was run from a different spec ({info.spec_path}); resume it with "
                 "the same spec, or start a new rollout"
             )
-        done = store.done_episodes(resume)
         info = store.update(resume, status="running", note="")
+    check = resume is not None  # (a resume counts what is left by reading the plan once)
     if halving is None:
-        return info, [e for e in episodes if e.id not in done]
-    todo = []
-    for r, variants in _known_rounds(halving, info.adaptive):
-        todo += [e for e in halving.episodes_of(r, variants) if e.id not in done]
-    return info, todo
+        return info, Todo(lambda: episodes, store, info.id, check, None if check else len(episodes))
+    h, known = halving, _known_rounds(halving, info.adaptive)
+    planned = sum(len(variants) * h.units[r - 1] * h.teams for r, variants in known)
+
+    def rounds() -> Iterator[Episode]:
+        for r, variants in known:
+            yield from h.episodes_of(r, variants)
+
+    return info, Todo(rounds, store, info.id, check, None if check else planned)
 
 
 def _known_rounds(halving: Halving, record: AdaptiveRecord | None) -> list[tuple[int, list[str]]]:
@@ -244,21 +303,22 @@ def run_rollout(
     resolved = spec if isinstance(spec, Resolved) else load_spec(spec)
     log = connect(store_url, namespace)
     store = RolloutStore(log)
-    episodes = expand(resolved)
+    episodes = Episodes(resolved)  # built one at a time as they run
     halving = Halving(resolved, episodes) if resolved.spec.adaptive is not None else None
     info, todo = plan(resolved, store, resume, episodes, halving)
     lease = Lease(store, info.id)  # from here on, this process drives the rollout
     money = None
     try:
         if resolved.spec.ledger is not None:
-            money = RolloutMoney(log, resolved.spec.ledger, info.id, episodes)
+            # the first episode of each (team, variant): its agents are every episode's of it
+            money = RolloutMoney(log, resolved.spec.ledger, info.id, episodes[: len(episodes.cells)])
             before = money.setup()  # idempotent: a resumed rollout funds nothing twice
             if "balances_before" not in info.ledger:
                 info = store.update(
                     info.id, ledger={"balances_before": {w: format_amount(v) for w, v in before.items()}}
                 )
         if halving is not None:
-            to_run = info.episodes - len(store.done_episodes(info.id))
+            to_run = info.episodes - store.done_rounds(info.id).total()
             drive = _rounds(halving, store, info.id, on_round)
         else:
             to_run = len(todo)
@@ -291,9 +351,10 @@ def run_rollout(
                 asyncio.run(drive(None))
         info = store.get(info.id)
         if money is not None:  # every episode has its row: pay the bounty (once)
-            rows = store.rows(info.id)
+            rows: Iterable[Row] = store.iter_rows(info.id)
             if info.adaptive is not None:  # to the halving's survivors, on all their rows
-                rows = [r for r in rows if r.variant in info.adaptive.survivors]
+                survivors = set(info.adaptive.survivors)
+                rows = (r for r in rows if r.variant in survivors)
             settled = money.settle(rows)
             info = store.update(info.id, ledger={**info.ledger, **settled})
     except (redis.ConnectionError, redis.TimeoutError, StoreUnavailable) as e:
@@ -314,7 +375,7 @@ def run_rollout(
             money.close()
     info = store.update(info.id, status="done")
     baseline = resolved.variants[0].name if resolved.variants else None
-    return RolloutResult(info, store.rows(info.id), baseline)
+    return RolloutResult(info, StoredRows(store, info.id), baseline)
 
 
 class Lease:
@@ -355,16 +416,17 @@ def _rounds(
         decided = {rec.round: rec for rec in record.decided}
         variants = list(halving.order)
         for r in range(1, halving.rounds + 1):
-            done = await asyncio.to_thread(store.done_episodes, rid)
-            todo = [e for e in halving.episodes_of(r, variants) if e.id not in done]
-            if todo:
+            started = (await asyncio.to_thread(store.done_rounds, rid))[r]
+            planned = len(variants) * halving.units[r - 1] * halving.teams
+            episodes = functools.partial(halving.episodes_of, r, variants)
+            todo = Todo(episodes, store, rid, True, None if started else planned)
+            if await asyncio.to_thread(len, todo):
                 if coordinator is None:
                     raise P2EError(f"rollout {rid}: round {r} has episodes to run and no coordinator")
                 await coordinator.run(todo)
             rec = decided.get(r)
             if rec is None:
-                rows = await asyncio.to_thread(store.rows, rid)
-                rec = halving.decide(r, variants, rows)
+                rec = await asyncio.to_thread(halving.decide, r, variants, store.iter_rows(rid))
                 if all(st.mean is None for st in rec.standings):  # nothing to rank them by
                     failed = sum(st.failures for st in rec.standings)
                     raise P2EError(

@@ -7,19 +7,25 @@ The rules, in one place:
   when the episode is `done`; a failed episode is counted as failed, never averaged in (as 0 or
   anything else), and an episode whose evaluation failed is left out of the mean;
 - a mean's interval (`mean_ci`): the 95% percentile bootstrap, seeded, so the same rows give the
-  same interval in every view and every run.
+  same interval in every view and every run;
+- every number depends on the rows, never on their order (values are sorted before the
+  bootstrap, float sums are exact: `math.fsum`), so rows streamed from the store in its own
+  order, rows as they finish and a sorted list all give the same summary.
 
-Pure Python on purpose (no numpy in the core): rollouts have thousands of rows, not millions,
-and 2,000 resamples of a few hundred values take milliseconds. Rows are anything with the
-fields of `Scored` (the store's `Row`, the observer's `RolloutRow`), so that the observer can use
-it without the store's row model.
+Rows are read once, in one pass (`Tally`): a summary of a million rows holds a few counters per
+variant and 8 bytes per scored episode (the bootstrap needs the values), never the rows. Pure
+Python on purpose (no numpy in the core). Rows are anything with the fields of `Scored` (the
+store's `Row`, the observer's `RolloutRow`), so that the observer can use it without the store's
+row model.
 """
 
 from __future__ import annotations
 
+import math
 import random
+from array import array
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from pydantic import BaseModel
@@ -62,9 +68,11 @@ def counted(row: Scored, metric: str | None = None) -> float | None:
 
 
 def bootstrap_ci(
-    values: Sequence[float], level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0
+    values: Iterable[float], level: float = LEVEL, resamples: int = RESAMPLES, seed: int = 0
 ) -> tuple[float, float] | None:
-    """The percentile-bootstrap interval of the mean; None for fewer than two values."""
+    """The percentile-bootstrap interval of the mean, of the values sorted (so that their order
+    does not matter); None for fewer than two values."""
+    values = sorted(values)
     n = len(values)
     if n < 2:
         return None
@@ -86,14 +94,50 @@ class MeanCI(BaseModel):
 
 def mean_ci(values: Iterable[float]) -> MeanCI:
     """The mean of `values` and its interval: the only way a mean is taken here."""
-    xs = list(values)
+    xs = sorted(x + 0.0 for x in values)  # (+ 0.0: -0.0 is 0.0, whatever came first)
     ci = bootstrap_ci(xs)
     return MeanCI(
         n=len(xs),
-        mean=sum(xs) / len(xs) if xs else None,
+        mean=math.fsum(xs) / len(xs) if xs else None,
         ci_low=ci[0] if ci else None,
         ci_high=ci[1] if ci else None,
     )
+
+
+class ExactSum:
+    """A running float sum that is exact (Shewchuk's partials, as `math.fsum` keeps them), so
+    that it does not depend on the order of the values: `value()` is `math.fsum` of them all."""
+
+    __slots__ = ("partials", "special")
+
+    def __init__(self) -> None:
+        self.partials: list[float] = []
+        self.special = 0.0
+        """The sum of the non-finite values (inf, nan), which partials cannot hold."""
+
+    def add(self, x: float) -> None:
+        if not math.isfinite(x):
+            self.special += x
+            return
+        kept = 0
+        for y in self.partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                self.partials[kept] = lo
+                kept += 1
+            x = hi
+        self.partials[kept:] = [x]
+
+    def merge(self, other: ExactSum) -> None:
+        for x in other.partials:
+            self.add(x)
+        self.special += other.special
+
+    def value(self) -> float:
+        return self.special + math.fsum(self.partials) if self.special else math.fsum(self.partials)
 
 
 class VariantSummary(BaseModel):
@@ -141,10 +185,78 @@ class Comparison(BaseModel):
     """`difference` / `extra_cost_usd`, when the variant spends more money."""
 
 
-def group(row: Scored, several_teams: bool) -> str:
-    """The name a row is summarised under: its variant, or `team/variant` in a rollout of
-    several teams."""
-    return f"{row.team}/{row.variant}" if several_teams else row.variant
+class _Group:
+    """What a summary keeps of one (team, variant)'s rows: counts, exact sums and the counted
+    values (8 bytes each: the bootstrap resamples them)."""
+
+    __slots__ = ("cost", "episodes", "failures", "rounds", "tokens", "values", "wall")
+
+    def __init__(self) -> None:
+        self.episodes = self.failures = self.tokens = 0
+        self.cost, self.wall = ExactSum(), ExactSum()
+        self.values = array("d")
+        self.rounds: set[int] = set()
+
+    def merge(self, other: _Group) -> None:
+        self.episodes += other.episodes
+        self.failures += other.failures
+        self.tokens += other.tokens
+        self.cost.merge(other.cost)
+        self.wall.merge(other.wall)
+        self.values.extend(other.values)
+        self.rounds |= other.rounds
+
+    def summary(self, variant: str) -> VariantSummary:
+        m = mean_ci(self.values)
+        return VariantSummary(
+            variant=variant,
+            n=m.n,
+            failures=self.failures,
+            episodes=self.episodes,
+            mean=m.mean,
+            ci_low=m.ci_low,
+            ci_high=m.ci_high,
+            tokens=self.tokens,
+            cost_usd=self.cost.value(),
+            mean_wall_s=self.wall.value() / self.episodes if self.episodes else None,
+            rounds=sorted(self.rounds),
+        )
+
+
+class Tally:
+    """The summary of rows fed one at a time (`add`), in any order: what `summarize` computes,
+    without holding the rows (a rollout's rows streamed from the store, or as they finish)."""
+
+    def __init__(self, metric: str | None = None):
+        self.metric = metric
+        self.groups: dict[tuple[str, str], _Group] = {}
+        """(team, variant) -> its rows' tally."""
+
+    def add(self, row: Scored) -> None:
+        g = self.groups.get((row.team, row.variant))
+        if g is None:
+            g = self.groups[(row.team, row.variant)] = _Group()
+        g.episodes += 1
+        g.failures += row.status == "failed"
+        g.tokens += row.tokens
+        g.cost.add(row.cost_usd)
+        g.wall.add(row.wall_s)
+        if (v := counted(row, self.metric)) is not None:
+            g.values.append(v)
+        if row.round is not None:
+            g.rounds.add(row.round)
+
+    def summaries(self, by_team: bool | None = None) -> list[VariantSummary]:
+        """One summary per variant (by name); per `team/variant` when the rows have several
+        teams (`by_team` None), or as `by_team` says."""
+        several = len({team for team, _ in self.groups}) > 1 if by_team is None else by_team
+        merged: dict[str, _Group] = {}
+        for (team, variant), g in self.groups.items():
+            name = f"{team}/{variant}" if several else variant
+            if name not in merged:
+                merged[name] = _Group()
+            merged[name].merge(g)
+        return [merged[name].summary(name) for name in sorted(merged)]
 
 
 def summarize(
@@ -152,33 +264,11 @@ def summarize(
 ) -> list[VariantSummary]:
     """One summary per variant (by name); per `team/variant` when the rollout has several teams
     (`by_team` None), or as `by_team` says. `metric`: an evaluator's score instead of the
-    primary one."""
-    rows = list(rows)
-    several = len({r.team for r in rows}) > 1 if by_team is None else by_team
-    by_variant: dict[str, list[Scored]] = defaultdict(list)
+    primary one. One pass over `rows` (a stream is fine: see `Tally`)."""
+    tally = Tally(metric)
     for r in rows:
-        by_variant[group(r, several)].append(r)
-    out = []
-    for variant in sorted(by_variant):
-        rs = by_variant[variant]
-        m = mean_ci(v for r in rs if (v := counted(r, metric)) is not None)
-        walls = [r.wall_s for r in rs]
-        out.append(
-            VariantSummary(
-                variant=variant,
-                n=m.n,
-                failures=sum(r.status == "failed" for r in rs),
-                episodes=len(rs),
-                mean=m.mean,
-                ci_low=m.ci_low,
-                ci_high=m.ci_high,
-                tokens=sum(r.tokens for r in rs),
-                cost_usd=sum(r.cost_usd for r in rs),
-                mean_wall_s=sum(walls) / len(walls) if walls else None,
-                rounds=sorted({r.round for r in rs if r.round is not None}),
-            )
-        )
-    return out
+        tally.add(r)
+    return tally.summaries(by_team)
 
 
 def ranked(summaries: Iterable[VariantSummary], higher_is_better: bool = True) -> list[VariantSummary]:
@@ -202,24 +292,43 @@ def matrix(rows: Iterable[Scored], metric: str | None = None) -> dict[tuple[str,
     return {k: mean_ci(v) for k, v in cells.items()}
 
 
-def _per_scenario(rows: Iterable[Scored], variant: str) -> dict[tuple[str, str], float]:
-    acc: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in rows:
-        if r.variant == variant and (v := counted(r)) is not None:
-            acc[(r.team, r.scenario)].append(v)
-    return {k: sum(v) / len(v) for k, v in acc.items()}
+class _Pair:
+    """One variant's episodes of one (team, scenario): the sum of its counted scores, and what
+    every episode of it spent."""
+
+    __slots__ = ("cost", "episodes", "score", "scored", "tokens")
+
+    def __init__(self) -> None:
+        self.episodes = self.scored = self.tokens = 0
+        self.score, self.cost = ExactSum(), ExactSum()
+
+    def mean(self) -> float:
+        return self.score.value() / self.scored
 
 
-def _spend(rows: Iterable[Scored], variant: str, keys: set[tuple[str, str]]) -> tuple[float, float]:
-    """Mean tokens and cost per episode of `variant` over the (team, scenario) pairs `keys`,
-    each pair's episodes averaged first (like the scores), every status counted."""
-    acc: dict[tuple[str, str], list[tuple[int, float]]] = defaultdict(list)
+def _pairs(rows: Iterable[Scored]) -> dict[str, dict[tuple[str, str], _Pair]]:
+    """Variant -> (team, scenario) -> its pair, in one pass over the rows."""
+    out: dict[str, dict[tuple[str, str], _Pair]] = defaultdict(dict)
     for r in rows:
-        if r.variant == variant and (r.team, r.scenario) in keys:
-            acc[(r.team, r.scenario)].append((r.tokens, r.cost_usd))
-    tokens = [sum(t for t, _ in v) / len(v) for v in acc.values()]
-    cost = [sum(c for _, c in v) / len(v) for v in acc.values()]
-    return (sum(tokens) / len(tokens), sum(cost) / len(cost)) if acc else (0.0, 0.0)
+        cells = out[r.variant]
+        p = cells.get((r.team, r.scenario))
+        if p is None:
+            p = cells[(r.team, r.scenario)] = _Pair()
+        p.episodes += 1
+        p.tokens += r.tokens
+        p.cost.add(r.cost_usd)
+        if (v := counted(r)) is not None:
+            p.scored += 1
+            p.score.add(v)
+    return out
+
+
+def _spend(pairs: dict[tuple[str, str], _Pair], keys: list[tuple[str, str]]) -> tuple[float, float]:
+    """Mean tokens and cost per episode over the (team, scenario) pairs `keys`, each pair's
+    episodes averaged first (like the scores), every status counted."""
+    tokens = math.fsum(pairs[k].tokens / pairs[k].episodes for k in keys)
+    cost = math.fsum(pairs[k].cost.value() / pairs[k].episodes for k in keys)
+    return tokens / len(keys), cost / len(keys)
 
 
 def per_extra(gain: float | None, extra: float | None, unit: float = 1.0) -> float | None:
@@ -230,20 +339,21 @@ def per_extra(gain: float | None, extra: float | None, unit: float = 1.0) -> flo
     return gain / (extra / unit)
 
 
-def compare(rows: Sequence[Scored], baseline: str) -> list[Comparison]:
+def compare(rows: Iterable[Scored], baseline: str) -> list[Comparison]:
     """Every other variant against `baseline`: mean paired difference (variant - baseline), and
-    what it costs in tokens and dollars per episode."""
-    base = _per_scenario(rows, baseline)
+    what it costs in tokens and dollars per episode. One pass over `rows`."""
+    pairs = _pairs(rows)
+    base = {k: p for k, p in pairs.get(baseline, {}).items() if p.scored}
     out = []
-    for variant in sorted({r.variant for r in rows} - {baseline}):
-        mine = _per_scenario(rows, variant)
-        keys = mine.keys() & base.keys()
-        diff = mean_ci(mine[k] - base[k] for k in sorted(keys))
+    for variant in sorted(pairs.keys() - {baseline}):
+        mine = {k: p for k, p in pairs[variant].items() if p.scored}
+        keys = sorted(mine.keys() & base.keys())
+        diff = mean_ci(mine[k].mean() - base[k].mean() for k in keys)
         difference = diff.mean
         extra_tokens = extra_cost = None
         if keys:
-            tokens, cost = _spend(rows, variant, keys)
-            base_tokens, base_cost = _spend(rows, baseline, keys)
+            tokens, cost = _spend(pairs[variant], keys)
+            base_tokens, base_cost = _spend(pairs[baseline], keys)
             extra_tokens, extra_cost = tokens - base_tokens, cost - base_cost
         out.append(
             Comparison(

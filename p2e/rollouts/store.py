@@ -18,9 +18,14 @@ and a row read back is redacted again (a row stored before a key was known, or b
 
 from __future__ import annotations
 
+import builtins
+import itertools
+import json
 import os
 import time
-from typing import Literal
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Literal, overload
 
 from pydantic import BaseModel, ValidationError, field_validator
 
@@ -28,12 +33,15 @@ from p2e.errors import CorruptData, NotFound, one_line
 from p2e.prefix import first, match_pattern
 from p2e.redact import default_redactor
 from p2e.store import EventLog
+from p2e.store.replies import as_list
 
 RolloutStatus = Literal["running", "interrupted", "stopped", "done"]
 """`stopped`: it passed `run.max_failures` (its `note` says why); `--resume` runs the rest."""
 LEASE_S = 15
 """A running rollout's driver renews its lease this often x3; past it, the rollout reads as
 `interrupted` (the driver was killed: nothing else would have said so)."""
+PAGE = 1000
+"""Rows read from the store per round trip when streaming them."""
 
 
 class Row(BaseModel):
@@ -235,7 +243,7 @@ class RolloutStore:
             raise CorruptData(self._info_key(rid), f"does not hold a rollout: {one_line(e)}") from None
 
     def ids(self) -> list[str]:
-        return [i.decode() for i in self.r.zrange(self._index, 0, -1)]
+        return [i.decode() for i in as_list(self.r.zrange(self._index, 0, -1))]
 
     def matching(self, prefix: str) -> list[str]:
         """Ids that begin with `prefix` (a few: a server-side scan of the index, see `p2e.prefix`);
@@ -260,17 +268,82 @@ class RolloutStore:
         """How many episodes of the rollout have a row."""
         return int(self.r.hlen(self.rows_key(rid)))
 
-    def rows(self, rid: str) -> list[Row]:
+    def iter_rows(self, rid: str) -> Iterator[Row]:
+        """The rollout's rows in the store's order, read a page (`PAGE`) at a time: what every
+        summary and export streams, so that none holds a rollout's rows at once."""
         self.get(rid)
-        out = []
-        for eid, raw in self.r.hscan_iter(self.rows_key(rid), count=1000):
-            try:
-                out.append(Row.model_validate_json(raw))
-            except ValidationError as e:
-                raise CorruptData(self.rows_key(rid), f"entry {eid.decode()!r} is not a row: {one_line(e)}") from None
+        key = self.rows_key(rid)
+        for eid, raw in self.r.hscan_iter(key, count=PAGE):
+            yield _row(key, eid, raw)
+
+    def rows(self, rid: str) -> builtins.list[Row]:  # (`list` here is the method above)
+        """Every row at once, sorted by variant, scenario, repeat and team (`iter_rows` streams
+        them)."""
+        out = builtins.list(self.iter_rows(rid))
         out.sort(key=lambda r: (r.variant, r.scenario, r.repeat, r.team))
         return out
 
-    def done_episodes(self, rid: str) -> set[str]:
-        """Episodes with a `done` row (failed ones run again on resume)."""
-        return {r.episode for r in self.rows(rid) if r.status == "done"}
+    def done_rounds(self, rid: str) -> Counter[int | None]:
+        """How many episodes have a `done` row, by round (None: not adaptive); read a page at a
+        time, holding no row."""
+        out: Counter[int | None] = Counter()
+        for _, raw in self.r.hscan_iter(self.rows_key(rid), count=PAGE):
+            row = _fields(raw)
+            if row.get("status") == "done":
+                out[row.get("round")] += 1
+        return out
+
+    def done_among(self, rid: str, episodes: Sequence[str]) -> set[str]:
+        """Those of `episodes` that have a `done` row (failed ones run again on resume)."""
+        if not episodes:
+            return set()
+        raws = as_list(self.r.hmget(self.rows_key(rid), builtins.list(episodes)))
+        return {e for e, raw in zip(episodes, raws, strict=True) if _fields(raw).get("status") == "done"}
+
+
+class StoredRows(Sequence[Row]):
+    """A rollout's rows as `RolloutResult.rows` has them: read from the store when iterated, a
+    page at a time, in the store's order (`sorted(...)` them for another); `len` asks the store.
+    Indexing reads up to the row asked for; a slice reads them all."""
+
+    def __init__(self, store: RolloutStore, rid: str):
+        self.store, self.rid = store, rid
+
+    def __len__(self) -> int:
+        return self.store.count(self.rid)
+
+    def __iter__(self) -> Iterator[Row]:
+        return self.store.iter_rows(self.rid)
+
+    @overload
+    def __getitem__(self, index: int) -> Row: ...
+    @overload
+    def __getitem__(self, index: slice) -> builtins.list[Row]: ...
+    def __getitem__(self, index: int | slice) -> Row | builtins.list[Row]:
+        if isinstance(index, slice):
+            return builtins.list(self)[index]
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(index)
+        return next(itertools.islice(self, index, None))
+
+
+def _row(key: str, eid: bytes, raw: bytes) -> Row:
+    try:
+        return Row.model_validate_json(raw)
+    except ValidationError as e:
+        raise CorruptData(key, f"entry {eid.decode()!r} is not a row: {one_line(e)}") from None
+
+
+def _fields(raw: bytes | None) -> dict:
+    """A stored row's fields, without validating the row ({} if there is none, or it is not
+    one)."""
+    if raw is None:
+        return {}
+    try:
+        out = json.loads(raw)
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
