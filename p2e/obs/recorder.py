@@ -51,8 +51,9 @@ from p2e.evals.score import Score
 from p2e.events import AgentReply, Critique, Failed, Finished, Started, ToolResult, UserMessage
 from p2e.machine import State
 from p2e.obs.follow import BranchBatch, ScoreBatch, Step, Update
-from p2e.obs.rows import RolloutRow, leaderboard, leaderboard_markdown, matrix, matrix_markdown
+from p2e.obs.rows import RolloutRow, laid_out, leaderboard_markdown, matrix_markdown
 from p2e.redact import Redactor, default_redactor
+from p2e.rollouts.stats import Cells, Tally, ranked
 
 STEP, TIME, EPISODE = "step", "time", "episode"
 Detail = Literal["full", "compact"]
@@ -150,7 +151,9 @@ class Recorder:
         self._lock = threading.Lock()
         self._graphs: dict[tuple[str, str], _Graph] = {}
         self._last_seq: dict[tuple[str, str], int] = {}
-        self._rows: dict[str, list[RolloutRow]] = {}
+        self._rows: dict[str, tuple[Tally, Cells]] = {}
+        """Each rollout's leaderboard and matrix so far, fed row by row (no row is kept)."""
+        self._logged: dict[str, int] = {}
         self._summarized: dict[str, float] = {}
         self._row_columns: dict[tuple[str, type], _Columns] = {}
         self._stale: set[str] = set()
@@ -316,10 +319,12 @@ class Recorder:
         if not new:
             return
         with self._lock:
-            seen = self._rows.setdefault(rollout, [])
+            tally, cells = self._rows.setdefault(rollout, (Tally(), Cells()))
             for r in new:
-                n = len(seen)
-                seen.append(r)
+                n = self._logged.get(rollout, 0)
+                self._logged[rollout] = n + 1
+                tally.add(r)
+                cells.add(r)
                 ts = r.finished if r.finished else time.time()  # 0 or None: not known
                 score = "-" if r.primary is None else f"{r.primary:.3f}"
                 level = "INFO" if r.status == "done" else "ERROR"
@@ -362,8 +367,8 @@ class Recorder:
         for (entity, kind), c in queued.items():
             self._send(entity, kind, c, EPISODE)
         self._stale.discard(rollout)
-        seen = self._rows[rollout]
-        board = leaderboard(seen)
+        tally, cells = self._rows[rollout]
+        board = ranked(tally.summaries())
         by_name = sorted(board, key=lambda s: s.variant)
         self.rec.log(
             path("rollouts", rollout, "leaderboard"),
@@ -377,7 +382,7 @@ class Recorder:
         )
         self.rec.log(
             path("rollouts", rollout, "matrix"),
-            rr.TextDocument(self._t(matrix_markdown(*matrix(seen))), media_type="text/markdown"),
+            rr.TextDocument(self._t(matrix_markdown(*laid_out(cells.means()))), media_type="text/markdown"),
         )
 
     def _series(self, entity: str, name: str) -> None:

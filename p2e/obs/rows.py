@@ -56,7 +56,13 @@ def leaderboard(rows: Iterable[RolloutRow]) -> list[VariantSummary]:
 
 def matrix(rows: Iterable[RolloutRow]) -> tuple[list[str], list[str], dict[tuple[str, str], MeanCI]]:
     """Variants x scenarios -> mean primary score: (variants, scenarios, cells)."""
-    cells = stats_matrix(rows)
+    return laid_out(stats_matrix(rows))
+
+
+def laid_out(
+    cells: dict[tuple[str, str], MeanCI],
+) -> tuple[list[str], list[str], dict[tuple[str, str], MeanCI]]:
+    """A matrix's cells with its variants and scenarios in order."""
     variants = sorted({v for v, _ in cells})
     scenarios = sorted({s for _, s in cells})
     return variants, scenarios, cells

@@ -282,14 +282,28 @@ def variant_means(rows: Iterable[Scored], metric: str | None = None) -> dict[str
     return {s.variant: s.mean for s in summarize(rows, metric, by_team=False)}
 
 
+class Cells:
+    """`matrix` fed one row at a time (`add`): each (variant, scenario)'s counted scores only."""
+
+    def __init__(self, metric: str | None = None):
+        self.metric = metric
+        self.values: dict[tuple[str, str], list[float]] = {}
+
+    def add(self, row: Scored) -> None:
+        cell = self.values.setdefault((row.variant, row.scenario), [])
+        if (v := counted(row, self.metric)) is not None:
+            cell.append(v)
+
+    def means(self) -> dict[tuple[str, str], MeanCI]:
+        return {k: mean_ci(v) for k, v in self.values.items()}
+
+
 def matrix(rows: Iterable[Scored], metric: str | None = None) -> dict[tuple[str, str], MeanCI]:
     """(variant, scenario) -> the mean score of its episodes, counted as in `summarize`."""
-    cells: dict[tuple[str, str], list[float]] = {}
+    cells = Cells(metric)
     for r in rows:
-        cell = cells.setdefault((r.variant, r.scenario), [])
-        if (v := counted(r, metric)) is not None:
-            cell.append(v)
-    return {k: mean_ci(v) for k, v in cells.items()}
+        cells.add(r)
+    return cells.means()
 
 
 class _Pair:
