@@ -26,7 +26,7 @@ def execute(launch: Launch) -> None:
     wallets: WalletSet | None = None
     try:
         # each paying agent's Wallet actor: the only holder of its identity
-        payers = launch.money.agents if launch.money is not None else wallet_agents(team)
+        payers = launch.money.agents if launch.money is not None else wallet_agents(team.tools())
         if payers:
             wallets = spawn_wallets(payers, log.url, log.keys.ns)
         actors = spawn(

@@ -35,7 +35,7 @@ class WalletActor:
         self.store = EventLog(store_url, namespace)
         self.ledger: Ledger = open_ledger_on(self.store)
         self.ledger.open_wallet(owner)
-        policies = PolicyStore(self.store.r, namespace)
+        policies = PolicyStore(self.store)
         self.wallet = Wallet(self.ledger, owner, lambda: policies.get(owner))
         self.payments = 0
         self.refused = 0

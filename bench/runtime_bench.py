@@ -85,8 +85,9 @@ import p2e.api
 from actors.supervisor import agent_actor_name, supervisor_actor_name
 from p2e.agents import load_team
 from p2e.agents.persona import render_persona
+from p2e.agents.prompt import delegate_spec
 from p2e.events import AgentReply, ToolResult, UserMessage, encode
-from p2e.runtime.agent_step import AgentRunner, delegate_spec
+from p2e.runtime.agent_step import AgentRunner
 from p2e.runtime.driver import Driver
 from p2e.runtime.steps import StepRequest
 from p2e.store.aio import GroupCommit

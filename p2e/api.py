@@ -328,7 +328,7 @@ def init(
     team = _team(agents)
     log = connect(store_url, namespace)
     started_ray = connect_ray(address, bool(store_url or configured_url()), **ray_options)
-    wallets = spawn_wallets(wallet_agents(team), log.url, log.keys.ns)
+    wallets = spawn_wallets(wallet_agents(team.tools()), log.url, log.keys.ns)
     actors = spawn(
         team, log.url, log.keys.ns, supervisors=supervisors, evaluators=evaluators if team.evaluators else 0
     )

@@ -7,14 +7,13 @@ interleave), and only then does the caller act on the returned commands.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from p2e.errors import CorruptData, EventRejected, InvalidArgument, SequenceOutOfRange
 from p2e.events import Event, Limits, Reflection, Started
 from p2e.machine import INITIAL, Command, State, fold, handle, handle_all
 from p2e.redact import default_redactor
-from p2e.runtime.interpret import Advance, advance
 from p2e.settings import settings
 from p2e.store import BranchInfo, ConversationInfo, EventLog
 from p2e.store.aio import GroupCommit
@@ -86,23 +85,25 @@ class Conversation:
     def submit(self, *events: Event) -> list[Command]:
         """Validate, store, then return the commands due after the last event. Strict, for
         events posted by hand: an event the machine refuses raises `EventRejected` and nothing
-        is stored. (Interpreters use `step`.)"""
+        is stored. (Interpreters record the outcome of `p2e.runtime.interpret.advance`.)"""
         states, commands = handle_all(self.state, events)
-        return self._write(Advance(tuple(events), states, commands))
+        return self.record(tuple(events), states, commands)
 
-    def step(self, *events: Event) -> list[Command]:
-        """The interpreter's write-ahead step (`p2e.runtime.interpret.advance`): what the
+    def record(
+        self, events: Sequence[Event], states: Sequence[State], commands: list[Command]
+    ) -> list[Command]:
+        """Store `events` as the machine took them from this state (`states[i + 1]` the state
+        after `events[i]`), adopt the last state, and return `commands`, now due. Only for the
+        machine's outcome: `submit`'s, or an interpreter's write-ahead step,
+        `conv.record(*advance(conv.state, events))` (`p2e.runtime.interpret`), where what the
         machine refuses is not stored and ends the conversation with a `failed` event."""
-        return self._write(advance(self.state, events))
-
-    def _write(self, outcome: Advance) -> list[Command]:
-        if outcome.events:
-            self.log.append_to(self.id, self.branch.name, outcome.events, expected=self.state.length)
-            state = outcome.states[-1]
+        if events:
+            self.log.append_to(self.id, self.branch.name, events, expected=self.state.length)
+            state = states[-1]
             snapshot = self.commit(state)
             if snapshot is not None:
                 self.log.save_snapshot(self.id, self.branch.name, state.length, snapshot)
-        return outcome.commands
+        return commands
 
     def commit(self, state: State) -> bytes | None:
         """Adopt a prepared state once its events are stored; returns a snapshot when one is due."""

@@ -13,11 +13,17 @@ from typing import Any
 
 from p2e.conversation import Conversation
 from p2e.errors import P2EError
-from p2e.events import AgentReply, ToolResult
+from p2e.events import AgentReply, Event, ToolResult
 from p2e.machine import CallAgent, Command, Reply, RunTools
-from p2e.runtime.interpret import settle
+from p2e.runtime.interpret import advance, settle
 
 Tool = Callable[[dict[str, Any]], str]
+
+
+def step(conv: Conversation, *events: Event) -> list[Command]:
+    """The interpreter's write-ahead step: what the machine refuses is not stored and ends the
+    conversation with a `failed` event."""
+    return conv.record(*advance(conv.state, events))
 
 
 class ScriptExhausted(P2EError):
@@ -45,16 +51,16 @@ class ScriptedTeam:
             reply = next(self.replies.get(cmd.frame.agent, iter(())), None)
             if reply is None:
                 raise ScriptExhausted(cmd.frame.agent)
-            return conv.step(reply)
+            return step(conv, reply)
         if isinstance(cmd, RunTools):
-            return conv.step(*[self._run_tool(cmd.agent, c.id, c.name, c.arguments) for c in cmd.calls])
+            return step(conv, *[self._run_tool(cmd.agent, c.id, c.name, c.arguments) for c in cmd.calls])
         if isinstance(cmd, Reply):
             self.answers.append(cmd.text)
             return []
         events = settle(cmd)
         if events is None:  # pragma: no cover - every command is handled above or settles
             raise TypeError(f"unknown command {cmd!r}")
-        return conv.step(*events)
+        return step(conv, *events)
 
     def _run_tool(self, agent: str, call_id: str, name: str, args: dict[str, Any]) -> ToolResult:
         tool = self.tools.get(name)

@@ -87,8 +87,7 @@ Listener = Callable[[PartialReply], None]
 def read_partial(store: EventLog, conv: str, branch: str) -> PartialReply | None:
     """The partial reply published for the branch, if any (a conversation id, not a name)."""
     key = store.keys.partial(conv, branch)
-    with store.guard(key):
-        raw = store.r.get(key)
+    raw = store.get(key)
     return None if raw is None else PartialReply.model_validate_json(raw)
 
 

@@ -160,7 +160,7 @@ def test_policy_show_set_clear(cli: Cli, agents: Path, log: EventLog) -> None:
         code == 0
         and "planner: at most 10 per transfer; at most 25.5 per episode; may pay writer" in words(out)
     )
-    assert PolicyStore(log.r, log.keys.ns).get("planner") == SpendingPolicy(
+    assert PolicyStore(log).get("planner") == SpendingPolicy(
         max_per_transfer=10, budget_per_episode="25.5", allowed_payees=("writer",)
     )
     code, out, _ = cli("ledger", "policy", "planner", "--clear")

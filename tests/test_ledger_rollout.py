@@ -105,7 +105,7 @@ def ledger(log: EventLog) -> Iterator[EmbeddedLedger]:
 
 def test_a_rollout_funds_locks_and_pays_out_once(ledger: EmbeddedLedger, log: EventLog) -> None:
     config = LedgerConfig.model_validate(SECTION)
-    policies = PolicyStore(log.r, log.keys.ns)
+    policies = PolicyStore(log)
     bounty = RolloutLedger(ledger, config, "sweep-1", ["planner", "writer", "researcher"], policies)
     start = bounty.setup()
     assert start == {"planner": u(100), "researcher": u(100), "sponsor": 0, "writer": u("20.5")}

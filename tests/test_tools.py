@@ -713,6 +713,17 @@ def test_notes_add_list_clear(log: EventLog) -> None:
     assert ok(notes(log, "c1", "clear")) == "cleared 0 notes"
 
 
+def test_a_full_notepad_refuses_a_note_until_cleared(log: EventLog, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("p2e.tools.builtin.MAX_NOTES", 2)
+    ok(notes(log, "c1", "add", "one"))
+    ok(notes(log, "c1", "add", "two"))
+    out = err(notes(log, "c1", "add", "three"))
+    assert out == "notes failed: ValueError: the notepad is full (2 notes); clear it first"
+    assert ok(notes(log, "c1", "list")) == "1. one\n2. two"
+    assert ok(notes(log, "c1", "clear")) == "cleared 2 notes"
+    assert ok(notes(log, "c1", "add", "three")) == "added note 1"
+
+
 def test_notes_are_scoped_to_the_conversation(log: EventLog) -> None:
     ok(notes(log, "c1", "add", "mine"))
     ok(notes(log, "c2", "add", "theirs"))

@@ -57,7 +57,7 @@ def ledger(log: EventLog) -> Iterator[EmbeddedLedger]:
 
 @pytest.fixture
 def policies(log: EventLog) -> PolicyStore:
-    return PolicyStore(log.r, log.keys.ns)
+    return PolicyStore(log)
 
 
 # --- policies ---------------------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def test_policies_live_in_the_store(policies: PolicyStore, log: EventLog) -> Non
     assert policies.get("alice") == SpendingPolicy()
     p = SpendingPolicy(max_per_transfer=3, allowed_payees=("bob",))
     policies.set("alice", p)
-    assert PolicyStore(log.r, log.keys.ns).get("alice") == p
+    assert PolicyStore(log).get("alice") == p
     assert policies.all() == {"alice": p}
     log.r.hset(policies.key, "bob", "{not json")
     with pytest.raises(CorruptData):
@@ -325,7 +325,7 @@ def test_wallet_actors_pay_for_their_owner_only(
     import ray
 
     log, ledger, handles = ray_ledger
-    policies = PolicyStore(log.r, log.keys.ns)
+    policies = PolicyStore(log)
     assert ray.get_actor(wallet_actor_name(log.keys.ns, "alice"), namespace=RAY_NAMESPACE)
     before = ray.get(handles["alice"].health.remote())
     find = actor_wallets(log.keys.ns)  # what an Agent actor's tool context carries

@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from p2e.agents.prompt import prepare_agent
 from p2e.agents.spec import AgentSpec, TeamConfig
 from p2e.errors import InvalidArgument
 from p2e.llm.registry import Providers
-from p2e.runtime.agent_step import prepare_agent
 from p2e.tools import REGISTRY, Registry
 
 Found = list[tuple[tuple[Any, ...], str]]

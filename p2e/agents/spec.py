@@ -162,6 +162,10 @@ class TeamConfig(BaseModel):
                 todo.append(spec.reflection.critic)  # a critic is in the team, reachable by none
         return team
 
+    def tools(self) -> dict[str, tuple[str, ...]]:
+        """Each agent's tool names (whose ledger tools `p2e.ledger.wallet.wallet_agents` reads)."""
+        return {a: spec.tools for a, spec in self.agents.items()}
+
     @property
     def personas_path(self) -> Path:
         return Path(self.base_dir) / self.personas_dir

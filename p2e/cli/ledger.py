@@ -273,7 +273,7 @@ def policy(
     from p2e.ledger import PolicyStore, SpendingPolicy
 
     log = open_log()
-    store = PolicyStore(log.r, log.keys.ns)
+    store = PolicyStore(log)
     if clear or max_per_transfer or budget_per_episode or payee:
         fields = (
             {}

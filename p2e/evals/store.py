@@ -49,8 +49,7 @@ class ScoreStore:
         """Every score of a conversation, whatever its branch."""
         cid = self.log.resolve(conv)
         key = self.log.keys.scores(cid)
-        with self.log.guard(key):
-            raw = self.log.r.hgetall(key)
+        raw = self.log.fields(key)
         out = []
         for name, value in raw.items():
             try:

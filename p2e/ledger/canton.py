@@ -71,6 +71,7 @@ from p2e.ledger.errors import (
     UnknownParty,
     UnknownWallet,
 )
+from p2e.store.keys import LedgerKeys
 
 MODULE = "P2E.Ledger"
 WALLET_REQUEST = f"{MODULE}:WalletRequest"
@@ -194,8 +195,6 @@ class CommandIndex:
     """Command id -> fingerprint, pinned in the p2e store before a command is submitted."""
 
     def __init__(self, client: Any, namespace: str):
-        from p2e.ledger.embedded import LedgerKeys
-
         self.r, self.key = client, LedgerKeys(namespace).cmds
 
     def reserve(self, command_id: str, fp: str) -> bool:

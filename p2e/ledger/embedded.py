@@ -7,22 +7,7 @@ retried command id is applied once, and concurrent payments from one wallet can 
 same money twice (the server runs scripts one at a time). With the embedded Valkey the store's
 append-only file keeps every acknowledged command across restarts.
 
-Keys (with `ns` the store namespace; see also `p2e/store/keys.py`):
-
-| key | type | holds |
-| --- | --- | --- |
-| `ns:ledger:meta` | hash | seq (entries), head (last entry's hash), minted, cap, escrowed, seals, ... |
-| `ns:ledger:bal` | hash | wallet -> balance, minor units (decimal text) |
-| `ns:ledger:journal` | list | entries (JSON, `Entry`); index = seq. Append-only |
-| `ns:ledger:cmd` | hash | command id -> "seq fingerprint" of the entry it produced |
-| `ns:ledger:parties` | hash | name -> party record (JSON) |
-| `ns:ledger:w:NAME` | list | seqs of the entries that touched wallet NAME (its history) |
-| `ns:ledger:spent:NAME` | hash | budget scope (episode) -> amount NAME paid in it |
-| `ns:ledger:scope:SCOPE` | list | seqs of the transfers counted in budget scope SCOPE (an episode) |
-| `ns:ledger:escrow:ID` | hash | sponsor, arbiter, amount, state, memo, locked (seq), settled (seq) |
-| `ns:ledger:escrows` | list | escrow ids, in the order they were locked |
-| `ns:ledger:policy` | hash | wallet -> spending policy (JSON), see `policy.py` |
-| `ns:ledger:config` | string | which backend this namespace uses (JSON, `LedgerSettings`) |
+Keys: `ns:ledger:*`, laid out (with every other key p2e writes) in `p2e/store/keys.py`.
 
 The hash chain: entry i holds `prev` = SHA-1 of entry i-1's stored text (40 zeros for entry 0)
 and meta `head` is the SHA-1 of the last. SHA-1 because it is what Redis scripts offer
@@ -87,45 +72,13 @@ from p2e.ledger.errors import (
     UnknownParty,
     UnknownWallet,
 )
-from p2e.store.keys import Keys
+from p2e.store.keys import LedgerKeys
 from p2e.store.replies import as_bytes, as_hash, as_list
 
 GENESIS = "0" * 40
 VERIFY_CHUNK = 10_000
 MAX_PROBLEMS = 20
 _ENTRIES = TypeAdapter(list[Entry])
-
-
-class LedgerKeys:
-    """The ledger's keys under a namespace (the table in the module docstring)."""
-
-    def __init__(self, namespace: str):
-        self.ns = Keys(namespace).ns
-        p = f"{self.ns}:ledger:"
-        self.prefix = p
-        self.meta, self.bal, self.journal, self.cmds = p + "meta", p + "bal", p + "journal", p + "cmd"
-        self.parties, self.escrows, self.policy, self.config = (
-            p + "parties",
-            p + "escrows",
-            p + "policy",
-            p + "config",
-        )
-
-    def history(self, wallet: str) -> str:
-        return f"{self.prefix}w:{wallet}"
-
-    def spent(self, wallet: str) -> str:
-        return f"{self.prefix}spent:{wallet}"
-
-    def scope(self, scope: str) -> str:
-        return f"{self.prefix}scope:{scope}"
-
-    def escrow(self, escrow_id: str) -> str:
-        return f"{self.prefix}escrow:{escrow_id}"
-
-    @property
-    def common(self) -> list[str]:
-        return [self.meta, self.bal, self.journal, self.cmds]
 
 
 def _script(name: str) -> str:

@@ -9,8 +9,8 @@ itself, atomically with the payment (`Budget`), so concurrent payments cannot ov
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
-import redis
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from p2e.errors import CorruptData
@@ -18,6 +18,9 @@ from p2e.ledger.amount import Amount, format_amount
 from p2e.ledger.base import Budget, check_wallet_name, name_field
 from p2e.ledger.errors import PolicyViolation
 from p2e.store.replies import as_hash
+
+if TYPE_CHECKING:
+    from p2e.store import EventLog
 
 
 class SpendingPolicy(BaseModel):
@@ -70,11 +73,9 @@ UNLIMITED = SpendingPolicy()
 class PolicyStore:
     """Policies by wallet, in the store."""
 
-    def __init__(self, client: redis.Redis, namespace: str):
-        from p2e.ledger.embedded import LedgerKeys
-
-        self.r = client
-        self.key = LedgerKeys(namespace).policy
+    def __init__(self, store: EventLog):
+        self.r = store.r  # (`get` runs on every payment: one HGET, no wrapper)
+        self.key = store.keys.ledger.policy
 
     def get(self, wallet: str) -> SpendingPolicy:
         raw = self.r.hget(self.key, wallet)

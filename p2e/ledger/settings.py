@@ -32,11 +32,8 @@ class LedgerSettings(BaseModel):
 
 
 def load_settings(store: EventLog) -> LedgerSettings | None:
-    from p2e.ledger.embedded import LedgerKeys
-
-    key = LedgerKeys(store.keys.ns).config
-    with store.guard(key):
-        raw = store.r.get(key)
+    key = store.keys.ledger.config
+    raw = store.get(key)
     if raw is None:
         return None
     try:
@@ -46,11 +43,8 @@ def load_settings(store: EventLog) -> LedgerSettings | None:
 
 
 def save_settings(store: EventLog, settings: LedgerSettings) -> None:
-    from p2e.ledger.embedded import LedgerKeys
-
-    key = LedgerKeys(store.keys.ns).config
-    with store.guard(key):
-        store.r.set(key, settings.model_dump_json())
+    key = store.keys.ledger.config
+    store.put(key, settings.model_dump_json())
 
 
 def open_ledger_on(

@@ -13,7 +13,7 @@ one, else a local `Wallet`. This module never touches Ray.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -23,7 +23,6 @@ from p2e.ledger.policy import PolicyStore, SpendingPolicy
 from p2e.redact import default_redactor
 
 if TYPE_CHECKING:
-    from p2e.agents import TeamConfig
     from p2e.store import EventLog
 
 ENTRIES = TypeAdapter(list[Entry])
@@ -31,9 +30,10 @@ LEDGER_TOOLS = ("check_balance", "transfer", "reward", "transaction_history")
 """The agent tools that use the caller's wallet (`p2e/tools/ledger.py`)."""
 
 
-def wallet_agents(team: TeamConfig) -> list[str]:
-    """The team's agents that use their wallet (a ledger tool): each gets a Wallet actor."""
-    return sorted(a for a, spec in team.agents.items() if set(spec.tools) & set(LEDGER_TOOLS))
+def wallet_agents(tools: Mapping[str, Sequence[str]]) -> list[str]:
+    """Of a team's agents (agent -> the tools it names), those that use their wallet (a ledger
+    tool): each gets a Wallet actor."""
+    return sorted(a for a, names in tools.items() if set(names) & set(LEDGER_TOOLS))
 
 
 def wallet_actor_name(namespace: str, agent: str) -> str:
@@ -137,5 +137,5 @@ def wallet_for(store: EventLog, agent: str, find: WalletFinder | None = None) ->
     remote = find(agent) if find is not None else None
     if remote is not None:
         return remote
-    policies = PolicyStore(store.r, store.keys.ns)
+    policies = PolicyStore(store)
     return Wallet(local_ledger(store), agent, lambda: policies.get(agent))

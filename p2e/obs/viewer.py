@@ -146,7 +146,6 @@ def resolve_target(target: str, log: Callable[[], EventLog]) -> ViewTarget:
 
 
 def _rollout_exists(log: EventLog, rid: str) -> bool:
-    """Whether the store has rollout `rid` (the rollout module's key layout, read without
-    importing it: observers must not depend on the runtime's modules)."""
-    with log.guard():
-        return bool(log.r.exists(f"{log.keys.ns}:rollout:{rid}"))
+    """Whether the store has rollout `rid` (read through the key layout, without importing the
+    rollout module: observers must not depend on the runtime's modules)."""
+    return log.exists(log.keys.rollout(rid))

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 
 from p2e.agents import TeamConfig
 from p2e.agents.check import import_tool_modules
+from p2e.agents.prompt import Prepared
 from p2e.agents.spec import read_team, team_from_mapping
 from p2e.errors import InvalidArgument, P2EError
 from p2e.events import Event, Started
@@ -34,7 +35,7 @@ from p2e.machine import INITIAL, apply
 from p2e.machine.state import Frame
 from p2e.redact import default_redactor
 from p2e.rollouts.store import PAGE, RolloutInfo, RolloutStore, Row
-from p2e.runtime.agent_step import AgentRunner, Prepared
+from p2e.runtime.agent_step import AgentRunner
 from p2e.store import EventLog
 from p2e.tools import REGISTRY
 from p2e.transcript import Transcript

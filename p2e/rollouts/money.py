@@ -65,7 +65,7 @@ class RolloutMoney:
             self.variant_agents[ep.variant].update(ep.graph)
         agents = sorted({a for agents in self.variant_agents.values() for a in agents})
         self.ledger = open_ledger_on(log, config.backend, config.url)
-        self.bounty = RolloutLedger(self.ledger, config, rollout_id, agents, PolicyStore(log.r, log.keys.ns))
+        self.bounty = RolloutLedger(self.ledger, config, rollout_id, agents, PolicyStore(log))
         self.agents = agents
 
     def setup(self) -> dict[str, int]:

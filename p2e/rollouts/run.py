@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import redis
 
@@ -53,6 +53,7 @@ from p2e.rollouts.store import (
     Row,
     StoredRows,
 )
+from p2e.rollouts.streamed import Streamed
 from p2e.store import EventLog, connect
 
 
@@ -129,7 +130,7 @@ class RolloutResult:
         return table(self.rows).to_pandas()
 
 
-class Todo(Sequence[Episode]):
+class Todo(Streamed[Episode]):
     """The episodes still to run, built as they are read: the planned ones (`planned()` yields
     them afresh on each read) less those with a `done` row, looked up a page at a time when
     `check` (a resume; a new rollout has no rows). `count`: how many that is, when known
@@ -155,20 +156,6 @@ class Todo(Sequence[Episode]):
         while page := list(itertools.islice(it, PAGE)):
             done = self.store.done_among(self.rid, [e.id for e in page]) if self.check else set()
             yield from (e for e in page if e.id not in done)
-
-    @overload
-    def __getitem__(self, index: int) -> Episode: ...
-    @overload
-    def __getitem__(self, index: slice) -> list[Episode]: ...
-    def __getitem__(self, index: int | slice) -> Episode | list[Episode]:
-        if isinstance(index, slice):
-            return list(self)[index]
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(index)
-        return next(itertools.islice(self, index, None))
 
 
 def plan(

@@ -1,12 +1,6 @@
 """Rollouts in the store: what was asked (the spec), how far it got, and a row per episode.
 
-| key | type | holds |
-| --- | --- | --- |
-| `ns:rollouts` | zset | rollout ids, scored by creation time |
-| `ns:rollout:rid` | string | `RolloutInfo` (JSON): spec, status, counts; an adaptive rollout's rounds |
-| `ns:rollout:rid:rows` | hash | episode id -> `Row` (JSON), written once the episode is finished |
-| `ns:rollout:rid:attempts` | hash | episode id -> attempts started (names each attempt's conversation) |
-| `ns:rollout:rid:driver` | string | the running driver's lease (its pid; expires after `LEASE_S`) |
+Keys: `ns:rollouts` and `ns:rollout:*`, laid out in `p2e/store/keys.py`.
 
 A row is written only when its episode is done or has failed for good, so "resume" means: run
 every planned episode without a `done` row.
@@ -19,19 +13,20 @@ and a row read back is redacted again (a row stored before a key was known, or b
 from __future__ import annotations
 
 import builtins
-import itertools
 import json
 import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from typing import Literal, overload
+from typing import Literal
 
 from pydantic import BaseModel, ValidationError, field_validator
 
 from p2e.errors import CorruptData, NotFound, one_line
 from p2e.prefix import first, match_pattern
 from p2e.redact import default_redactor
+from p2e.rollouts.streamed import Streamed
+from p2e.runtime.steps import EndedBy
 from p2e.store import EventLog
 from p2e.store.replies import as_list
 
@@ -76,6 +71,12 @@ class Row(BaseModel):
     finished: float = 0.0
     round: int | None = None
     """The round of an adaptive rollout the episode ran in (1, 2, ...); None: not adaptive."""
+    turns: int = 1
+    """User turns sent in the episode's dialogue (its message and the scripted turns that ran)."""
+    ended_by: EndedBy = ""
+    """Who ended the dialogue: `script` or `error`; empty in rows written before p2e said."""
+    end_reason: str = ""
+    """Why: `turn 2: the answer to turn 1 did not match 'x'`, `turn 3 failed`, ..."""
 
     @field_validator("answer", "error")
     @classmethod
@@ -188,21 +189,11 @@ class RolloutStore:
     def __init__(self, log: EventLog):
         self.log = log
         self.r = log.r
-        ns = log.keys.ns
-        self._index = f"{ns}:rollouts"
-        self._prefix = f"{ns}:rollout:"
-
-    def _info_key(self, rid: str) -> str:
-        return f"{self._prefix}{rid}"
-
-    def rows_key(self, rid: str) -> str:
-        return f"{self._prefix}{rid}:rows"
-
-    def _attempts_key(self, rid: str) -> str:
-        return f"{self._prefix}{rid}:attempts"
-
-    def _lease_key(self, rid: str) -> str:
-        return f"{self._prefix}{rid}:driver"
+        self._index = log.keys.rollouts
+        self._info_key = log.keys.rollout
+        self.rows_key = log.keys.rollout_rows
+        self._attempts_key = log.keys.rollout_attempts
+        self._lease_key = log.keys.rollout_lease
 
     def hold(self, rid: str) -> None:
         """Renew the running driver's lease (every `LEASE_S / 3` while it runs): a rollout whose
@@ -301,7 +292,7 @@ class RolloutStore:
         return {e for e, raw in zip(episodes, raws, strict=True) if _fields(raw).get("status") == "done"}
 
 
-class StoredRows(Sequence[Row]):
+class StoredRows(Streamed[Row]):
     """A rollout's rows as `RolloutResult.rows` has them: read from the store when iterated, a
     page at a time, in the store's order (`sorted(...)` them for another); `len` asks the store.
     Indexing reads up to the row asked for; a slice reads them all."""
@@ -314,20 +305,6 @@ class StoredRows(Sequence[Row]):
 
     def __iter__(self) -> Iterator[Row]:
         return self.store.iter_rows(self.rid)
-
-    @overload
-    def __getitem__(self, index: int) -> Row: ...
-    @overload
-    def __getitem__(self, index: slice) -> builtins.list[Row]: ...
-    def __getitem__(self, index: int | slice) -> Row | builtins.list[Row]:
-        if isinstance(index, slice):
-            return builtins.list(self)[index]
-        n = len(self)
-        if index < 0:
-            index += n
-        if not 0 <= index < n:
-            raise IndexError(index)
-        return next(itertools.islice(self, index, None))
 
 
 def _row(key: str, eid: bytes, raw: bytes) -> Row:

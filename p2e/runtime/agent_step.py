@@ -11,13 +11,14 @@ import asyncio
 import importlib
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
-from p2e.agents import AgentSpec, TeamConfig, render_persona
+from p2e.agents import AgentSpec, TeamConfig
+from p2e.agents.prompt import Prepared, prepare_agent
 from p2e.errors import InvalidArgument
-from p2e.events import DELEGATE, AgentReply, ToolCall, ToolResult
+from p2e.events import AgentReply, ToolCall, ToolResult
 from p2e.ledger.wallet import WalletFinder
-from p2e.llm import Message, ModelRequest, ModelResponse, Providers, ToolSpec
+from p2e.llm import Message, ModelRequest, ModelResponse, Providers
 from p2e.policies.context import apply_context
 from p2e.policies.duplicates import run_calls_with_policy
 from p2e.runtime.interpret import tools_due
@@ -25,43 +26,6 @@ from p2e.runtime.steps import StepRequest, StepResult, ToolsRequest
 from p2e.store import EventLog
 from p2e.streaming import Listener, PartialReply, Publisher
 from p2e.tools import REGISTRY, Registry, ToolContext, run_calls
-
-
-def delegate_spec(targets: Sequence[AgentSpec]) -> ToolSpec:
-    """The `delegate` tool as this agent's model sees it: only its own delegates are offered."""
-    names = [t.id for t in targets]
-    listing = "; ".join(f"{t.id}: {t.description}" if t.description else t.id for t in targets)
-    return ToolSpec(
-        name=DELEGATE,
-        description=f"Hand a task to another agent and get its answer back. Agents: {listing}",
-        parameters={
-            "type": "object",
-            "properties": {
-                "agent": {"type": "string", "enum": names, "description": "who does the task"},
-                "task": {"type": "string", "description": "what to do, with everything the agent needs"},
-            },
-            "required": ["agent", "task"],
-        },
-    )
-
-
-class Prepared(NamedTuple):
-    spec: AgentSpec
-    system: Message
-    tools: tuple[ToolSpec, ...]
-
-
-def prepare_agent(
-    spec: AgentSpec, team: TeamConfig, registry: Registry, tools: Sequence[str] | None = None
-) -> Prepared:
-    """`spec` as it runs a step: its tools' schemas (`tools`, default all it names), `delegate`
-    when it may delegate, and its persona rendered with both."""
-    delegates = [team.agent(a) for a in spec.can_delegate_to]
-    specs = list(registry.specs(spec.tools if tools is None else tools, agent=spec.id))
-    if delegates:
-        specs.append(delegate_spec(delegates))
-    system = render_persona(spec, delegates, specs, team.personas_path)
-    return Prepared(spec, Message(role="system", content=system), tuple(specs))
 
 
 class AgentRunner:

@@ -36,7 +36,6 @@ from p2e.runtime.hosted import Hosted
 from p2e.runtime.turns import Spend, TurnDriver
 from p2e.store import EventLog
 from p2e.store.keys import TREE_COUNTER
-from p2e.store.replies import as_hash
 
 
 class Node(BaseModel):
@@ -66,7 +65,7 @@ class Node(BaseModel):
 
 def read_tree(log: EventLog, conv: str) -> list[Node]:
     """Every search node of a conversation, in creation order."""
-    raw = as_hash(log.r.hgetall(log.keys.tree(log.resolve(conv))))
+    raw = log.fields(log.keys.tree(log.resolve(conv)))
     nodes = [Node.model_validate_json(v) for k, v in raw.items() if k.decode() != TREE_COUNTER]
     return sorted(nodes, key=lambda n: int(n.branch[1:]) if n.branch[1:].isdecimal() else 0)
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from p2e.evals.score import Score
 from p2e.events import AgentReply, Limits, ToolCall, ToolResult
@@ -70,6 +71,33 @@ class ToolsRequest(BaseModel):
 TOOL_RESULTS: TypeAdapter[list[ToolResult]] = TypeAdapter(list[ToolResult])
 
 
+class Turn(BaseModel):
+    """A scripted user turn after a scenario's first message: sent on the same conversation once
+    the root has answered the turn before, if that answer matches `when`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    message: str = Field(min_length=1)
+    when: str | None = None
+    """A Python regular expression searched for in the previous answer (`(?i)` ignores case);
+    if it is not found, the dialogue ends there. None: always sent."""
+
+    @field_validator("when")
+    @classmethod
+    def _pattern(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"not a valid regular expression ({e}): {v!r}") from None
+        return v
+
+
+EndedBy = Literal["script", "error", ""]
+"""Who ended an episode's dialogue: the script (its last turn was answered, or a turn's `when`
+did not match), or an error (a turn failed); empty: a row written before p2e recorded it."""
+
+
 class EpisodeRequest(BaseModel):
     """One whole episode for a supervisor: start a conversation, post the message, run it out."""
 
@@ -82,6 +110,8 @@ class EpisodeRequest(BaseModel):
     limits: Limits
     overrides: dict[str, dict[str, Any]] = {}
     message: str
+    turns: tuple[Turn, ...] = ()
+    """The user's turns after `message`, each sent once the root has answered the one before."""
     reference: str | None = None
     """The scenario's expected answer, for the evaluators."""
     score: bool = False
@@ -114,3 +144,7 @@ class EpisodeOutcome(BaseModel):
     wall_s: float
     node: str = ""
     scores: list[Score] = []
+    turns: int = 1
+    """User messages sent (the first one and the scripted turns that ran)."""
+    ended_by: EndedBy = "script"
+    end_reason: str = ""

@@ -1,8 +1,8 @@
 """The key layout: every key p2e writes, in one place.
 
 All keys live under one namespace (`p2e` by default; `P2E_NAMESPACE` changes it, so several
-projects or test runs can share a server). With `ns` the namespace, `cid` a conversation id and
-`b` a branch name:
+projects or test runs can share a server). With `ns` the namespace, `cid` a conversation id,
+`b` a branch name and `R` a rollout id:
 
 | key | type | holds |
 | --- | --- | --- |
@@ -20,6 +20,26 @@ projects or test runs can share a server). With `ns` the namespace, `cid` a conv
 | `ns:conv:cid:scores` | hash | `evaluator@target-ref` -> score (JSON); a step's target is its canonical ref |
 | `ns:conv:cid:tree` | hash | guided search nodes: child branch -> node (JSON); `#next` -> node counter |
 | `ns:embedded` | string | marker set by the embedded server manager (its data dir) |
+| `ns:rollouts` | zset | rollout ids, scored by creation time (`p2e.rollouts.store`) |
+| `ns:rollout:R` | string | `RolloutInfo` (JSON): spec, status, counts; an adaptive rollout's rounds |
+| `ns:rollout:R:rows` | hash | episode id -> `Row` (JSON), written once the episode is finished |
+| `ns:rollout:R:attempts` | hash | episode id -> attempts started (names each attempt's conversation) |
+| `ns:rollout:R:driver` | string | the running driver's lease (its pid; expires after `LEASE_S`) |
+| `ns:ledger:meta` | hash | seq (entries), head (last entry's hash), minted, cap, escrowed, seals, ... |
+| `ns:ledger:bal` | hash | wallet -> balance, minor units (decimal text) |
+| `ns:ledger:journal` | list | entries (JSON, `Entry`); index = seq. Append-only |
+| `ns:ledger:cmd` | hash | command id -> "seq fingerprint" of the entry it produced |
+| `ns:ledger:parties` | hash | name -> party record (JSON) |
+| `ns:ledger:w:NAME` | list | seqs of the entries that touched wallet NAME (its history) |
+| `ns:ledger:spent:NAME` | hash | budget scope (episode) -> amount NAME paid in it |
+| `ns:ledger:scope:SCOPE` | list | seqs of the transfers counted in budget scope SCOPE (an episode) |
+| `ns:ledger:escrow:ID` | hash | sponsor, arbiter, amount, state, memo, locked (seq), settled (seq) |
+| `ns:ledger:escrows` | list | escrow ids, in the order they were locked |
+| `ns:ledger:policy` | hash | wallet -> spending policy (JSON), see `p2e.ledger.policy` |
+| `ns:ledger:config` | string | which backend this namespace uses (JSON, `LedgerSettings`) |
+
+Not keys, but named under the namespace too: Ray actors, e.g. `ns:wallet:AGENT` (an agent's
+Wallet actor, `p2e.ledger.wallet`) and a rollout's actors prefixed `ns:R`.
 
 A branch stores only its own events. `lineage` lists the segments of history it inherits,
 oldest first, as `[branch, lo, hi, offset]`: seqs lo..hi-1 live in that branch's list at index
@@ -98,3 +118,64 @@ class Keys:
 
     def tree(self, cid: str) -> str:
         return f"{self.ns}:conv:{cid}:tree"
+
+    def notes(self, cid: str) -> str:
+        return f"{self.ns}:conv:{cid}:notes"
+
+    @property
+    def conv_pattern(self) -> str:
+        """A pattern matching every conversation's keys (to name them in an error)."""
+        return f"{self.ns}:conv:*"
+
+    @property
+    def rollouts(self) -> str:
+        return f"{self.ns}:rollouts"
+
+    def rollout(self, rid: str) -> str:
+        return f"{self.ns}:rollout:{rid}"
+
+    def rollout_rows(self, rid: str) -> str:
+        return f"{self.rollout(rid)}:rows"
+
+    def rollout_attempts(self, rid: str) -> str:
+        return f"{self.rollout(rid)}:attempts"
+
+    def rollout_lease(self, rid: str) -> str:
+        return f"{self.rollout(rid)}:driver"
+
+    @property
+    def ledger(self) -> LedgerKeys:
+        return LedgerKeys(self.ns)
+
+
+class LedgerKeys:
+    """The embedded ledger's keys under a namespace (`ns:ledger:*` in the table above)."""
+
+    def __init__(self, namespace: str):
+        self.ns = Keys(namespace).ns
+        p = f"{self.ns}:ledger:"
+        self.prefix = p
+        self.meta, self.bal, self.journal, self.cmds = p + "meta", p + "bal", p + "journal", p + "cmd"
+        self.parties, self.escrows, self.policy, self.config = (
+            p + "parties",
+            p + "escrows",
+            p + "policy",
+            p + "config",
+        )
+
+    def history(self, wallet: str) -> str:
+        return f"{self.prefix}w:{wallet}"
+
+    def spent(self, wallet: str) -> str:
+        return f"{self.prefix}spent:{wallet}"
+
+    def scope(self, scope: str) -> str:
+        return f"{self.prefix}scope:{scope}"
+
+    def escrow(self, escrow_id: str) -> str:
+        return f"{self.prefix}escrow:{escrow_id}"
+
+    @property
+    def common(self) -> list[str]:
+        """The keys every ledger script touches."""
+        return [self.meta, self.bal, self.journal, self.cmds]

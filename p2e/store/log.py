@@ -228,7 +228,7 @@ class EventLog:
         """The conversations `ids` (default: every one, oldest first); an entry that does not parse
         is its `CorruptData` in place, so a listing can show the healthy ones and name the broken
         ones."""
-        with self.guard(self.keys.convs, f"{self.keys.ns}:conv:*"):
+        with self.guard(self.keys.convs, self.keys.conv_pattern):
             if ids is None:
                 ids = [i.decode(errors="replace") for i in as_list(self.r.zrange(self.keys.convs, 0, -1))]
             p = self.r.pipeline(transaction=False)
@@ -454,6 +454,50 @@ class EventLog:
             if s.lo <= seq < s.hi:
                 return s.branch
         raise SequenceOutOfRange(seq, info.length)
+
+    # --- other modules' keys ------------------------------------------------------------------
+    # One guarded read or write of a key laid out in keys.py (the ledger's settings, a partial
+    # reply, a search tree, a conversation's notes...): its owner need not reach the client.
+
+    def get(self, key: str) -> bytes | None:
+        with self.guard(key):
+            raw = self.r.get(key)
+        return None if raw is None else as_bytes(raw)
+
+    def put(self, key: str, value: str | bytes) -> None:
+        with self.guard(key):
+            self.r.set(key, value)
+
+    def exists(self, key: str) -> bool:
+        with self.guard():
+            return bool(self.r.exists(key))
+
+    def fields(self, key: str) -> dict[bytes, bytes]:
+        """A hash's fields (empty if there is no such key)."""
+        with self.guard(key):
+            return as_hash(self.r.hgetall(key))
+
+    def items(self, key: str) -> list[bytes]:
+        """A list's items (empty if there is no such key)."""
+        with self.guard(key):
+            return as_list(self.r.lrange(key, 0, -1))
+
+    def push(self, key: str, value: str | bytes, limit: int) -> int | None:
+        """Append `value` to the list at `key` unless it holds `limit` items already: its new
+        length, or None when full."""
+        with self.guard(key):
+            if self.r.llen(key) >= limit:
+                return None
+            return int(self.r.rpush(key, value))
+
+    def clear_list(self, key: str) -> int:
+        """Delete the list at `key`: how many items it held."""
+        with self.guard(key):
+            p = self.r.pipeline(transaction=True)
+            p.llen(key)
+            p.delete(key)
+            count, _ = p.execute()
+        return int(count)
 
     # --- snapshots -----------------------------------------------------------------------------
 

@@ -18,7 +18,6 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from p2e.redact import redact
-from p2e.store.replies import as_list
 from p2e.tools.registry import REGISTRY, ToolContext, tool
 
 # --- calculator ----------------------------------------------------------------------------------
@@ -180,7 +179,7 @@ def notes_key(ctx: ToolContext) -> str:
         raise RuntimeError("notes need the store, and this run has none; run the agent with a store")
     if not ctx.conversation:
         raise RuntimeError("notes need a conversation id in the tool context")
-    return f"{ctx.store.keys.ns}:conv:{ctx.conversation}:notes"
+    return ctx.store.keys.notes(ctx.conversation)
 
 
 @REGISTRY.register
@@ -200,24 +199,20 @@ def notes(
     key = notes_key(ctx)
     store = ctx.store
     assert store is not None
-    with store.guard():
-        if action == "add":
-            if not text.strip():
-                raise ValueError("add needs a non-empty text")
-            if store.r.llen(key) >= MAX_NOTES:
-                raise ValueError(f"the notepad is full ({MAX_NOTES} notes); clear it first")
-            n = store.r.rpush(key, redact(text))  # a model wrote it: no key reaches the store
-            return f"added note {n}"
-        if action == "list":
-            items = [raw.decode() for raw in as_list(store.r.lrange(key, 0, -1))]
-            if not items:
-                return "no notes yet"
-            return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))
-        p = store.r.pipeline(transaction=True)
-        p.llen(key)
-        p.delete(key)
-        count, _ = p.execute()
-        return f"cleared {count} note{'' if count == 1 else 's'}"
+    if action == "add":
+        if not text.strip():
+            raise ValueError("add needs a non-empty text")
+        n = store.push(key, redact(text), MAX_NOTES)  # a model wrote it: no key reaches the store
+        if n is None:
+            raise ValueError(f"the notepad is full ({MAX_NOTES} notes); clear it first")
+        return f"added note {n}"
+    if action == "list":
+        items = [raw.decode() for raw in store.items(key)]
+        if not items:
+            return "no notes yet"
+        return "\n".join(f"{i}. {item}" for i, item in enumerate(items, 1))
+    count = store.clear_list(key)
+    return f"cleared {count} note{'' if count == 1 else 's'}"
 
 
 # --- weather (demo) ------------------------------------------------------------------------------
