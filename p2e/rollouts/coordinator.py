@@ -179,6 +179,7 @@ class Coordinator:
                 limits=ep.limits,
                 overrides=ep.overrides,
                 message=ep.message,
+                turns=ep.turns,
                 reference=ep.reference,
                 score=self.score_in_supervisors,
                 rollout=self.rid,
@@ -249,6 +250,9 @@ class Coordinator:
             node="" if outcome is None else outcome.node,
             finished=time.time(),
             round=ep.round,
+            turns=0 if outcome is None else outcome.turns,
+            ended_by="error" if outcome is None else outcome.ended_by,
+            end_reason="no attempt finished" if outcome is None else outcome.end_reason,
         )
         await asyncio.to_thread(self.store.put_row, row)
         if self.on_row is not None:

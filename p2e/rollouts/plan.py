@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from p2e.agents import AgentSpec
 from p2e.events import Limits
 from p2e.rollouts.spec import Resolved, Scenario, Team, Variant, agent_specs
+from p2e.runtime.steps import Turn
 
 
 class Episode(BaseModel):
@@ -35,18 +36,27 @@ class Episode(BaseModel):
     """Who may delegate to whom in this episode (the team under the variant's overrides)."""
     overrides: dict[str, dict[str, Any]]
     message: str
+    turns: tuple[Turn, ...] = ()
+    """The scenario's scripted user turns after `message`."""
     reference: str | None = None
     limits: Limits
     round: int | None = None
     """Adaptive rollouts: the round the episode belongs to (p2e/rollouts/adaptive.py)."""
 
 
-def episode_id(team: Team, variant_overrides: dict[str, Any], variant: str, scenario: Any, seed: int) -> str:
+def episode_id(
+    team: Team, variant_overrides: dict[str, Any], variant: str, scenario: Scenario, seed: int
+) -> str:
+    """The episode's hash; a scenario's scripted turns count only when it has some, so a
+    single-turn episode keeps the id it had before there were turns (its rollouts resume)."""
+    text: list[Any] = [scenario.id, scenario.message, scenario.reference]
+    if scenario.turns:
+        text.append([t.model_dump() for t in scenario.turns])
     payload = json.dumps(
         {
             "team": [team.id, team.root, sorted(team.members)],
             "variant": [variant, variant_overrides],
-            "scenario": [scenario.id, scenario.message, scenario.reference],
+            "scenario": text,
             "seed": seed,
         },
         sort_keys=True,
@@ -151,6 +161,7 @@ class _Cell(NamedTuple):
             graph=self.graph,
             overrides=overrides,
             message=scenario.message,
+            turns=scenario.turns,
             reference=scenario.reference,
             limits=resolved.limits,
         )

@@ -4,7 +4,12 @@ extension) or a Python callable, like inspect_ai's datasets.
 ```yaml
 scenarios:
   - {id: paris, message: "What is the weather in Paris?", reference: snow}
-  - file: more.jsonl                   # one JSON object per line: id, message, reference, metadata
+  - id: trip                           # a dialogue: the first message, then scripted turns
+    message: "Plan a day in Paris."
+    turns:
+      - {message: "Make it cheaper."}
+      - {message: "Book it.", when: "(?i)museum"}   # sent only if the answer before matches
+  - file: more.jsonl                   # one JSON object per line: id, message, turns, reference, metadata
   - file: more.csv                     # a header row; columns other than the fields are metadata
     fields: {message: question, reference: answer}      # column (or JSONL key) of each field
   - file: more.parquet                 # likewise: text columns id, message (reference optional)
@@ -19,6 +24,8 @@ starts on), row (Parquet) or item (a callable) is a problem naming its file and 
 spec loads whole or not at all. A callable is imported and called, so its code runs, wherever
 the spec is loaded (`rollout validate` names it); a resume calls it again, so it should return
 the same scenarios each time (an episode's id hashes its scenario's text, not its position).
+Scripted `turns` are given inline, in JSONL or by a callable; a CSV or Parquet column named
+`turns` is metadata like any other.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from pydantic_core import from_json
 
 from p2e.errors import InvalidArgument, one_line
 from p2e.problems import SHOWN, Problems, error_message
+from p2e.runtime.steps import Turn
 from p2e.store.keys import check_name
 from p2e.textfile import MAX_BYTES, read_bytes, read_text
 
@@ -53,6 +61,10 @@ class _Strict(BaseModel):
 class Scenario(_Strict):
     id: str
     message: str = Field(min_length=1)
+    """The user's first message."""
+    turns: tuple[Turn, ...] = Field((), exclude_if=lambda v: not v)
+    """The user's scripted turns after `message` (a multi-turn dialogue); left out of the dump
+    when empty, so a single-turn spec keeps its hash."""
     reference: str | None = None
     """The expected answer, for evaluators that compare (`contains`, `exact_match`, a judge)."""
     metadata: dict[str, Any] = {}

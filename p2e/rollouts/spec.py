@@ -17,7 +17,7 @@ variants:                            # a list of named overrides ...
 repeats: 2                           # or a list of seeds: [7, 11, 13]
 evaluators: [{id: contains}]
 primary: contains                    # the metric variants are ranked by (default: the first)
-limits: {max_steps: 40, deadline_s: 120, max_cost_usd: 0.5}
+limits: {max_steps: 40, deadline_s: 120, max_cost_usd: 0.5, max_turns: 10}   # max_turns: user turns
 run: {in_flight: 64, supervisors: 1, retries: 2, max_failures: 10%}   # stop a failing rollout
 adaptive: {method: halving, keep: 0.5, rounds: auto}   # optional: successive halving (adaptive.py)
 ```
@@ -34,9 +34,18 @@ import itertools
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from p2e.agents import AgentSpec, EvaluatorConfig, TeamConfig
 from p2e.agents.check import AgentCheck, import_tool_modules
@@ -51,6 +60,10 @@ from p2e.rollouts.halving import check as check_adaptive
 from p2e.rollouts.scenarios import Scenario, ScenarioCall, ScenarioFile, load_scenarios
 from p2e.store.keys import check_name
 from p2e.yamlfile import Lines, read_yaml_lines
+
+MAX_TURNS = 10
+"""The most user turns (the first message and the scripted ones) in one episode's dialogue,
+unless the spec's `limits.max_turns` says otherwise."""
 
 
 class _Strict(BaseModel):
@@ -183,11 +196,27 @@ class RunSettings(_Strict):
         return parse_limit(v)
 
 
+def _scenario_kind(v: Any) -> str:
+    """Which kind of `scenarios` item `v` is, by its keys: so a bad inline scenario's problems
+    are its own, not those of every kind it might have been."""
+    if isinstance(v, dict):
+        return "ScenarioFile" if "file" in v else "ScenarioCall" if "callable" in v else "Scenario"
+    return type(v).__name__ if isinstance(v, ScenarioFile | ScenarioCall) else "Scenario"
+
+
+ScenarioItem = Annotated[
+    Annotated[Scenario, Tag("Scenario")]
+    | Annotated[ScenarioFile, Tag("ScenarioFile")]
+    | Annotated[ScenarioCall, Tag("ScenarioCall")],
+    Discriminator(_scenario_kind),
+]
+
+
 class RolloutSpec(_Strict):
     name: str
     agents: str | dict[str, Any] = "agents.yaml"
     teams: tuple[Team, ...] = Field(min_length=1)
-    scenarios: tuple[Scenario | ScenarioFile | ScenarioCall, ...] = Field(min_length=1)
+    scenarios: tuple[ScenarioItem, ...] = Field(min_length=1)
     variants: tuple[Variant, ...] | Grid = (Variant(name="baseline"),)
     repeats: int | tuple[int, ...] = 1
     """How many times each (team, variant, scenario) runs; or the seeds, one run each."""
@@ -195,7 +224,8 @@ class RolloutSpec(_Strict):
     primary: str | None = None
     limits: dict[str, Any] = {}
     """Per-episode limits over the agents file's: max_steps, max_depth, deadline_s,
-    max_tokens, max_cost_usd, max_tool_calls_per_turn."""
+    max_tokens, max_cost_usd, max_tool_calls_per_turn; and the rollout's own `max_turns`, the
+    most user turns a scenario's dialogue may hold (`MAX_TURNS`)."""
     run: RunSettings = RunSettings()
     ledger: LedgerConfig | None = None
     """Wallets for the agents: starting balances, spending policies, a bounty paid to the best
@@ -281,6 +311,22 @@ def load_spec(path: str | Path) -> Resolved:
     return resolve(spec, path.parent, str(path), lines, problems)
 
 
+def _check_turns(scenarios: tuple[Scenario, ...], max_turns: Any, problems: Problems) -> None:
+    """`limits.max_turns` is a whole number, and no scenario's dialogue is longer."""
+    if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
+        problems.add(
+            f"max_turns is a whole number of user turns, at least 1; not {max_turns!r}", "limits", "max_turns"
+        )
+        return
+    for s in scenarios:
+        if 1 + len(s.turns) > max_turns:
+            problems.add(
+                f"scenario {s.id!r} has {1 + len(s.turns)} user turns (its message and {len(s.turns)} "
+                f"scripted), over limits.max_turns {max_turns}; shorten its turns or raise max_turns",
+                "scenarios",
+            )
+
+
 def _without_bad_fields(raw: dict[str, Any], e: ValidationError) -> RolloutSpec | None:
     """The spec without the top-level fields that fail, if it stands without them, so the rest
     can be checked in the same run; None when what is left would mislead (an agents file or
@@ -310,8 +356,10 @@ def resolve(
     scenarios, called = load_scenarios(spec.scenarios, base, problems)
     variants = tuple(spec.variant_list)
     defaults = team_config.limits if team_config is not None else Limits()
+    given = dict(spec.limits)
+    _check_turns(scenarios, given.pop("max_turns", MAX_TURNS), problems)
     try:
-        limits = Limits.model_validate({**defaults.model_dump(), **spec.limits})
+        limits = Limits.model_validate({**defaults.model_dump(), **given})
     except ValidationError as e:
         problems.validation(e, "limits")
         limits = defaults

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
@@ -223,10 +224,10 @@ class Driver:
             return self._result(hosted)
 
     async def episode(self, req: EpisodeRequest, score: Scorer | None = None) -> EpisodeOutcome:
-        """A rollout episode: a new conversation, one user message, driven to the root's answer
-        (or a failure), scored by `score` when the request asks for it (from the events kept
-        here: nothing is read back), then released so a long rollout holds nothing per finished
-        episode."""
+        """A rollout episode: a new conversation, its user message and scripted turns, each
+        driven to the root's answer (a failure ends the dialogue), scored by `score` when the
+        request asks for it (from the events kept here: nothing is read back), then released so
+        a long rollout holds nothing per finished episode."""
         t0 = time.monotonic()
         scoring = req.score and score is not None
         cid = await self.create(req.root, req.graph, req.limits, req.name, req.overrides, req.cid, scoring)
@@ -235,7 +236,7 @@ class Driver:
         hosted.episode = episode_key(req.rollout, req.episode) if req.episode else ""
         scores: list[Score] = []
         try:
-            turn = await self._turn(hosted, req.message)
+            turn, turns, reason = await self._dialogue(hosted, req)
             state = hosted.conv.state
             if scoring:
                 assert score is not None
@@ -258,7 +259,24 @@ class Driver:
             cost_usd=state.cost_usd + spent.cost_usd,
             wall_s=wall,
             scores=scores,
+            turns=turns,
+            ended_by="script" if status == "done" else "error",
+            end_reason=reason if status == "done" else f"turn {turns} failed",
         )
+
+    async def _dialogue(self, hosted: Hosted, req: EpisodeRequest) -> tuple[TurnResult, int, str]:
+        """The episode's user turns, in order, while the root answers and each turn's `when`
+        matches the answer before it: (the last turn's result, turns sent, why it ended)."""
+        turn = await self._turn(hosted, req.message)
+        n = 1
+        for follow in req.turns:
+            if turn.status == "failed" or turn.answer is None:
+                break
+            if follow.when is not None and re.search(follow.when, turn.answer) is None:
+                return turn, n, f"turn {n + 1}: the answer to turn {n} did not match {follow.when!r}"
+            turn = await self._turn(hosted, follow.message)
+            n += 1
+        return turn, n, f"turn {n}, the script's last, was answered"
 
     def _result(self, hosted: Hosted) -> TurnResult:
         state = hosted.conv.state
