@@ -180,6 +180,8 @@ class Coordinator:
                 overrides=ep.overrides,
                 message=ep.message,
                 turns=ep.turns,
+                user=ep.user,
+                max_turns=ep.max_turns,
                 reference=ep.reference,
                 score=self.score_in_supervisors,
                 rollout=self.rid,
@@ -215,6 +217,8 @@ class Coordinator:
             scores = row_scores(outcome.scores)
         elif outcome is not None and self.fleet.evaluators:
             scores = await self._score(outcome, ep.reference)
+        if outcome is not None and outcome.goal_met is not None:  # the simulated user's verdict
+            scores = {"goal_met": float(outcome.goal_met), "turns": float(outcome.turns), **scores}
         status = "failed" if outcome is None else outcome.status
         if status != "done":  # a failed episode has no score (its step scores stay in the store)
             scores = dict.fromkeys(scores)
@@ -253,6 +257,7 @@ class Coordinator:
             turns=0 if outcome is None else outcome.turns,
             ended_by="error" if outcome is None else outcome.ended_by,
             end_reason="no attempt finished" if outcome is None else outcome.end_reason,
+            goal_met=None if outcome is None or status != "done" else outcome.goal_met,
         )
         await asyncio.to_thread(self.store.put_row, row)
         if self.on_row is not None:

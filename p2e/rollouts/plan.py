@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 from p2e.agents import AgentSpec
 from p2e.events import Limits
-from p2e.rollouts.spec import Resolved, Scenario, Team, Variant, agent_specs
-from p2e.runtime.steps import Turn
+from p2e.rollouts.spec import MAX_TURNS, Resolved, Scenario, Team, Variant, agent_specs
+from p2e.runtime.steps import SimulatedUser, Turn
 
 
 class Episode(BaseModel):
@@ -38,6 +38,10 @@ class Episode(BaseModel):
     message: str
     turns: tuple[Turn, ...] = ()
     """The scenario's scripted user turns after `message`."""
+    user: SimulatedUser | None = None
+    """The scenario's simulated user, who writes the turns after `message`."""
+    max_turns: int = MAX_TURNS
+    """The most user turns in the dialogue (the spec's `limits.max_turns`)."""
     reference: str | None = None
     limits: Limits
     round: int | None = None
@@ -52,6 +56,8 @@ def episode_id(
     text: list[Any] = [scenario.id, scenario.message, scenario.reference]
     if scenario.turns:
         text.append([t.model_dump() for t in scenario.turns])
+    if scenario.user is not None:
+        text.append({"user": scenario.user.model_dump()})
     payload = json.dumps(
         {
             "team": [team.id, team.root, sorted(team.members)],
@@ -150,6 +156,10 @@ class _Cell(NamedTuple):
         overrides = {}
         for a, own in self.own.items():  # the repeat's seed, unless the agent or variant sets one
             overrides[a] = {"seed": seed, **own} if self.specs[a].seed is None else own
+        user = scenario.user.agent if scenario.user is not None else None
+        if user is not None and user not in overrides:  # it plays the user: seeded, overridable
+            own = _own(self.variant.overrides, user)
+            overrides[user] = {"seed": seed, **own} if self.specs[user].seed is None else own
         return Episode(
             id=episode_id(self.team, v.overrides, v.name, scenario, seed),
             team=self.team.id,
@@ -162,6 +172,8 @@ class _Cell(NamedTuple):
             overrides=overrides,
             message=scenario.message,
             turns=scenario.turns,
+            user=scenario.user,
+            max_turns=resolved.max_turns,
             reference=scenario.reference,
             limits=resolved.limits,
         )

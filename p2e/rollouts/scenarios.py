@@ -9,6 +9,9 @@ scenarios:
     turns:
       - {message: "Make it cheaper."}
       - {message: "Book it.", when: "(?i)museum"}   # sent only if the answer before matches
+  - id: refund                         # a dialogue with a simulated user (an agent of the file)
+    message: "My order 42 arrived broken."
+    user: {agent: customer, goal: "a refund for order 42", facts: {order: 42}}
   - file: more.jsonl                   # one JSON object per line: id, message, turns, reference, metadata
   - file: more.csv                     # a header row; columns other than the fields are metadata
     fields: {message: question, reference: answer}      # column (or JSONL key) of each field
@@ -24,8 +27,8 @@ starts on), row (Parquet) or item (a callable) is a problem naming its file and 
 spec loads whole or not at all. A callable is imported and called, so its code runs, wherever
 the spec is loaded (`rollout validate` names it); a resume calls it again, so it should return
 the same scenarios each time (an episode's id hashes its scenario's text, not its position).
-Scripted `turns` are given inline, in JSONL or by a callable; a CSV or Parquet column named
-`turns` is metadata like any other.
+Scripted `turns` and a simulated `user` are given inline, in JSONL or by a callable; a CSV or
+Parquet column named `turns` or `user` is metadata like any other.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from pydantic_core import from_json
 
 from p2e.errors import InvalidArgument, one_line
 from p2e.problems import SHOWN, Problems, error_message
-from p2e.runtime.steps import Turn
+from p2e.runtime.steps import SimulatedUser, Turn
 from p2e.store.keys import check_name
 from p2e.textfile import MAX_BYTES, read_bytes, read_text
 
@@ -65,11 +68,20 @@ class Scenario(_Strict):
     turns: tuple[Turn, ...] = Field((), exclude_if=lambda v: not v)
     """The user's scripted turns after `message` (a multi-turn dialogue); left out of the dump
     when empty, so a single-turn spec keeps its hash."""
+    user: SimulatedUser | None = Field(None, exclude_if=lambda v: v is None)
+    """The agent that plays the user after `message` (instead of scripted `turns`); left out of
+    the dump when absent, so a spec without one keeps its hash."""
     reference: str | None = None
     """The expected answer, for evaluators that compare (`contains`, `exact_match`, a judge)."""
     metadata: dict[str, Any] = {}
 
     _id = field_validator("id")(classmethod(lambda cls, v: check_name(v)))
+
+    @model_validator(mode="after")
+    def _one_user(self) -> Scenario:
+        if self.turns and self.user is not None:
+            raise ValueError("a scenario has scripted turns or a simulated user, not both; drop one")
+        return self
 
 
 class ScenarioFields(_Strict):

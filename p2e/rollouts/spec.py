@@ -65,6 +65,10 @@ MAX_TURNS = 10
 """The most user turns (the first message and the scripted ones) in one episode's dialogue,
 unless the spec's `limits.max_turns` says otherwise."""
 
+DIALOGUE_METRICS = ("goal_met", "turns")
+"""The scores a row has when its scenario has a simulated user (its verdict, 1 or 0, and the
+user turns sent); `primary` may name them."""
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -254,8 +258,9 @@ class RolloutSpec(_Strict):
             dup = sorted({i for i in ids if ids.count(i) > 1})
             if dup:
                 raise ValueError(f"{what} ids must be unique; repeated: {', '.join(dup)}")
-        if self.primary is not None and self.primary not in {e.id for e in self.evaluators}:
-            raise ValueError(f"primary {self.primary!r} is not one of the evaluators")
+        known = {e.id for e in self.evaluators} | set(DIALOGUE_METRICS)
+        if self.primary is not None and self.primary not in known:
+            raise ValueError(f"primary {self.primary!r} is not one of the evaluators (or goal_met, turns)")
         metric = self.ledger.payout.metric if self.ledger else None
         if metric is not None and metric not in {e.id for e in self.evaluators}:
             raise ValueError(f"ledger.payout.metric {metric!r} is not one of the evaluators")
@@ -285,6 +290,8 @@ class Resolved(BaseModel):
     scenarios: tuple[Scenario, ...]
     variants: tuple[Variant, ...]
     limits: Limits
+    max_turns: int = MAX_TURNS
+    """The most user turns in an episode's dialogue (`limits.max_turns`)."""
     imported: dict[str, tuple[str, ...]] = {}
     """What checking it imported, so ran the code of: `scenario callables`, `tool modules`,
     `evaluator modules`, `evaluator entry points` (installed packages')."""
@@ -357,7 +364,8 @@ def resolve(
     variants = tuple(spec.variant_list)
     defaults = team_config.limits if team_config is not None else Limits()
     given = dict(spec.limits)
-    _check_turns(scenarios, given.pop("max_turns", MAX_TURNS), problems)
+    max_turns = given.pop("max_turns", MAX_TURNS)
+    _check_turns(scenarios, max_turns, problems)
     try:
         limits = Limits.model_validate({**defaults.model_dump(), **given})
     except ValidationError as e:
@@ -367,6 +375,7 @@ def resolve(
     imported: dict[str, tuple[str, ...]] = {"scenario callables": called}
     if team_config is not None:
         _check_teams(spec, agents.ids, problems)
+        _check_users(scenarios, agents.ids, problems)
         modules, failed = import_tool_modules(team_config.tool_modules)
         for loc, problem in failed:
             agents.declared.add(problem, "tool_modules", *loc)
@@ -394,6 +403,7 @@ def resolve(
         scenarios=scenarios,
         variants=variants,
         limits=limits,
+        max_turns=max_turns,
         imported=imported,
     )
 
@@ -426,6 +436,17 @@ def _agents(spec: RolloutSpec, base: Path, problems: Problems) -> _Agents:
     except InvalidArgument as e:  # the file cannot be read
         problems.absorb(e, "agents")
         return _Agents(None, [], declared)
+
+
+def _check_users(scenarios: tuple[Scenario, ...], ids: list[str], problems: Problems) -> None:
+    """A simulated user is an agent of the agents file."""
+    for s in scenarios:
+        if s.user is not None and s.user.agent not in ids:
+            problems.add(
+                f"scenario {s.id!r}: its user is an unknown agent {s.user.agent!r}; the agents are: "
+                f"{', '.join(ids)}",
+                "scenarios",
+            )
 
 
 def _check_teams(spec: RolloutSpec, ids: list[str], problems: Problems) -> None:

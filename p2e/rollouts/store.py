@@ -74,9 +74,13 @@ class Row(BaseModel):
     turns: int = 1
     """User turns sent in the episode's dialogue (its message and the scripted turns that ran)."""
     ended_by: EndedBy = ""
-    """Who ended the dialogue: `script` or `error`; empty in rows written before p2e said."""
+    """Who ended the dialogue: `script`, `user`, `limit` (max_turns) or `error`; empty in rows
+    written before p2e said."""
     end_reason: str = ""
-    """Why: `turn 2: the answer to turn 1 did not match 'x'`, `turn 3 failed`, ..."""
+    """Why: `turn 2: the answer to turn 1 did not match 'x'`, `turn 3 failed`, the simulated
+    user's verdict line (`GOAL MET: ...`), ..."""
+    goal_met: bool | None = None
+    """The simulated user's verdict (also the `goal_met` score); None: no simulated user."""
 
     @field_validator("answer", "error")
     @classmethod

@@ -44,8 +44,12 @@ from p2e.machine import CallAgent, Command, Reply, Review, RunTools, pending
 from p2e.runtime.hosted import Hosted
 from p2e.runtime.interpret import advance, settle
 from p2e.runtime.steps import (
+    GIVE_UP,
+    GOAL_MET,
+    EndedBy,
     EpisodeOutcome,
     EpisodeRequest,
+    SimulatedUser,
     StepRequest,
     StepResult,
     ToolsRequest,
@@ -97,6 +101,19 @@ class TurnResult(BaseModel):
     error: str | None = None
     length: int
     steps: int
+
+
+class DialogueEnd(BaseModel):
+    """How an episode's dialogue ended: its last turn, the user turns sent, who ended it and why,
+    and what a simulated user spent and decided."""
+
+    turn: TurnResult
+    turns: int
+    by: EndedBy
+    reason: str = ""
+    goal_met: bool | None = None
+    tokens: int = 0
+    cost_usd: float = 0.0
 
 
 class Driver:
@@ -236,7 +253,11 @@ class Driver:
         hosted.episode = episode_key(req.rollout, req.episode) if req.episode else ""
         scores: list[Score] = []
         try:
-            turn, turns, reason = await self._dialogue(hosted, req)
+            if req.user is None:
+                end = await self._dialogue(hosted, req)
+            else:
+                end = await self._simulated(hosted, req, req.user)
+            turn, turns = end.turn, end.turns
             state = hosted.conv.state
             if scoring:
                 assert score is not None
@@ -255,28 +276,84 @@ class Driver:
             answer=turn.answer,
             error=(turn.error or "the root agent gave no answer") if status == "failed" else None,
             steps=turn.steps,
-            tokens=state.tokens + spent.tokens,
-            cost_usd=state.cost_usd + spent.cost_usd,
+            tokens=state.tokens + spent.tokens + end.tokens,
+            cost_usd=state.cost_usd + spent.cost_usd + end.cost_usd,
             wall_s=wall,
             scores=scores,
             turns=turns,
-            ended_by="script" if status == "done" else "error",
-            end_reason=reason if status == "done" else f"turn {turns} failed",
+            ended_by=end.by if status == "done" else "error",
+            end_reason=end.reason if status == "done" else f"turn {turns} failed",
+            goal_met=end.goal_met if status == "done" else None,
         )
 
-    async def _dialogue(self, hosted: Hosted, req: EpisodeRequest) -> tuple[TurnResult, int, str]:
+    async def _dialogue(self, hosted: Hosted, req: EpisodeRequest) -> DialogueEnd:
         """The episode's user turns, in order, while the root answers and each turn's `when`
-        matches the answer before it: (the last turn's result, turns sent, why it ended)."""
+        matches the answer before it."""
         turn = await self._turn(hosted, req.message)
         n = 1
         for follow in req.turns:
             if turn.status == "failed" or turn.answer is None:
                 break
             if follow.when is not None and re.search(follow.when, turn.answer) is None:
-                return turn, n, f"turn {n + 1}: the answer to turn {n} did not match {follow.when!r}"
+                why = f"turn {n + 1}: the answer to turn {n} did not match {follow.when!r}"
+                return DialogueEnd(turn=turn, turns=n, by="script", reason=why)
             turn = await self._turn(hosted, follow.message)
             n += 1
-        return turn, n, f"turn {n}, the script's last, was answered"
+        return DialogueEnd(
+            turn=turn, turns=n, by="script", reason=f"turn {n}, the script's last, was answered"
+        )
+
+    async def _simulated(self, hosted: Hosted, req: EpisodeRequest, user: SimulatedUser) -> DialogueEnd:
+        """The user's message, then after each answer of the root the simulated user's reply:
+        its next turn, or its verdict, which ends the dialogue (as `max_turns` does)."""
+        brief = prompt("simulated_user").render(goal=user.goal, facts=user.facts)
+        view = [Message(role="user", content=brief), Message(role="assistant", content=req.message)]
+        turn = await self._turn(hosted, req.message)
+        end = DialogueEnd(turn=turn, turns=1, by="user")
+        while turn.status != "failed" and turn.answer is not None:
+            view.append(Message(role="user", content=turn.answer))
+            reply = await self._user_reply(hosted, user, view)
+            if reply is None:  # it failed: the conversation holds why
+                end.turn = self._result(hosted)
+                break
+            if reply.usage is not None:
+                end.tokens += reply.usage.prompt_tokens + reply.usage.completion_tokens
+                end.cost_usd += reply.usage.cost_usd
+            text = reply.text.strip()
+            first = text.splitlines()[0].strip() if text else f"{GIVE_UP}: the user said nothing"
+            if first.upper().startswith((GOAL_MET, GIVE_UP)):
+                end.reason, end.goal_met = first, first.upper().startswith(GOAL_MET)
+                break
+            if end.turns >= req.max_turns:
+                end.by, end.goal_met = "limit", False
+                end.reason = f"max_turns {req.max_turns} reached without the user's verdict"
+                break
+            view.append(Message(role="assistant", content=text))
+            turn = end.turn = await self._turn(hosted, text)
+            end.turns += 1
+        return end
+
+    async def _user_reply(
+        self, hosted: Hosted, user: SimulatedUser, view: list[Message]
+    ) -> AgentReply | None:
+        """The simulated user's model call on the dialogue as it sees it (the team's answers are
+        its `user` messages); not stored in the conversation: the team sees only its turns."""
+        conv = hosted.conv
+        req = StepRequest(
+            conversation=conv.id,
+            branch=conv.branch.name,
+            seq=conv.state.length,
+            agent=user.agent,
+            turn=sum(1 for m in view if m.role == "assistant"),
+            depth=0,
+            messages=tuple(view),
+            overrides=hosted.overrides.get(user.agent, {}),
+            episode=hosted.episode,
+            # no state: the user answers in words, and tools it asks for are not run
+        )
+        what = f"simulated user {user.agent!r}"
+        result = await self._guarded(hosted, what, self.agents(user.agent).step(req))
+        return None if result is None else result.reply
 
     def _result(self, hosted: Hosted) -> TurnResult:
         state = hosted.conv.state

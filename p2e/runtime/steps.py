@@ -93,9 +93,27 @@ class Turn(BaseModel):
         return v
 
 
-EndedBy = Literal["script", "error", ""]
+class SimulatedUser(BaseModel):
+    """An agent of the agents file that plays the user: after each answer of the team it writes
+    the user's next message (one model call, off the interaction stack), until its reply starts
+    with its verdict, `GOAL MET` or `GIVE UP`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    agent: str = Field(min_length=1)
+    goal: str = Field(min_length=1)
+    facts: dict[str, Any] = {}
+    """What the user knows and tells the team when asked (the order number, the address, ...)."""
+
+
+GOAL_MET = "GOAL MET"
+GIVE_UP = "GIVE UP"
+"""How a simulated user's reply ends the dialogue: its first line starts with one of them."""
+
+EndedBy = Literal["script", "user", "limit", "error", ""]
 """Who ended an episode's dialogue: the script (its last turn was answered, or a turn's `when`
-did not match), or an error (a turn failed); empty: a row written before p2e recorded it."""
+did not match), the simulated user (its verdict), the limit (`max_turns` reached without a
+verdict), or an error (a turn failed); empty: a row written before p2e recorded it."""
 
 
 class EpisodeRequest(BaseModel):
@@ -112,6 +130,10 @@ class EpisodeRequest(BaseModel):
     message: str
     turns: tuple[Turn, ...] = ()
     """The user's turns after `message`, each sent once the root has answered the one before."""
+    user: SimulatedUser | None = None
+    """The agent that writes the user's turns after `message` (instead of `turns`)."""
+    max_turns: int = 10
+    """The most user turns a simulated user's dialogue may hold, its message included."""
     reference: str | None = None
     """The scenario's expected answer, for the evaluators."""
     score: bool = False
@@ -148,3 +170,6 @@ class EpisodeOutcome(BaseModel):
     """User messages sent (the first one and the scripted turns that ran)."""
     ended_by: EndedBy = "script"
     end_reason: str = ""
+    goal_met: bool | None = None
+    """The simulated user's verdict (False: it gave up, or `max_turns` came first); None: the
+    episode had no simulated user, or failed."""
