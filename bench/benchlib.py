@@ -6,6 +6,8 @@ The scripts run as `python bench/NAME.py`, so this module is importable as `benc
 from __future__ import annotations
 
 import contextlib
+import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -89,3 +91,17 @@ def delete_ns(r: redis.Redis | str, ns: str) -> int:
     if isinstance(r, str):
         client.close()
     return len(keys)
+
+
+def ray_header(bench: str, **fields: object) -> dict[str, object]:
+    """The fields every Ray benchmark's JSON starts with: what ran, on what, how loaded."""
+    import ray  # (only the Ray benchmarks pay for importing it)
+
+    return {
+        "bench": bench,
+        **fields,
+        "python": platform.python_version(),
+        "ray": ray.__version__,
+        "cpus": os.cpu_count(),
+        "load_avg_start": os.getloadavg(),
+    }

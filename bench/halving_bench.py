@@ -27,14 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 import uuid
 from pathlib import Path
 
 import ray
 import yaml
-from benchlib import delete_ns, server
+from benchlib import delete_ns, ray_header, server
 
 from p2e.api import run_rollout
 from p2e.rollouts.adaptive import Halving
@@ -69,14 +68,7 @@ def main() -> None:
 
     with server(args.url) as (url, _, _, home):
         ns = f"bench-{uuid.uuid4().hex[:8]}"
-        out: dict = {
-            "bench": "halving",
-            "spec": str(SPEC.relative_to(SPEC.parent.parent)),
-            "python": platform.python_version(),
-            "ray": ray.__version__,
-            "cpus": os.cpu_count(),
-            "load_avg_start": os.getloadavg(),
-        }
+        out: dict = ray_header("halving", spec=str(SPEC.relative_to(SPEC.parent.parent)))
         try:
             tmp = home / "spec"
             tmp.mkdir()

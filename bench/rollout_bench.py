@@ -26,14 +26,13 @@ import contextlib
 import json
 import math
 import os
-import platform
 import uuid
 from pathlib import Path
 
 import psutil
 import ray
 import yaml
-from benchlib import delete_ns, server
+from benchlib import delete_ns, ray_header, server
 
 from p2e.api import run_rollout
 from p2e.obs.observer import RerunOptions, observe
@@ -196,13 +195,7 @@ def main() -> None:
 
     with server(args.url) as (url, _, _, home):
         ns = f"bench-{uuid.uuid4().hex[:8]}"
-        out: dict = {
-            "bench": "rollout",
-            "python": platform.python_version(),
-            "ray": ray.__version__,
-            "cpus": os.cpu_count(),
-            "load_avg_start": os.getloadavg(),
-        }
+        out: dict = ray_header("rollout")
         try:
             tmp = home / "spec"
             tmp.mkdir()

@@ -24,7 +24,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import threading
 import time
 import uuid
@@ -34,7 +33,7 @@ from pathlib import Path
 import psutil
 import ray
 import yaml
-from benchlib import delete_ns, server
+from benchlib import delete_ns, ray_header, server
 from rollout_bench import write_spec
 
 from p2e.api import run_rollout
@@ -188,13 +187,7 @@ def main() -> None:
 
     with server(args.url) as (url, _, _, home):
         ns = f"bench-{uuid.uuid4().hex[:8]}"
-        out: dict = {
-            "bench": "rollout_memory",
-            "python": platform.python_version(),
-            "ray": ray.__version__,
-            "cpus": os.cpu_count(),
-            "load_avg_start": os.getloadavg(),
-        }
+        out: dict = ray_header("rollout_memory")
         try:
             tmp = home / "spec"
             tmp.mkdir()
