@@ -20,7 +20,7 @@ from ray.exceptions import RayTaskError
 from ray.util import metrics
 
 from actors import RAY_NAMESPACE
-from p2e.errors import P2EError
+from p2e.errors import P2EError, p2e_cause
 from p2e.ledger import Ledger, PayRequest, PolicyStore, Wallet, open_ledger_on, wallet_actor_name
 from p2e.ledger.base import Entry, Receipt
 from p2e.ledger.wallet import ENTRIES, WalletAccess, WalletFinder
@@ -130,8 +130,8 @@ class ActorWallet:
         try:
             return ref.future().result(timeout=ACTOR_CALL_TIMEOUT_S)
         except RayTaskError as e:  # (before TimeoutError: it may be one too)
-            if isinstance(e.cause, P2EError):
-                raise e.cause from None
+            if (cause := p2e_cause(e)) is not None:
+                raise cause from None
             raise
         except TimeoutError:
             raise P2EError(

@@ -29,7 +29,7 @@ from actors.actorset import connect_ray, spawn
 from actors.wallet import WalletSet, spawn_wallets
 from p2e.agents import TeamConfig, load_team
 from p2e.conversation import Conversation
-from p2e.errors import NotFound, P2EError, origin
+from p2e.errors import NotFound, P2EError, p2e_cause
 from p2e.events import Event, Limits
 from p2e.ledger.wallet import wallet_agents
 from p2e.rollouts import run as rollouts_run
@@ -54,8 +54,7 @@ def _get(ref: Any, timeout: float | None = None) -> Any:
     try:
         return ray.get(ref, timeout=timeout)
     except RayTaskError as e:
-        cause = origin(e)
-        if isinstance(cause, P2EError):
+        if (cause := p2e_cause(e)) is not None:
             raise cause from None
         raise
 

@@ -152,6 +152,13 @@ def origin(exc: BaseException) -> BaseException:
     return exc
 
 
+def p2e_cause(exc: BaseException) -> P2EError | None:
+    """The p2e error behind `exc` (raised by an actor, maybe through others), to re-raise as
+    itself: one clear line for the user instead of Ray's wrapper with the remote traceback."""
+    cause = origin(exc)
+    return cause if isinstance(cause, P2EError) else None
+
+
 def one_line(exc: BaseException, limit: int = LINE_MAX) -> str:
     """The original exception on one line, for events, rows and the CLI: `Type: message`, or just
     the message of a p2e error (written for users; its class name is noise). No terminal escapes,

@@ -12,7 +12,7 @@ import typer
 
 from p2e.cli import agent, artifact, chat, conversation, eval, ledger, rollout, store, view
 from p2e.cli.terminal import DataConsole, styled
-from p2e.errors import P2EError, one_line, origin
+from p2e.errors import one_line, p2e_cause
 from p2e.obs.logs import configure_logging
 
 app = typer.Typer(
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         e.show()  # type: ignore[attr-defined]
         sys.exit(getattr(e, "exit_code", 2))
     except Exception as e:  # (an error raised in an actor is also an instance of its cause's class)
-        cause = origin(e)
-        if isinstance(cause, P2EError):
+        if (cause := p2e_cause(e)) is not None:
             err.print(styled(("error:", "bold red"), f" {cause}"), soft_wrap=True)
             sys.exit(cause.exit_code)
         logging.getLogger("p2e.cli").debug("unexpected error", exc_info=e)

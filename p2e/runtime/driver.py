@@ -338,21 +338,28 @@ class Driver:
     ) -> AgentReply | None:
         """The simulated user's model call on the dialogue as it sees it (the team's answers are
         its `user` messages); not stored in the conversation: the team sees only its turns."""
+        turn = sum(1 for m in view if m.role == "assistant")
+        return await self._ask(hosted, user.agent, view, turn, 0, f"simulated user {user.agent!r}")
+
+    async def _ask(
+        self, hosted: Hosted, agent: str, messages: list[Message], turn: int, depth: int, what: str
+    ) -> AgentReply | None:
+        """One model call of `agent` beside the stack (a critic's review, the simulated user's
+        answer): no machine state goes with it, so the words come back and no tool it asks for
+        runs; None when it failed (the conversation then holds the `failed` event)."""
         conv = hosted.conv
         req = StepRequest(
             conversation=conv.id,
             branch=conv.branch.name,
             seq=conv.state.length,
-            agent=user.agent,
-            turn=sum(1 for m in view if m.role == "assistant"),
-            depth=0,
-            messages=tuple(view),
-            overrides=hosted.overrides.get(user.agent, {}),
+            agent=agent,
+            turn=turn,
+            depth=depth,
+            messages=tuple(messages),
+            overrides=hosted.overrides.get(agent, {}),
             episode=hosted.episode,
-            # no state: the user answers in words, and tools it asks for are not run
         )
-        what = f"simulated user {user.agent!r}"
-        result = await self._guarded(hosted, what, self.agents(user.agent).step(req))
+        result = await self._guarded(hosted, what, self.agents(agent).step(req))
         return None if result is None else result.reply
 
     def _result(self, hosted: Hosted) -> TurnResult:
@@ -442,22 +449,10 @@ class Driver:
         request = prompt("critic_review").render(
             agent=agent, task=hosted.transcript.tasks[-1], answer=drafts[-1].content if drafts else ""
         )
-        conv = hosted.conv
-        req = StepRequest(
-            conversation=conv.id,
-            branch=conv.branch.name,
-            seq=conv.state.length,
-            agent=cmd.critic,
-            turn=0,
-            depth=cmd.depth + 1,
-            messages=(Message(role="user", content=request),),
-            overrides=hosted.overrides.get(cmd.critic, {}),
-            # no state: a critic answers in words, and tools it asks for are not run
-        )
-        result = await self._guarded(hosted, f"critic {cmd.critic!r}", self.agents(cmd.critic).step(req))
-        if result is None:
+        messages = [Message(role="user", content=request)]
+        reply = await self._ask(hosted, cmd.critic, messages, 0, cmd.depth + 1, f"critic {cmd.critic!r}")
+        if reply is None:
             return []
-        reply = result.reply
         critique = Critique(
             agent=agent, critic=cmd.critic, text=reply.text, model=reply.model, usage=reply.usage
         )
